@@ -1,0 +1,221 @@
+//! Reading routes and operator helpers: `query`, `all`, `newGid`, `version`,
+//! `resetCronTime`, `resetNextCronTime` and `/api/metrics`.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use settle_protocol::answer::{AllAnswer, NewGidAnswer};
+use settle_protocol::{names, DtmResult, QueryAnswer, TransBranchView, TransGlobalView};
+
+use super::body::{JsonBody, QueryParams};
+use super::error::ApiError;
+use super::{validate, AppState};
+use crate::clock::now_ms;
+use crate::store::{format_time, ListFilter, NEVER};
+use crate::telemetry::ApiOp;
+use crate::txn::{BranchOp, GlobalStatus, GlobalTxn, TransType};
+
+/// The view `query` and `all` show of a transaction.
+pub fn global_view(t: &GlobalTxn) -> TransGlobalView {
+    TransGlobalView {
+        gid: t.gid.clone(),
+        trans_type: t.trans_type.as_str().to_owned(),
+        status: t.status.as_str().to_owned(),
+        steps: t.steps.clone(),
+        payloads: t.payloads.clone(),
+        query_prepared: t.query_prepared.clone(),
+        protocol: t.protocol.clone(),
+        create_time: format_time(t.create_time),
+        update_time: format_time(t.update_time),
+        finish_time: t.finish_time.map(format_time),
+        rollback_time: t.rollback_time.map(format_time),
+        options: serde_json::to_string(&t.options).unwrap_or_default(),
+        custom_data: t.custom_data.clone(),
+        next_cron_interval: t.next_cron_interval,
+        next_cron_time: (t.next_cron_time < NEVER).then(|| format_time(t.next_cron_time)),
+        owner: t.owner.clone(),
+        rollback_reason: t.rollback_reason.clone(),
+        retry_count: t.retry_count,
+        last_error: t.last_error.clone(),
+    }
+}
+
+fn branch_view(b: &BranchOp) -> TransBranchView {
+    TransBranchView {
+        gid: b.gid.clone(),
+        url: b.url.clone(),
+        data: b.data.clone(),
+        branch_id: b.branch_id.clone(),
+        op: b.op.as_str().to_owned(),
+        status: b.status.as_str().to_owned(),
+        create_time: format_time(b.create_time),
+        update_time: format_time(b.update_time),
+        finish_time: b.finish_time.map(format_time),
+    }
+}
+
+/// `GET version`.
+pub async fn version() -> Json<Value> {
+    Json(json!({"version": concat!("settle-", env!("CARGO_PKG_VERSION"))}))
+}
+
+/// `GET newGid`: a fresh, unique gid.
+pub async fn new_gid() -> Json<NewGidAnswer> {
+    Json(NewGidAnswer {
+        gid: uuid::Uuid::new_v4().simple().to_string(),
+        dtm_result: names::RESULT_SUCCESS.to_owned(),
+    })
+}
+
+/// Query of `query`.
+#[derive(Debug, Deserialize)]
+pub struct GidParam {
+    #[serde(default)]
+    gid: String,
+}
+
+/// `GET query?gid=`: a transaction and its branches; `transaction` is `null` for an unknown
+/// gid, as in DTM.
+///
+/// # Errors
+/// 400 for a malformed gid.
+pub async fn query(
+    State(state): State<AppState>,
+    QueryParams(p): QueryParams<GidParam>,
+) -> Result<Json<QueryAnswer>, ApiError> {
+    validate::id("gid", &p.gid)?;
+    state.metrics.request(ApiOp::Query);
+    let Some(txn) = state.store.find(&p.gid).await? else {
+        return Ok(Json(QueryAnswer {
+            transaction: None,
+            branches: Vec::new(),
+        }));
+    };
+    let branches = state.store.find_branches(&p.gid).await?;
+    Ok(Json(QueryAnswer {
+        transaction: Some(global_view(&txn)),
+        branches: branches.iter().map(branch_view).collect(),
+    }))
+}
+
+/// Query of `all`. Times are ms since the Unix epoch.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllParams {
+    #[serde(default)]
+    gid: String,
+    #[serde(default)]
+    position: String,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    trans_type: String,
+    #[serde(default)]
+    create_time_start: Option<i64>,
+    #[serde(default)]
+    create_time_end: Option<i64>,
+}
+
+/// `GET all`: one page of transactions, newest first.
+///
+/// # Errors
+/// 400 for a bad filter.
+pub async fn all(
+    State(state): State<AppState>,
+    QueryParams(p): QueryParams<AllParams>,
+) -> Result<Json<AllAnswer>, ApiError> {
+    let mut filter = ListFilter {
+        limit: p.limit.unwrap_or(100),
+        create_time_start: p.create_time_start,
+        create_time_end: p.create_time_end,
+        ..ListFilter::default()
+    };
+    if !p.gid.is_empty() {
+        validate::id("gid", &p.gid)?;
+        filter.gid = Some(p.gid);
+    }
+    if !p.position.is_empty() {
+        filter.position = Some(p.position.parse().map_err(|_| {
+            ApiError::bad(
+                "invalid_query",
+                format!(
+                    "position '{}' is not one this server returned",
+                    p.position.escape_default()
+                ),
+            )
+        })?);
+    }
+    if !p.status.is_empty() {
+        filter.status = Some(
+            p.status
+                .parse::<GlobalStatus>()
+                .map_err(|e| ApiError::bad("invalid_query", e.to_string()))?,
+        );
+    }
+    if !p.trans_type.is_empty() {
+        filter.trans_type = Some(
+            p.trans_type
+                .parse::<TransType>()
+                .map_err(|e| ApiError::bad("invalid_query", e.to_string()))?,
+        );
+    }
+    if !(1..=1000).contains(&filter.limit) {
+        return Err(ApiError::bad(
+            "invalid_query",
+            format!("limit must be between 1 and 1000, got {}", filter.limit),
+        ));
+    }
+    let (txns, next) = state.store.list(&filter).await?;
+    Ok(Json(AllAnswer {
+        transactions: txns.iter().map(global_view).collect(),
+        next_position: next.map(|p| p.to_string()).unwrap_or_default(),
+    }))
+}
+
+/// `GET resetCronTime[?gid=]`: makes waiting retries due now (of one transaction, or all).
+///
+/// # Errors
+/// 400 for a malformed gid.
+pub async fn reset_cron_time(
+    State(state): State<AppState>,
+    QueryParams(p): QueryParams<GidParam>,
+) -> Result<Json<Value>, ApiError> {
+    let gid = (!p.gid.is_empty()).then_some(p.gid);
+    if let Some(g) = &gid {
+        validate::id("gid", g)?;
+    }
+    let n = state.store.reset_cron(gid.as_deref(), now_ms()).await?;
+    Ok(Json(
+        json!({"dtm_result": names::RESULT_SUCCESS, "succeed_count": n}),
+    ))
+}
+
+/// `POST resetNextCronTime` with `{"gid": ...}`: makes one transaction's retry due now.
+///
+/// # Errors
+/// 400 for a malformed gid.
+pub async fn reset_next_cron_time(
+    State(state): State<AppState>,
+    JsonBody(p): JsonBody<GidParam>,
+) -> Result<Json<DtmResult>, ApiError> {
+    validate::id("gid", &p.gid)?;
+    state.store.reset_cron(Some(&p.gid), now_ms()).await?;
+    Ok(Json(DtmResult::success()))
+}
+
+/// `GET /api/metrics`: Prometheus text.
+///
+/// # Errors
+/// 500 if the store cannot be read.
+pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let unfinished = state.store.count_unfinished().await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(&unfinished),
+    ))
+}

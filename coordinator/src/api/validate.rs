@@ -1,0 +1,266 @@
+//! Input rules. Every check names the field and the problem; nothing is written before all
+//! checks pass.
+
+use settle_protocol::GlobalRequest;
+
+use super::error::ApiError;
+use crate::config::Config;
+use crate::txn::{TransOptions, TransType};
+
+/// Longest gid or branch id, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+/// Longest URL, in bytes.
+pub const MAX_URL_LEN: usize = 1024;
+/// Longest rollback reason, in bytes.
+pub const MAX_REASON_LEN: usize = 1024;
+
+/// Checks a gid or branch id: non-empty, at most 128 bytes of `[A-Za-z0-9_.:-]`.
+///
+/// # Errors
+/// A 400 naming `field`.
+pub fn id(field: &'static str, value: &str) -> Result<(), ApiError> {
+    let code = if field == "gid" {
+        "invalid_gid"
+    } else {
+        "invalid_branch_id"
+    };
+    if value.is_empty() {
+        return Err(ApiError::bad(code, format!("{field} is missing or empty")));
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(ApiError::bad(
+            code,
+            format!(
+                "{field} is {} bytes long; at most {MAX_ID_LEN} are allowed",
+                value.len()
+            ),
+        ));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
+    {
+        return Err(ApiError::bad(
+            code,
+            format!(
+                "{field} '{}' contains '{c}'; only A-Z a-z 0-9 _ . : - are allowed",
+                value.escape_default()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a `trans_type` and checks that Settle drives it.
+///
+/// # Errors
+/// A 400 for an unknown or unsupported type.
+pub fn trans_type(value: &str) -> Result<TransType, ApiError> {
+    if value.is_empty() {
+        return Err(ApiError::bad(
+            "invalid_trans_type",
+            "trans_type is missing or empty",
+        ));
+    }
+    let t: TransType = value.parse().map_err(|_| {
+        ApiError::bad(
+            "invalid_trans_type",
+            format!(
+                "unknown trans_type '{}': expected tcc, msg, saga, xa or workflow",
+                value.escape_default()
+            ),
+        )
+    })?;
+    if !crate::driver::drives(t) {
+        return Err(ApiError::bad(
+            "unsupported_trans_type",
+            format!("trans_type '{t}' is not supported by this Settle server (tcc is)"),
+        ));
+    }
+    Ok(t)
+}
+
+/// Checks a branch URL: absolute http or https with a host, at most 1024 bytes.
+///
+/// # Errors
+/// A 400 naming `field`.
+pub fn url(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.is_empty() {
+        return Err(ApiError::bad(
+            "invalid_url",
+            format!("{field} is missing or empty"),
+        ));
+    }
+    if value.len() > MAX_URL_LEN {
+        return Err(ApiError::bad(
+            "invalid_url",
+            format!(
+                "{field} is {} bytes long; at most {MAX_URL_LEN} are allowed",
+                value.len()
+            ),
+        ));
+    }
+    let parsed = reqwest::Url::parse(value).map_err(|e| {
+        ApiError::bad(
+            "invalid_url",
+            format!("{field} '{}' is not a URL: {e}", value.escape_default()),
+        )
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(ApiError::bad(
+            "invalid_url",
+            format!(
+                "{field} '{}' has scheme '{}'; only http and https are supported",
+                value.escape_default(),
+                parsed.scheme()
+            ),
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(ApiError::bad(
+            "invalid_url",
+            format!("{field} '{}' has no host", value.escape_default()),
+        ));
+    }
+    Ok(())
+}
+
+/// Resolves a request's options against the server defaults.
+///
+/// # Errors
+/// A 400 naming a negative or out-of-range option.
+pub fn options(req: &GlobalRequest, config: &Config) -> Result<TransOptions, ApiError> {
+    let pick = |field: &'static str, value: i64, default: i64, max: i64| -> Result<i64, ApiError> {
+        if value < 0 {
+            return Err(ApiError::bad(
+                "invalid_option",
+                format!("{field} must not be negative, got {value}"),
+            ));
+        }
+        if value > max {
+            return Err(ApiError::bad(
+                "invalid_option",
+                format!("{field} must be at most {max} seconds, got {value}"),
+            ));
+        }
+        Ok(if value == 0 { default } else { value })
+    };
+    if req.retry_limit < 0 {
+        return Err(ApiError::bad(
+            "invalid_option",
+            format!("retry_limit must not be negative, got {}", req.retry_limit),
+        ));
+    }
+    for (k, v) in &req.branch_headers {
+        let ok_name = reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_ok();
+        let ok_value = reqwest::header::HeaderValue::from_str(v).is_ok();
+        if !ok_name || !ok_value {
+            return Err(ApiError::bad(
+                "invalid_option",
+                format!(
+                    "branch_headers entry '{}' is not a valid HTTP header",
+                    k.escape_default()
+                ),
+            ));
+        }
+    }
+    if req.rollback_reason.len() > MAX_REASON_LEN {
+        return Err(ApiError::bad(
+            "invalid_option",
+            format!(
+                "rollback_reason is {} bytes long; at most {MAX_REASON_LEN} are allowed",
+                req.rollback_reason.len()
+            ),
+        ));
+    }
+    if !matches!(req.protocol.as_str(), "" | "http") {
+        return Err(ApiError::bad(
+            "invalid_option",
+            format!(
+                "protocol '{}' is not supported; use http",
+                req.protocol.escape_default()
+            ),
+        ));
+    }
+    Ok(TransOptions {
+        timeout_to_fail: pick(
+            "timeout_to_fail",
+            req.timeout_to_fail,
+            config.default_timeout_to_fail_s,
+            30 * 86_400,
+        )?,
+        request_timeout: pick(
+            "request_timeout",
+            req.request_timeout,
+            config.default_request_timeout_s,
+            3_600,
+        )?,
+        retry_interval: pick(
+            "retry_interval",
+            req.retry_interval,
+            config.default_retry_interval_s,
+            86_400,
+        )?,
+        branch_headers: req.branch_headers.clone(),
+        concurrent: req.concurrent,
+        wait_result: req.wait_result,
+        retry_limit: req.retry_limit,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(r: Result<impl std::fmt::Debug, ApiError>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_gid_must_be_short_plain_and_present() {
+        assert!(id("gid", "order-1:2_3.4").is_ok());
+        assert!(message(id("gid", "")).contains("gid is missing"));
+        assert!(message(id("gid", &"a".repeat(129))).contains("129 bytes"));
+        assert!(id("gid", &"a".repeat(128)).is_ok());
+        assert!(message(id("gid", "a b")).contains("' '"));
+        assert!(message(id("gid", "a/b")).contains("'/'"));
+        assert!(message(id("gid", "é")).contains("'é'"));
+    }
+
+    #[test]
+    fn trans_types_are_parsed_and_unsupported_ones_named() {
+        assert_eq!(trans_type("tcc").ok(), Some(TransType::Tcc));
+        assert!(message(trans_type("tcx")).contains("unknown trans_type 'tcx'"));
+        assert!(message(trans_type("saga")).contains("not supported"));
+        assert!(message(trans_type("")).contains("missing"));
+    }
+
+    #[test]
+    fn branch_urls_must_be_http() {
+        assert!(url("confirm", "http://127.0.0.1:8080/confirm").is_ok());
+        assert!(url("confirm", "https://svc.example/confirm?x=1").is_ok());
+        assert!(message(url("confirm", "ftp://h/x")).contains("scheme 'ftp'"));
+        assert!(message(url("confirm", "not a url")).contains("is not a URL"));
+        assert!(message(url("cancel", "")).contains("cancel is missing"));
+    }
+
+    #[test]
+    fn options_default_when_zero_and_reject_negatives() {
+        let config = Config::default();
+        let o = options(&GlobalRequest::new("g", "tcc"), &config).unwrap();
+        assert_eq!(
+            (o.timeout_to_fail, o.request_timeout, o.retry_interval),
+            (35, 3, 10)
+        );
+        let req = GlobalRequest {
+            request_timeout: -1,
+            ..GlobalRequest::new("g", "tcc")
+        };
+        assert!(message(options(&req, &config)).contains("request_timeout must not be negative"));
+        let req = GlobalRequest {
+            timeout_to_fail: 10_000_000,
+            ..GlobalRequest::new("g", "tcc")
+        };
+        assert!(message(options(&req, &config)).contains("timeout_to_fail must be at most"));
+    }
+}

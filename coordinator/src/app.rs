@@ -1,0 +1,208 @@
+//! The running coordinator: store, driver, scheduler and HTTP server wired together.
+//!
+//! Tests and the binary both start it through [`Application::start`]; a listen port of 0
+//! picks a free port, which [`Application::address`] reports.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::api::{router, AppState};
+use crate::config::{Config, ConfigError};
+use crate::driver::{Driver, DriverSettings};
+use crate::scheduler::Scheduler;
+use crate::store::{redact_url, ConnectOptions, Store, StoreError};
+use crate::telemetry::Metrics;
+
+/// Why the coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be opened or migrated.
+    #[error("cannot open the store at {url}: {source}")]
+    Store {
+        /// The URL, password redacted.
+        url: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// A started coordinator.
+pub struct Application {
+    address: SocketAddr,
+    instance_id: String,
+    store: Store,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+    scheduler: JoinHandle<()>,
+}
+
+impl Application {
+    /// Opens and migrates the store, binds the listener, and starts the scheduler and the
+    /// HTTP server.
+    ///
+    /// # Errors
+    /// See [`StartError`].
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        config.validate()?;
+        let store = Store::connect(&ConnectOptions {
+            url: config.database_url.clone(),
+            max_connections: config.max_connections,
+            acquire_timeout: Duration::from_secs(10),
+        })
+        .await
+        .map_err(|source| StartError::Store {
+            url: redact_url(&config.database_url),
+            source,
+        })?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let address = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let instance_id = if config.instance_id.is_empty() {
+            format!(
+                "settle-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            )
+        } else {
+            config.instance_id.clone()
+        };
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(3))
+            .build()?;
+        let metrics = Arc::new(Metrics::default());
+        let driver = Driver::new(
+            store.clone(),
+            http,
+            DriverSettings {
+                lease: config.lease(),
+                retry_cap_s: config.retry_cap_s,
+                max_inflight: config.max_inflight,
+            },
+            metrics.clone(),
+        );
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let scheduler = Scheduler::new(
+            store.clone(),
+            driver.clone(),
+            instance_id.clone(),
+            Duration::from_millis(config.poll_interval_ms),
+            config.claim_batch,
+        );
+        let scheduler = tokio::spawn(scheduler.run(shutdown_rx.clone()));
+        info!(
+            address = %address,
+            store = %redact_url(&config.database_url),
+            instance = %instance_id,
+            "settle coordinator started"
+        );
+        let state = AppState {
+            store: store.clone(),
+            driver,
+            config: Arc::new(config),
+            instance_id: instance_id.clone().into(),
+            metrics,
+        };
+        let app = router(state);
+        let mut stop = shutdown_rx;
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        Ok(Self {
+            address,
+            instance_id,
+            store,
+            shutdown,
+            server,
+            scheduler,
+        })
+    }
+
+    /// The address the API listens on.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Base URL of the DTM API, e.g. `http://127.0.0.1:36789/api/dtmsvr`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}{}", self.address, settle_protocol::API_PREFIX)
+    }
+
+    /// This instance's id in leases.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// The store this instance uses.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs until Ctrl-C or SIGTERM, then stops.
+    pub async fn run_until_stopped(self) {
+        wait_for_signal().await;
+        info!("stopping");
+        self.stop().await;
+    }
+
+    /// Stops accepting requests and scheduling work, and waits for the server to close.
+    /// Leases held by rounds still running simply run out.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.scheduler.await;
+        let _ = self.server.await;
+        self.store.close().await;
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

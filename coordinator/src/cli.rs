@@ -1,0 +1,195 @@
+//! The `settle` command line.
+//!
+//! `settle serve` runs the coordinator; `settle bench` drives a running DTM-compatible server
+//! with TCC transactions and measures it. Options come from defaults, then the TOML file named
+//! by `--config`, then `SETTLE_*` environment variables, then flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::bench::{self, BenchArgs};
+use crate::config::Config;
+use crate::telemetry::init_logging;
+use crate::Application;
+
+/// Settle: a distributed transaction coordinator speaking DTM's protocol.
+#[derive(Debug, Parser)]
+#[command(name = "settle", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the coordinator (HTTP API, scheduler and driver).
+    Serve(ServeArgs),
+    /// Measure a running DTM-compatible server with concurrent TCC transactions.
+    Bench(BenchArgs),
+}
+
+/// Options of `settle serve`. Each overrides the config file; unset ones keep it.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the options below (snake_case keys, e.g. `database_url`).
+    #[arg(long, env = "SETTLE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:36789].
+    #[arg(long, env = "SETTLE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Store URL: `sqlite:PATH` (embedded, created if missing) or
+    /// `mysql://USER:PASSWORD@HOST:PORT/DATABASE`; migrated on start [default: sqlite:settle.db].
+    #[arg(long, env = "SETTLE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Most database connections (MySQL) [default: 32].
+    #[arg(long, env = "SETTLE_MAX_CONNECTIONS")]
+    pub max_connections: Option<u32>,
+    /// Id of this instance in leases; must differ between instances on one database
+    /// [default: random].
+    #[arg(long, env = "SETTLE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Largest request body accepted, in bytes [default: 1048576].
+    #[arg(long, env = "SETTLE_BODY_LIMIT_BYTES")]
+    pub body_limit_bytes: Option<usize>,
+    /// Lease on a transaction being driven, in ms; a dead instance's transactions are taken
+    /// over this long after its last renewal [default: 15000].
+    #[arg(long, env = "SETTLE_LEASE_MS")]
+    pub lease_ms: Option<u64>,
+    /// How often to look for due transactions, in ms [default: 500].
+    #[arg(long, env = "SETTLE_POLL_INTERVAL_MS")]
+    pub poll_interval_ms: Option<u64>,
+    /// Most transactions claimed per scheduler pass [default: 64].
+    #[arg(long, env = "SETTLE_CLAIM_BATCH")]
+    pub claim_batch: Option<u32>,
+    /// Most rounds of work running at once [default: 1024].
+    #[arg(long, env = "SETTLE_MAX_INFLIGHT")]
+    pub max_inflight: Option<usize>,
+    /// Longest interval between retries of a branch call, in seconds [default: 60].
+    #[arg(long, env = "SETTLE_RETRY_CAP_S")]
+    pub retry_cap_s: Option<i64>,
+    /// `timeout_to_fail` for transactions that leave it 0, in seconds [default: 35].
+    #[arg(long, env = "SETTLE_DEFAULT_TIMEOUT_TO_FAIL_S")]
+    pub default_timeout_to_fail_s: Option<i64>,
+    /// `request_timeout` for transactions that leave it 0, in seconds [default: 3].
+    #[arg(long, env = "SETTLE_DEFAULT_REQUEST_TIMEOUT_S")]
+    pub default_request_timeout_s: Option<i64>,
+    /// `retry_interval` for transactions that leave it 0, in seconds [default: 10].
+    #[arg(long, env = "SETTLE_DEFAULT_RETRY_INTERVAL_S")]
+    pub default_retry_interval_s: Option<i64>,
+}
+
+impl ServeArgs {
+    /// The configuration these arguments describe: defaults, file, then environment and
+    /// flags.
+    ///
+    /// # Errors
+    /// The config file cannot be read or parsed.
+    pub fn resolve(&self) -> Result<Config, crate::config::ConfigError> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! overlay {
+            ($($field:ident),+) => {
+                $(if let Some(v) = &self.$field { c.$field = v.clone(); })+
+            };
+        }
+        overlay!(
+            listen,
+            database_url,
+            max_connections,
+            instance_id,
+            body_limit_bytes,
+            lease_ms,
+            poll_interval_ms,
+            claim_batch,
+            max_inflight,
+            retry_cap_s,
+            default_timeout_to_fail_s,
+            default_request_timeout_s,
+            default_retry_interval_s
+        );
+        Ok(c)
+    }
+}
+
+/// Installs the TLS crypto provider. The dependency graph can enable more than one, so one
+/// is chosen explicitly before any TLS is used.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Entry point of the `settle` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    install_crypto_provider();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => {
+                let config = args.resolve()?;
+                let app = Application::start(config).await?;
+                app.run_until_stopped().await;
+                Ok(())
+            }
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("settle-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("settle.toml");
+        std::fs::write(&file, "lease_ms = 1234\npoll_interval_ms = 77\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "settle",
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--lease-ms",
+            "999",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected")
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.lease_ms, 999);
+        assert_eq!(c.poll_interval_ms, 77);
+        assert_eq!(c.claim_batch, Config::default().claim_batch);
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,26 @@
+//! Settle's coordinator: a DTM-compatible distributed transaction server.
+//!
+//! # Layout
+//! Data flows top to bottom:
+//! - [`api`]: the HTTP API (DTM's `/api/dtmsvr` routes), validating commands.
+//! - [`txn`]: the pure state machine deciding every transition.
+//! - [`store`]: durable state on MySQL or SQLite.
+//! - [`driver`]: runs phase 2 (branch calls with timeouts and backoff), recording outcomes.
+//! - [`scheduler`]: claims due transactions by lease and hands them to the driver.
+//! - [`app`]: wires these into a running server; [`cli`] is the `settle` command;
+//!   [`bench`] the load generator; [`config`], [`telemetry`] and [`clock`] support them.
+
+pub mod api;
+pub mod app;
+pub mod bench;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod driver;
+pub mod scheduler;
+pub mod store;
+pub mod telemetry;
+pub mod txn;
+
+pub use app::Application;
+pub use config::Config;

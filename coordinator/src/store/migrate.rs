@@ -1,0 +1,44 @@
+//! Schema migrations, embedded in the binary and run when the store connects.
+
+use std::borrow::Cow;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
+    let migrations = files
+        .iter()
+        .map(|(version, description, sql)| {
+            Migration::new(
+                *version,
+                Cow::Borrowed(*description),
+                MigrationType::Simple,
+                Cow::Borrowed(*sql),
+                false,
+            )
+        })
+        .collect::<Vec<_>>();
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    }
+}
+
+/// Migrations of the MySQL schema.
+pub fn mysql() -> Migrator {
+    migrator(&[(
+        1,
+        "init",
+        include_str!("../../migrations/mysql/0001_init.sql"),
+    )])
+}
+
+/// Migrations of the SQLite schema.
+pub fn sqlite() -> Migrator {
+    migrator(&[(
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    )])
+}

@@ -1,0 +1,156 @@
+//! Reading rows back into the state machine's records, and encoding the JSON columns.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+use super::{Result, StoreError};
+use crate::txn::{BranchOp, GlobalTxn, TransOptions, TxnError};
+
+/// The JSON-encoded columns of a global transaction.
+pub(super) struct EncodedGlobal {
+    pub steps: String,
+    pub payloads: String,
+    pub options: String,
+}
+
+impl EncodedGlobal {
+    pub fn new(txn: &GlobalTxn) -> Self {
+        // Serializing maps of strings and plain structs cannot fail.
+        let json = |v: serde_json::Result<String>| v.unwrap_or_else(|_| "null".to_owned());
+        Self {
+            steps: json(serde_json::to_string(&txn.steps)),
+            payloads: json(serde_json::to_string(&txn.payloads)),
+            options: json(serde_json::to_string(&txn.options)),
+        }
+    }
+}
+
+fn get<'r, R, T>(row: &'r R, column: &str) -> Result<T>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    T: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(row.try_get(column)?)
+}
+
+/// Parses a stored status or type code.
+pub(super) fn parse_code<T: FromStr<Err = TxnError>>(gid: &str, code: &str) -> Result<T> {
+    code.parse().map_err(|e: TxnError| StoreError::Corrupt {
+        gid: gid.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(gid: &str, column: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        gid: gid.to_owned(),
+        reason: format!("column {column}: {e}"),
+    })
+}
+
+/// Reads a `trans_global` row.
+pub(super) fn decode_global<R>(row: &R) -> Result<GlobalTxn>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let gid: String = get(row, "gid")?;
+    let steps: Vec<BTreeMap<String, String>> =
+        parse_json(&gid, "steps", &get::<_, String>(row, "steps")?)?;
+    let payloads: Vec<String> = parse_json(&gid, "payloads", &get::<_, String>(row, "payloads")?)?;
+    let options: TransOptions = parse_json(&gid, "options", &get::<_, String>(row, "options")?)?;
+    Ok(GlobalTxn {
+        trans_type: parse_code(&gid, &get::<_, String>(row, "trans_type")?)?,
+        status: parse_code(&gid, &get::<_, String>(row, "status")?)?,
+        custom_data: get(row, "custom_data")?,
+        steps,
+        payloads,
+        query_prepared: get(row, "query_prepared")?,
+        protocol: get(row, "protocol")?,
+        options,
+        rollback_reason: get(row, "rollback_reason")?,
+        create_time: get(row, "create_time")?,
+        update_time: get(row, "update_time")?,
+        finish_time: get(row, "finish_time")?,
+        rollback_time: get(row, "rollback_time")?,
+        next_cron_time: get(row, "next_cron_time")?,
+        next_cron_interval: get(row, "next_cron_interval")?,
+        owner: get(row, "owner")?,
+        lease_token: get(row, "lease_token")?,
+        lease_expire: get(row, "lease_expire")?,
+        retry_count: get(row, "retry_count")?,
+        last_error: get(row, "last_error")?,
+        gid,
+    })
+}
+
+/// Reads a `trans_branch_op` row.
+pub(super) fn decode_branch<R>(row: &R) -> Result<BranchOp>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let gid: String = get(row, "gid")?;
+    Ok(BranchOp {
+        id: get(row, "id")?,
+        branch_id: get(row, "branch_id")?,
+        op: parse_code(&gid, &get::<_, String>(row, "op")?)?,
+        url: get(row, "url")?,
+        data: get(row, "data")?,
+        status: parse_code(&gid, &get::<_, String>(row, "status")?)?,
+        create_time: get(row, "create_time")?,
+        update_time: get(row, "update_time")?,
+        finish_time: get(row, "finish_time")?,
+        gid,
+    })
+}
+
+/// Formats ms since the Unix epoch as RFC 3339 in UTC, e.g. `2026-11-21T23:28:44.123Z`.
+pub fn format_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Converts days since 1970-01-01 to a (year, month, day) date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_formatted_as_rfc3339_utc() {
+        assert_eq!(format_time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_time(1_795_822_124_123), "2026-11-27T23:28:44.123Z");
+        assert_eq!(format_time(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,118 @@
+//! The records the state machine reasons about: a global transaction, its options and its
+//! branch operations.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{BranchStatus, GlobalStatus, Op, TransType};
+
+/// Options of a global transaction, resolved against the server's defaults. Stored as JSON
+/// with the transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransOptions {
+    /// Seconds a transaction may stay prepared before it is rolled back (TCC) or checked back
+    /// (msg).
+    pub timeout_to_fail: i64,
+    /// Seconds each branch call may take.
+    pub request_timeout: i64,
+    /// Seconds before the first retry; doubles on each failed attempt up to the server's cap.
+    pub retry_interval: i64,
+    /// Headers added to every branch call.
+    #[serde(default)]
+    pub branch_headers: BTreeMap<String, String>,
+    /// Call all branches of phase 2 at once.
+    #[serde(default)]
+    pub concurrent: bool,
+    /// Answer `submit` only when phase 2 has finished.
+    #[serde(default)]
+    pub wait_result: bool,
+    /// Retries after which automatic retrying stops (`0`: never stops).
+    #[serde(default)]
+    pub retry_limit: i64,
+}
+
+/// A global transaction as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalTxn {
+    /// Global transaction id.
+    pub gid: String,
+    /// Its type.
+    pub trans_type: TransType,
+    /// Its status.
+    pub status: GlobalStatus,
+    /// Opaque data of the transaction type.
+    pub custom_data: String,
+    /// Steps of a msg (JSON array of objects of strings), empty for TCC.
+    pub steps: Vec<BTreeMap<String, String>>,
+    /// Bodies of the steps.
+    pub payloads: Vec<String>,
+    /// Check-back URL of a msg.
+    pub query_prepared: String,
+    /// `http`.
+    pub protocol: String,
+    /// Resolved options.
+    pub options: TransOptions,
+    /// Why it rolled back.
+    pub rollback_reason: String,
+    /// Creation time, ms since the Unix epoch.
+    pub create_time: i64,
+    /// Last change, ms since the Unix epoch.
+    pub update_time: i64,
+    /// When it finished.
+    pub finish_time: Option<i64>,
+    /// When it turned to rolling back.
+    pub rollback_time: Option<i64>,
+    /// When it is next due for work, ms since the Unix epoch.
+    pub next_cron_time: i64,
+    /// Seconds of the last retry interval.
+    pub next_cron_interval: i64,
+    /// Coordinator instance holding the lease, empty if none.
+    pub owner: String,
+    /// Fencing token of the current lease, empty if none.
+    pub lease_token: String,
+    /// When the lease runs out, ms since the Unix epoch.
+    pub lease_expire: i64,
+    /// Failed attempts in a row.
+    pub retry_count: i64,
+    /// The last error met while driving it.
+    pub last_error: String,
+}
+
+/// A branch operation as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchOp {
+    /// Registration order within the store.
+    pub id: i64,
+    /// Global transaction id.
+    pub gid: String,
+    /// Branch id.
+    pub branch_id: String,
+    /// Which operation.
+    pub op: Op,
+    /// URL to call.
+    pub url: String,
+    /// Body to send.
+    pub data: String,
+    /// Its status.
+    pub status: BranchStatus,
+    /// Registration time, ms.
+    pub create_time: i64,
+    /// Last change, ms.
+    pub update_time: i64,
+    /// When it finished, ms.
+    pub finish_time: Option<i64>,
+}
+
+/// A branch operation to register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBranch {
+    /// Branch id.
+    pub branch_id: String,
+    /// Which operation.
+    pub op: Op,
+    /// URL to call.
+    pub url: String,
+    /// Body to send.
+    pub data: String,
+}

@@ -1,0 +1,95 @@
+//! Bodies that clients send to the coordinator.
+//!
+//! DTM's clients send `null` for fields they leave unset (Python's `None`) and `0` for options
+//! that take the server's default, and they add fields of their own (`passthrough_headers`,
+//! `status`); these types accept all of that. A field of the wrong type is an error that names
+//! the field.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Deserializes `null` as the type's default.
+fn nullable<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// Body of `prepare`, `submit` and `abort`: a global transaction and its options.
+///
+/// Numeric options are in seconds; `0` means "the server's default".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalRequest {
+    /// Global transaction id.
+    #[serde(default, deserialize_with = "nullable")]
+    pub gid: String,
+    /// `tcc`, `msg`, `saga`, `xa` or `workflow`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub trans_type: String,
+    /// Opaque data of the transaction type (a delayed msg puts `{"delay": n}` here).
+    #[serde(default, deserialize_with = "nullable")]
+    pub custom_data: String,
+    /// Steps of a msg or saga: objects of strings such as `{"action": url}`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub steps: Vec<BTreeMap<String, String>>,
+    /// One body per step.
+    #[serde(default, deserialize_with = "nullable")]
+    pub payloads: Vec<String>,
+    /// URL a msg is checked back at when it stays prepared.
+    #[serde(default, deserialize_with = "nullable")]
+    pub query_prepared: String,
+    /// `http` (the default) or `grpc`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub protocol: String,
+    /// Why the initiator rolls back (sent with `abort`).
+    #[serde(default, deserialize_with = "nullable")]
+    pub rollback_reason: String,
+    /// Answer `submit` only once phase 2 has finished.
+    #[serde(default, deserialize_with = "nullable")]
+    pub wait_result: bool,
+    /// Seconds a transaction may stay prepared before it is rolled back (TCC) or checked back
+    /// (msg). `0`: the server's default.
+    #[serde(default, deserialize_with = "nullable")]
+    pub timeout_to_fail: i64,
+    /// Seconds each branch call may take. `0`: the server's default.
+    #[serde(default, deserialize_with = "nullable")]
+    pub request_timeout: i64,
+    /// Seconds before the first retry of a failed branch call; doubles on each failure.
+    /// `0`: the server's default.
+    #[serde(default, deserialize_with = "nullable")]
+    pub retry_interval: i64,
+    /// Headers added to every branch call.
+    #[serde(default, deserialize_with = "nullable")]
+    pub branch_headers: BTreeMap<String, String>,
+    /// Call every branch of phase 2 at once instead of one at a time (a Settle extension for
+    /// TCC).
+    #[serde(default, deserialize_with = "nullable")]
+    pub concurrent: bool,
+    /// Retries after which the transaction stops being retried automatically (`0`: never).
+    #[serde(default, deserialize_with = "nullable")]
+    pub retry_limit: i64,
+    /// Retries made so far (sent back by DTM's clients; ignored on input).
+    #[serde(default, deserialize_with = "nullable")]
+    pub retry_count: i64,
+}
+
+impl GlobalRequest {
+    /// A request that names only the transaction, as TCC clients send to `prepare`, `submit`
+    /// and `abort`.
+    pub fn new(gid: impl Into<String>, trans_type: impl Into<String>) -> Self {
+        Self {
+            gid: gid.into(),
+            trans_type: trans_type.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Body of `registerBranch`: an object whose values are all strings.
+///
+/// TCC sends `gid`, `trans_type`, `branch_id`, `data` (the body later sent to confirm and
+/// cancel), `confirm` and `cancel`; any other string field is accepted and ignored.
+pub type RegisterBranchRequest = BTreeMap<String, String>;
