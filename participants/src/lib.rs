@@ -1,1 +1,25 @@
-//! placeholder
+//! Settle's SDK for microservices: what a service links to take part in global transactions.
+//!
+//! # Layout
+//! - [`client`]: talking to the coordinator (any DTM-compatible server): new gids, queries.
+//! - [`tcc`]: the initiator side of TCC: open a transaction, register and Try branches,
+//!   submit on success and abort on any error.
+//! - [`barrier`]: the participant side: DTM's barrier on MySQL, so that each Try, Confirm and
+//!   Cancel runs at most once, a Cancel before its Try does nothing, and a Try after its Cancel
+//!   is refused.
+//! - [`handler`]: axum glue for participant endpoints: read the branch from the query string,
+//!   answer with the status codes the coordinator understands.
+//!
+//! The SDK speaks only the DTM wire protocol ([`settle_protocol`]); it never depends on the
+//! coordinator.
+
+pub mod barrier;
+pub mod client;
+pub mod handler;
+pub mod tcc;
+
+pub use barrier::{BarrierError, BarrierOutcome, BarrierTable, BranchBarrier};
+pub use client::{SdkError, SettleClient};
+pub use handler::{BranchQuery, BranchResponse};
+pub use settle_protocol as protocol;
+pub use tcc::Tcc;

@@ -1,1 +1,384 @@
-//! placeholder
+//! Helpers of Settle's whole-system tests: fresh databases, coordinators on port 0 (in
+//! process or as a real process), and participant services whose answers a test scripts and
+//! whose calls it counts.
+//!
+//! The tests need a real MySQL (MariaDB) at `SETTLE_TEST_MYSQL_URL` (default
+//! `mysql://root@127.0.0.1:3306`); `deploy/test.sh` starts one.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use settle_coordinator::{Application, Config};
+use settle_protocol::BranchParams;
+use sqlx::mysql::MySqlConnectOptions;
+use sqlx::{ConnectOptions, Connection};
+
+/// Installs the crypto provider and a test log subscriber (once).
+pub fn init() {
+    settle_coordinator::cli::install_crypto_provider();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// The MySQL server the tests use, without a database name.
+pub fn mysql_server_url() -> String {
+    std::env::var("SETTLE_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
+}
+
+/// A database of its own for one test, dropped when the value is dropped.
+pub struct TestDb {
+    /// Database name.
+    pub name: String,
+    /// URL of the database.
+    pub url: String,
+}
+
+impl TestDb {
+    /// Creates a fresh, empty MySQL database with a unique name.
+    ///
+    /// # Errors
+    /// MySQL cannot be reached.
+    pub async fn mysql() -> anyhow::Result<Self> {
+        let server = mysql_server_url();
+        let name = format!(
+            "settle_t_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..16]
+        );
+        let mut conn = MySqlConnectOptions::from_str(&server)?
+            .connect()
+            .await
+            .with_context(|| {
+                format!("cannot reach MySQL at {server}; run deploy/test.sh, which starts it")
+            })?;
+        sqlx::query(&format!("CREATE DATABASE {name} CHARACTER SET utf8mb4"))
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        Ok(Self {
+            url: format!("{}/{name}", server.trim_end_matches('/')),
+            name,
+        })
+    }
+
+    /// A pool on this database.
+    ///
+    /// # Errors
+    /// MySQL cannot be reached.
+    pub async fn pool(&self) -> anyhow::Result<sqlx::MySqlPool> {
+        Ok(sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(16)
+            .connect(&self.url)
+            .await?)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let server = mysql_server_url();
+        let name = self.name.clone();
+        // Drop runs outside any runtime guarantee: use a thread with its own small runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(opts) = MySqlConnectOptions::from_str(&server) {
+                    if let Ok(mut conn) = opts.connect().await {
+                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+                            .execute(&mut conn)
+                            .await;
+                        let _ = conn.close().await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A throwaway SQLite store file in the temp folder.
+pub fn sqlite_url() -> String {
+    let path =
+        std::env::temp_dir().join(format!("settle-test-{}.db", uuid::Uuid::new_v4().simple()));
+    format!("sqlite:{}", path.display())
+}
+
+/// A configuration for tests: port 0, fast polling, short retries.
+pub fn test_config(database_url: &str) -> Config {
+    Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        database_url: database_url.to_owned(),
+        poll_interval_ms: 50,
+        lease_ms: 3_000,
+        retry_cap_s: 2,
+        default_retry_interval_s: 1,
+        default_request_timeout_s: 2,
+        max_connections: 16,
+        ..Config::default()
+    }
+}
+
+/// Starts an in-process coordinator.
+///
+/// # Errors
+/// It cannot start.
+pub async fn spawn_coordinator(config: Config) -> anyhow::Result<Application> {
+    init();
+    Ok(Application::start(config).await?)
+}
+
+/// One call a [`Participant`] received.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// Branch parameters of the call.
+    pub params: BranchParams,
+    /// The body.
+    pub body: String,
+    /// The status answered.
+    pub answered: u16,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+#[derive(Default)]
+struct Behaviour {
+    scripts: HashMap<String, VecDeque<u16>>,
+    fail_first: HashMap<String, usize>,
+    delays: HashMap<String, (Duration, usize)>,
+    arrived: HashMap<String, usize>,
+    calls: Vec<Call>,
+}
+
+/// A participant service on 127.0.0.1 whose answers a test scripts per operation and whose
+/// calls it records. Every route is `/{op}` (`try`, `confirm`, `cancel`, ...).
+#[derive(Clone)]
+pub struct Participant {
+    base: String,
+    state: Arc<Mutex<Behaviour>>,
+}
+
+impl Participant {
+    /// Starts a participant answering 200 to everything.
+    ///
+    /// # Errors
+    /// It cannot bind a port.
+    pub async fn start() -> anyhow::Result<Self> {
+        let state = Arc::new(Mutex::new(Behaviour::default()));
+        let app = Router::new()
+            .route("/{op}", any(participant_call))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Self {
+            base: format!("http://{addr}"),
+            state,
+        })
+    }
+
+    /// URL of an operation's route.
+    pub fn url(&self, op: &str) -> String {
+        format!("{}/{op}", self.base)
+    }
+
+    /// The next answers to calls of `op` (any branch); once used up, 200.
+    pub fn script(&self, op: &str, statuses: &[u16]) {
+        self.lock()
+            .scripts
+            .insert(op.to_owned(), statuses.iter().copied().collect());
+    }
+
+    /// Each branch's first `n` calls of `op` answer 500.
+    pub fn fail_first(&self, op: &str, n: usize) {
+        self.lock().fail_first.insert(op.to_owned(), n);
+    }
+
+    /// The next `times` calls of `op` wait `delay` before answering.
+    pub fn delay(&self, op: &str, delay: Duration, times: usize) {
+        self.lock().delays.insert(op.to_owned(), (delay, times));
+    }
+
+    /// How many calls of `op` have arrived, answered or not.
+    pub fn arrived(&self, op: &str) -> usize {
+        self.lock().arrived.get(op).copied().unwrap_or(0)
+    }
+
+    /// Every call answered so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// The statuses answered to calls of `op` for `gid`, in order.
+    pub fn answers(&self, gid: &str, op: &str) -> Vec<u16> {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| c.params.gid == gid && c.params.op == op)
+            .map(|c| c.answered)
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Behaviour> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+async fn participant_call(
+    State(state): State<Arc<Mutex<Behaviour>>>,
+    Path(op): Path<String>,
+    Query(params): Query<BranchParams>,
+    body: String,
+) -> Response {
+    let (status, delay) = {
+        let mut b = state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *b.arrived.entry(op.clone()).or_default() += 1;
+        let earlier = b
+            .calls
+            .iter()
+            .filter(|c| {
+                c.params.gid == params.gid
+                    && c.params.branch_id == params.branch_id
+                    && c.params.op == op
+            })
+            .count();
+        let mut status = b
+            .scripts
+            .get_mut(&op)
+            .and_then(VecDeque::pop_front)
+            .unwrap_or(200);
+        if earlier < b.fail_first.get(&op).copied().unwrap_or(0) {
+            status = 500;
+        }
+        let delay = match b.delays.get_mut(&op) {
+            Some((d, times)) if *times > 0 => {
+                *times -= 1;
+                Some(*d)
+            }
+            _ => None,
+        };
+        (status, delay)
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .calls
+        .push(Call {
+            params,
+            body,
+            answered: status,
+            at: Instant::now(),
+        });
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    match status {
+        200 => (code, r#"{"dtm_result":"SUCCESS"}"#).into_response(),
+        409 => (code, r#"{"dtm_result":"FAILURE"}"#).into_response(),
+        425 => (code, "ONGOING").into_response(),
+        _ => (code, "scripted error").into_response(),
+    }
+}
+
+/// A free port on 127.0.0.1.
+///
+/// # Errors
+/// No port can be bound.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The real coordinator, started as a separate process.
+pub struct SettleProcess {
+    child: tokio::process::Child,
+    /// Base URL of its DTM API.
+    pub api: String,
+}
+
+impl SettleProcess {
+    /// Starts `binary serve` (the `settle` entry point; integration tests pass
+    /// `env!("CARGO_BIN_EXE_settle-under-test")`) on a free port with these extra arguments,
+    /// and waits until it answers.
+    ///
+    /// # Errors
+    /// It does not start or answer within 30 s.
+    pub async fn start(binary: &str, database_url: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let child = tokio::process::Command::new(binary)
+            .args(["serve", "--listen", &listen, "--database-url", database_url])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start the settle binary")?;
+        let api = format!("http://{listen}/api/dtmsvr");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if http.get(format!("{api}/version")).send().await.is_ok() {
+                return Ok(Self { child, api });
+            }
+            if Instant::now() > deadline {
+                bail!("settle did not answer on {listen} within 30s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    ///
+    /// # Errors
+    /// The process cannot be killed.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+/// Polls `check` every 20 ms until it returns true or `timeout` passes.
+///
+/// # Errors
+/// The condition did not hold in time; the message names `what`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}

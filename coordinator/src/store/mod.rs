@@ -435,8 +435,8 @@ impl Store {
             let existing = match row {
                 None => None,
                 Some(row) => {
-                    let status: String = row.try_get(0)?;
-                    let ty: String = row.try_get(1)?;
+                    let status: String = row.try_get_unchecked(0)?;
+                    let ty: String = row.try_get_unchecked(1)?;
                     Some((rows::parse_code(gid, &status)?, rows::parse_code(gid, &ty)?))
                 }
             };
@@ -720,7 +720,7 @@ impl Store {
         on_pool!(self, pool => {
             let rows = sqlx::query(sql).fetch_all(pool).await?;
             rows.iter()
-                .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
+                .map(|r| Ok((r.try_get_unchecked::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
                 .collect()
         })
     }

@@ -33,7 +33,9 @@ where
     for<'c> &'c str: ColumnIndex<R>,
     T: Decode<'r, R::Database> + Type<R::Database>,
 {
-    Ok(row.try_get(column)?)
+    // Unchecked: the schema is ours, and MySQL reports the binary-collated (case-sensitive)
+    // text columns as VARBINARY, which the checked decode of `String` refuses.
+    Ok(row.try_get_unchecked(column)?)
 }
 
 /// Parses a stored status or type code.

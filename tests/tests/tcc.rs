@@ -1,0 +1,343 @@
+//! TCC end to end over HTTP: a real coordinator (in process, on a fresh MySQL database or
+//! SQLite file), real participant services, and the SDK as initiator.
+
+use std::time::Duration;
+
+use serde_json::json;
+use settle_protocol::GlobalRequest;
+use settle_sdk::{SdkError, SettleClient};
+use settle_tests::{eventually, spawn_coordinator, sqlite_url, test_config, Participant, TestDb};
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+async fn two_branch_tcc(client: &SettleClient, p: &Participant, gid: &str) -> Result<(), SdkError> {
+    let p = p.clone();
+    client
+        .tcc_global(gid, |tcc| async move {
+            tcc.call_branch(
+                &json!({"n": 1}),
+                &p.url("try"),
+                &p.url("confirm"),
+                &p.url("cancel"),
+            )
+            .await?;
+            tcc.call_branch(
+                &json!({"n": 2}),
+                &p.url("try"),
+                &p.url("confirm"),
+                &p.url("cancel"),
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+}
+
+fn branch_ids(p: &Participant, gid: &str, op: &str) -> Vec<String> {
+    p.calls()
+        .into_iter()
+        .filter(|c| c.params.gid == gid && c.params.op == op)
+        .map(|c| c.params.branch_id)
+        .collect()
+}
+
+async fn commit_confirms_every_branch_in_reverse_order(database_url: &str) -> anyhow::Result<()> {
+    let app = spawn_coordinator(test_config(database_url)).await?;
+    let p = Participant::start().await?;
+    let client = SettleClient::new(app.api_url());
+    let gid = client.new_gid().await?;
+    two_branch_tcc(&client, &p, &gid).await?;
+    assert_eq!(client.wait_final(&gid, SETTLE).await?, "succeed");
+    assert_eq!(branch_ids(&p, &gid, "confirm"), ["02", "01"]);
+    assert!(branch_ids(&p, &gid, "cancel").is_empty());
+    let confirm = p
+        .calls()
+        .into_iter()
+        .find(|c| c.params.op == "confirm" && c.params.branch_id == "01");
+    assert_eq!(
+        confirm.map(|c| c.body),
+        Some(r#"{"n":1}"#.to_owned()),
+        "confirm gets the registered body"
+    );
+    let q = client.query(&gid).await?;
+    assert!(
+        q.branches
+            .iter()
+            .all(|b| (b.op == "confirm") == (b.status == "succeed")),
+        "{q:?}"
+    );
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_committed_tcc_confirms_every_branch_in_reverse_order_on_mysql() -> anyhow::Result<()> {
+    let db = TestDb::mysql().await?;
+    commit_confirms_every_branch_in_reverse_order(&db.url).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_committed_tcc_confirms_every_branch_in_reverse_order_on_sqlite() -> anyhow::Result<()> {
+    commit_confirms_every_branch_in_reverse_order(&sqlite_url()).await
+}
+
+async fn failed_try_cancels_every_registered_branch(database_url: &str) -> anyhow::Result<()> {
+    let app = spawn_coordinator(test_config(database_url)).await?;
+    let p = Participant::start().await?;
+    p.script("try", &[200, 409]);
+    let client = SettleClient::new(app.api_url());
+    let gid = client.new_gid().await?;
+    let err = two_branch_tcc(&client, &p, &gid)
+        .await
+        .expect_err("the second try fails");
+    assert!(err.is_failure(), "{err}");
+    assert_eq!(client.wait_final(&gid, SETTLE).await?, "failed");
+    assert_eq!(branch_ids(&p, &gid, "cancel"), ["02", "01"]);
+    assert!(branch_ids(&p, &gid, "confirm").is_empty());
+    let q = client.query(&gid).await?;
+    assert_eq!(
+        q.transaction.map(|t| t.rollback_reason).as_deref(),
+        Some("aborted by the initiator")
+    );
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_try_cancels_every_registered_branch_on_mysql() -> anyhow::Result<()> {
+    let db = TestDb::mysql().await?;
+    failed_try_cancels_every_registered_branch(&db.url).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_try_cancels_every_registered_branch_on_sqlite() -> anyhow::Result<()> {
+    failed_try_cancels_every_registered_branch(&sqlite_url()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_confirm_answering_500_three_times_is_retried_until_it_settles() -> anyhow::Result<()> {
+    let db = TestDb::mysql().await?;
+    let app = spawn_coordinator(test_config(&db.url)).await?;
+    let p = Participant::start().await?;
+    p.script("confirm", &[500, 500, 500]);
+    let client = SettleClient::new(app.api_url());
+    let gid = client.new_gid().await?;
+    let pc = p.clone();
+    client
+        .tcc_global(&gid, |tcc| async move {
+            tcc.call_branch(
+                &json!({}),
+                &pc.url("try"),
+                &pc.url("confirm"),
+                &pc.url("cancel"),
+            )
+            .await?;
+            Ok(())
+        })
+        .await?;
+    // While it retries, the error is visible to operators.
+    eventually("the first failure to be recorded", SETTLE, || async {
+        client
+            .query(&gid)
+            .await
+            .ok()
+            .and_then(|q| q.transaction)
+            .is_some_and(|t| t.retry_count >= 1 && t.last_error.contains("HTTP 500"))
+    })
+    .await?;
+    assert_eq!(client.wait_final(&gid, SETTLE).await?, "succeed");
+    assert_eq!(p.answers(&gid, "confirm"), [500, 500, 500, 200]);
+    let calls: Vec<_> = p
+        .calls()
+        .into_iter()
+        .filter(|c| c.params.gid == gid && c.params.op == "confirm")
+        .collect();
+    let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1].at - w[0].at).collect();
+    // retry_interval 1 s doubling, capped at 2 s, with up to a fifth of jitter taken off.
+    assert!(gaps[0] >= Duration::from_millis(750), "{gaps:?}");
+    assert!(gaps[1] >= Duration::from_millis(1500), "{gaps:?}");
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_answering_409_is_retried_until_it_succeeds() -> anyhow::Result<()> {
+    let db = TestDb::mysql().await?;
+    let app = spawn_coordinator(test_config(&db.url)).await?;
+    let p = Participant::start().await?;
+    p.script("cancel", &[409]);
+    let client = SettleClient::new(app.api_url());
+    let gid = client.new_gid().await?;
+    let pc = p.clone();
+    let result: Result<(), SdkError> = client
+        .tcc_global(&gid, |tcc| async move {
+            tcc.call_branch(
+                &json!({}),
+                &pc.url("try"),
+                &pc.url("confirm"),
+                &pc.url("cancel"),
+            )
+            .await?;
+            Err(SdkError::Business("the initiator changed its mind".into()))
+        })
+        .await;
+    assert!(matches!(result, Err(SdkError::Business(_))));
+    assert_eq!(client.wait_final(&gid, SETTLE).await?, "failed");
+    assert_eq!(p.answers(&gid, "cancel"), [409, 200]);
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tcc_never_submitted_is_cancelled_after_its_timeout() -> anyhow::Result<()> {
+    let db = TestDb::mysql().await?;
+    let app = spawn_coordinator(test_config(&db.url)).await?;
+    let p = Participant::start().await?;
+    let client = SettleClient::new(app.api_url());
+    let gid = client.new_gid().await?;
+    let tcc = settle_sdk::Tcc::with_options(
+        &client,
+        GlobalRequest {
+            timeout_to_fail: 1,
+            ..GlobalRequest::new(&gid, "tcc")
+        },
+    );
+    tcc.prepare().await?;
+    tcc.call_branch(
+        &json!({}),
+        &p.url("try"),
+        &p.url("confirm"),
+        &p.url("cancel"),
+    )
+    .await?;
+    // The initiator dies here: no submit, no abort.
+    assert_eq!(client.wait_final(&gid, SETTLE).await?, "failed");
+    assert_eq!(p.answers(&gid, "cancel"), [200]);
+    let t = client
+        .query(&gid)
+        .await?
+        .transaction
+        .expect("transaction exists");
+    assert_eq!(t.rollback_reason, "Timeout after 1 seconds");
+    // A late submit is refused.
+    let late = tcc.submit().await.expect_err("submit after the timeout");
+    assert!(late.is_failure(), "{late}");
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wait_result_answers_submit_after_phase_two_finished() -> anyhow::Result<()> {
+    let db = TestDb::mysql().await?;
+    let app = spawn_coordinator(test_config(&db.url)).await?;
+    let p = Participant::start().await?;
+    p.delay("confirm", Duration::from_millis(300), 1);
+    let client = SettleClient::new(app.api_url());
+    let gid = client.new_gid().await?;
+    let request = GlobalRequest {
+        wait_result: true,
+        ..GlobalRequest::new(&gid, "tcc")
+    };
+    let pc = p.clone();
+    client
+        .tcc_global_with(request, |tcc| async move {
+            tcc.call_branch(
+                &json!({}),
+                &pc.url("try"),
+                &pc.url("confirm"),
+                &pc.url("cancel"),
+            )
+            .await?;
+            Ok(())
+        })
+        .await?;
+    assert_eq!(client.status(&gid).await?.as_deref(), Some("succeed"));
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_confirms_all_branches_at_once() -> anyhow::Result<()> {
+    let db = TestDb::mysql().await?;
+    let app = spawn_coordinator(test_config(&db.url)).await?;
+    let p = Participant::start().await?;
+    p.delay("confirm", Duration::from_millis(400), 3);
+    let client = SettleClient::new(app.api_url());
+    let gid = client.new_gid().await?;
+    let request = GlobalRequest {
+        concurrent: true,
+        ..GlobalRequest::new(&gid, "tcc")
+    };
+    let pc = p.clone();
+    client
+        .tcc_global_with(request, |tcc| async move {
+            for n in 0..3 {
+                tcc.call_branch(
+                    &json!({ "n": n }),
+                    &pc.url("try"),
+                    &pc.url("confirm"),
+                    &pc.url("cancel"),
+                )
+                .await?;
+            }
+            Ok(())
+        })
+        .await?;
+    assert_eq!(client.wait_final(&gid, SETTLE).await?, "succeed");
+    let answered: Vec<_> = p
+        .calls()
+        .into_iter()
+        .filter(|c| c.params.op == "confirm")
+        .map(|c| c.at)
+        .collect();
+    assert_eq!(answered.len(), 3);
+    let spread =
+        *answered.iter().max().expect("3 calls") - *answered.iter().min().expect("3 calls");
+    // One at a time would take 3 x 400 ms; at once, they all answer within one delay.
+    assert!(
+        spread < Duration::from_millis(300),
+        "confirms answered {spread:?} apart"
+    );
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_confirm_that_does_not_answer_in_request_timeout_is_retried() -> anyhow::Result<()> {
+    let db = TestDb::mysql().await?;
+    let app = spawn_coordinator(test_config(&db.url)).await?;
+    let p = Participant::start().await?;
+    p.delay("confirm", Duration::from_millis(2500), 1);
+    let client = SettleClient::new(app.api_url());
+    let gid = client.new_gid().await?;
+    let request = GlobalRequest {
+        request_timeout: 1,
+        ..GlobalRequest::new(&gid, "tcc")
+    };
+    let pc = p.clone();
+    client
+        .tcc_global_with(request, |tcc| async move {
+            tcc.call_branch(
+                &json!({}),
+                &pc.url("try"),
+                &pc.url("confirm"),
+                &pc.url("cancel"),
+            )
+            .await?;
+            Ok(())
+        })
+        .await?;
+    eventually("the timeout to be recorded", SETTLE, || async {
+        client
+            .query(&gid)
+            .await
+            .ok()
+            .and_then(|q| q.transaction)
+            .is_some_and(|t| t.last_error.contains("no answer within 1s"))
+    })
+    .await?;
+    assert_eq!(client.wait_final(&gid, SETTLE).await?, "succeed");
+    assert!(p.arrived("confirm") >= 2);
+    app.stop().await;
+    Ok(())
+}
