@@ -333,7 +333,7 @@ impl SettleProcess {
         let child = tokio::process::Command::new(binary)
             .args(["serve", "--listen", &listen, "--database-url", database_url])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

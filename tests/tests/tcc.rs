@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use settle_protocol::GlobalRequest;
 use settle_sdk::{SdkError, SettleClient};
-use settle_tests::{eventually, spawn_coordinator, sqlite_url, test_config, Participant, TestDb};
+use settle_tests::{eventually, spawn_coordinator, test_config, Participant, TestDb, TestSqlite};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -78,7 +78,8 @@ async fn a_committed_tcc_confirms_every_branch_in_reverse_order_on_mysql() -> an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_committed_tcc_confirms_every_branch_in_reverse_order_on_sqlite() -> anyhow::Result<()> {
-    commit_confirms_every_branch_in_reverse_order(&sqlite_url()).await
+    let db = TestSqlite::new();
+    commit_confirms_every_branch_in_reverse_order(&db.url).await
 }
 
 async fn failed_try_cancels_every_registered_branch(database_url: &str) -> anyhow::Result<()> {
@@ -111,7 +112,8 @@ async fn a_failed_try_cancels_every_registered_branch_on_mysql() -> anyhow::Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_try_cancels_every_registered_branch_on_sqlite() -> anyhow::Result<()> {
-    failed_try_cancels_every_registered_branch(&sqlite_url()).await
+    let db = TestSqlite::new();
+    failed_try_cancels_every_registered_branch(&db.url).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,0 +1,303 @@
+//! Bad input gets a clear 4xx naming the problem, and nothing is written.
+
+use serde_json::{json, Value};
+use settle_coordinator::Application;
+use settle_tests::{spawn_coordinator, test_config, Participant, TestSqlite};
+
+struct Api {
+    app: Application,
+    _db: TestSqlite,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn start() -> anyhow::Result<Self> {
+        let db = TestSqlite::new();
+        let mut config = test_config(&db.url);
+        config.body_limit_bytes = 4096;
+        Ok(Self {
+            _db: db,
+            app: spawn_coordinator(config).await?,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    async fn post_raw(&self, route: &str, body: &str) -> anyhow::Result<(u16, String)> {
+        let r = self
+            .http
+            .post(format!("{}/{route}", self.app.api_url()))
+            .body(body.to_owned())
+            .send()
+            .await?;
+        Ok((r.status().as_u16(), r.text().await?))
+    }
+
+    async fn post(&self, route: &str, body: Value) -> anyhow::Result<(u16, String)> {
+        self.post_raw(route, &body.to_string()).await
+    }
+
+    async fn query(&self, gid: &str) -> anyhow::Result<Value> {
+        let r = self
+            .http
+            .get(format!("{}/query", self.app.api_url()))
+            .query(&[("gid", gid)])
+            .send()
+            .await?;
+        Ok(r.json().await?)
+    }
+
+    async fn transactions(&self) -> anyhow::Result<usize> {
+        let r: Value = self
+            .http
+            .get(format!("{}/all", self.app.api_url()))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(r["transactions"].as_array().map_or(0, Vec::len))
+    }
+}
+
+fn assert_rejected(answer: &(u16, String), status: u16, words: &str) {
+    assert_eq!(answer.0, status, "{answer:?}");
+    assert!(answer.1.contains(words), "expected '{words}' in {answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_or_mistyped_bodies_are_rejected_naming_the_problem() -> anyhow::Result<()> {
+    let api = Api::start().await?;
+    assert_rejected(
+        &api.post_raw("prepare", "{not json").await?,
+        400,
+        "invalid JSON body",
+    );
+    assert_rejected(
+        &api.post_raw("prepare", "").await?,
+        400,
+        "request body is empty",
+    );
+    assert_rejected(
+        &api.post("prepare", json!({"gid": 7, "trans_type": "tcc"}))
+            .await?,
+        400,
+        "invalid type: integer `7`, expected a string",
+    );
+    assert_rejected(
+        &api.post("prepare", json!({"trans_type": "tcc"})).await?,
+        400,
+        "gid is missing or empty",
+    );
+    assert_rejected(
+        &api.post("prepare", json!({"gid": "g1"})).await?,
+        400,
+        "trans_type is missing",
+    );
+    assert_rejected(
+        &api.post("prepare", json!({"gid": "g1", "trans_type": "tcx"}))
+            .await?,
+        400,
+        "unknown trans_type 'tcx'",
+    );
+    assert_rejected(
+        &api.post("prepare", json!({"gid": "g1", "trans_type": "saga"}))
+            .await?,
+        400,
+        "not supported",
+    );
+    assert_rejected(
+        &api.post(
+            "prepare",
+            json!({"gid": "g1", "trans_type": "tcc", "timeout_to_fail": "soon"}),
+        )
+        .await?,
+        400,
+        "expected i64",
+    );
+    assert_rejected(
+        &api.post(
+            "prepare",
+            json!({"gid": "g1", "trans_type": "tcc", "request_timeout": -3}),
+        )
+        .await?,
+        400,
+        "request_timeout must not be negative",
+    );
+    assert_eq!(api.transactions().await?, 0, "nothing was written");
+    api.app.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_gids_are_rejected() -> anyhow::Result<()> {
+    let api = Api::start().await?;
+    let long = "g".repeat(129);
+    for (gid, words) in [
+        ("", "gid is missing"),
+        (long.as_str(), "129 bytes"),
+        ("a b", "contains ' '"),
+        ("a/b", "contains '/'"),
+        ("ünï", "contains 'ü'"),
+    ] {
+        assert_rejected(
+            &api.post("prepare", json!({"gid": gid, "trans_type": "tcc"}))
+                .await?,
+            400,
+            words,
+        );
+        assert_rejected(
+            &api.post("submit", json!({"gid": gid, "trans_type": "tcc"}))
+                .await?,
+            400,
+            words,
+        );
+    }
+    let answer = api
+        .http
+        .get(format!("{}/query", api.app.api_url()))
+        .query(&[("gid", "a b")])
+        .send()
+        .await?;
+    assert_eq!(answer.status().as_u16(), 400);
+    assert_eq!(api.transactions().await?, 0);
+    api.app.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_branches_are_rejected_and_not_registered() -> anyhow::Result<()> {
+    let api = Api::start().await?;
+    let p = Participant::start().await?;
+    assert_eq!(
+        api.post("prepare", json!({"gid": "g1", "trans_type": "tcc"}))
+            .await?
+            .0,
+        200
+    );
+    let branch = |confirm: &str, cancel: &str| json!({"gid": "g1", "trans_type": "tcc", "branch_id": "01", "data": "{}", "confirm": confirm, "cancel": cancel});
+    let ok = p.url("ok");
+    assert_rejected(
+        &api.post("registerBranch", branch("ftp://h/confirm", &ok))
+            .await?,
+        400,
+        "scheme 'ftp'",
+    );
+    assert_rejected(
+        &api.post("registerBranch", branch(&ok, "not a url")).await?,
+        400,
+        "cancel 'not a url' is not a URL",
+    );
+    assert_rejected(
+        &api.post("registerBranch", branch(&ok, "")).await?,
+        400,
+        "cancel is missing",
+    );
+    assert_rejected(
+        &api.post(
+            "registerBranch",
+            json!({"gid": "g1", "trans_type": "tcc", "branch_id": 1, "confirm": ok, "cancel": ok}),
+        )
+        .await?,
+        400,
+        "expected a string",
+    );
+    assert_rejected(
+        &api.post(
+            "registerBranch",
+            json!({"gid": "g1", "trans_type": "tcc", "confirm": ok, "cancel": ok}),
+        )
+        .await?,
+        400,
+        "branch_id is missing",
+    );
+    assert_rejected(&api.post("registerBranch", json!({"gid": "nope", "trans_type": "tcc", "branch_id": "01", "confirm": ok, "cancel": ok})).await?, 404, "no transaction with gid 'nope'");
+    let q = api.query("g1").await?;
+    assert_eq!(
+        q["branches"].as_array().map(Vec::len),
+        Some(0),
+        "no branch was written: {q}"
+    );
+    api.app.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn illegal_transitions_are_conflicts_and_change_nothing() -> anyhow::Result<()> {
+    let api = Api::start().await?;
+    let p = Participant::start().await?;
+    let branch = json!({"gid": "g2", "trans_type": "tcc", "branch_id": "01", "data": "{}", "confirm": p.url("confirm"), "cancel": p.url("cancel")});
+    assert_eq!(
+        api.post("prepare", json!({"gid": "g2", "trans_type": "tcc"}))
+            .await?
+            .0,
+        200
+    );
+    assert_eq!(api.post("registerBranch", branch.clone()).await?.0, 200);
+    assert_eq!(
+        api.post("abort", json!({"gid": "g2", "trans_type": "tcc"}))
+            .await?
+            .0,
+        200
+    );
+    // Aborting twice is a duplicate, not an error.
+    assert_eq!(
+        api.post("abort", json!({"gid": "g2", "trans_type": "tcc"}))
+            .await?
+            .0,
+        200
+    );
+    let submit = api
+        .post("submit", json!({"gid": "g2", "trans_type": "tcc"}))
+        .await?;
+    assert_rejected(&submit, 409, "cannot submit");
+    assert!(
+        submit.1.contains("\"dtm_result\":\"FAILURE\""),
+        "{submit:?}"
+    );
+    let late = json!({"gid": "g2", "trans_type": "tcc", "branch_id": "02", "data": "{}", "confirm": p.url("confirm"), "cancel": p.url("cancel")});
+    assert_rejected(
+        &api.post("registerBranch", late).await?,
+        409,
+        "cannot register a branch",
+    );
+    assert_rejected(
+        &api.post("prepare", json!({"gid": "g2", "trans_type": "tcc"}))
+            .await?,
+        409,
+        "cannot prepare",
+    );
+    assert_rejected(
+        &api.post("abort", json!({"gid": "unknown", "trans_type": "tcc"}))
+            .await?,
+        404,
+        "no transaction",
+    );
+    let q = api.query("g2").await?;
+    assert_eq!(
+        q["branches"].as_array().map(Vec::len),
+        Some(2),
+        "only branch 01's two operations: {q}"
+    );
+    assert_ne!(q["transaction"]["status"], "submitted");
+    api.app.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_rejected() -> anyhow::Result<()> {
+    let api = Api::start().await?;
+    let big = json!({"gid": "g3", "trans_type": "tcc", "custom_data": "x".repeat(5000)});
+    assert_rejected(&api.post("prepare", big).await?, 413, "too large");
+    assert!(api.query("g3").await?["transaction"].is_null());
+    api.app.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_gid_queries_as_null_not_an_error() -> anyhow::Result<()> {
+    let api = Api::start().await?;
+    let q = api.query("never-seen").await?;
+    assert!(q["transaction"].is_null(), "{q}");
+    assert_eq!(q["branches"], json!([]));
+    api.app.stop().await;
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! Crash recovery and several coordinators on one database: the real `settle` process is
+//! killed mid-phase-2 and restarted; two coordinators share a database and confirm each
+//! branch exactly once.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::json;
+use settle_sdk::SettleClient;
+use settle_tests::{
+    eventually, spawn_coordinator, test_config, Participant, SettleProcess, TestDb,
+};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_settle-under-test");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coordinator_killed_during_phase_two_settles_after_restart() -> anyhow::Result<()> {
+    settle_tests::init();
+    let db = TestDb::mysql().await?;
+    let fast = [
+        "--lease-ms",
+        "1500",
+        "--poll-interval-ms",
+        "100",
+        "--default-retry-interval-s",
+        "1",
+    ];
+    let first = SettleProcess::start(BINARY, &db.url, &fast).await?;
+    let p = Participant::start().await?;
+    // The first confirm hangs, so the coordinator is killed while it waits for the answer.
+    p.delay("confirm", Duration::from_secs(5), 1);
+    let client = SettleClient::new(first.api.clone());
+    let gid = client.new_gid().await?;
+    let pc = p.clone();
+    client
+        .tcc_global(&gid, |tcc| async move {
+            for n in 0..2 {
+                tcc.call_branch(
+                    &json!({ "n": n }),
+                    &pc.url("try"),
+                    &pc.url("confirm"),
+                    &pc.url("cancel"),
+                )
+                .await?;
+            }
+            Ok(())
+        })
+        .await?;
+    eventually(
+        "the first confirm to arrive",
+        Duration::from_secs(10),
+        || async { p.arrived("confirm") >= 1 },
+    )
+    .await?;
+    first.kill().await?;
+
+    let second = SettleProcess::start(BINARY, &db.url, &fast).await?;
+    let client = SettleClient::new(second.api.clone());
+    assert_eq!(
+        client.wait_final(&gid, Duration::from_secs(30)).await?,
+        "succeed"
+    );
+    for branch in ["01", "02"] {
+        let ok = p
+            .calls()
+            .iter()
+            .filter(|c| {
+                c.params.gid == gid
+                    && c.params.branch_id == branch
+                    && c.params.op == "confirm"
+                    && c.answered == 200
+            })
+            .count();
+        assert!(ok >= 1, "branch {branch} was confirmed");
+    }
+    assert!(p.answers(&gid, "cancel").is_empty());
+    second.kill().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coordinator_killed_right_after_submit_settles_after_restart() -> anyhow::Result<()> {
+    settle_tests::init();
+    let db = TestDb::mysql().await?;
+    let fast = [
+        "--lease-ms",
+        "1500",
+        "--poll-interval-ms",
+        "100",
+        "--default-retry-interval-s",
+        "1",
+    ];
+    let first = SettleProcess::start(BINARY, &db.url, &fast).await?;
+    let p = Participant::start().await?;
+    // Every confirm fails at first, so the transaction is still unfinished when killed.
+    p.fail_first("confirm", 1);
+    let client = SettleClient::new(first.api.clone());
+    let mut gids = Vec::new();
+    for _ in 0..5 {
+        let gid = client.new_gid().await?;
+        let pc = p.clone();
+        client
+            .tcc_global(&gid, |tcc| async move {
+                tcc.call_branch(
+                    &json!({}),
+                    &pc.url("try"),
+                    &pc.url("confirm"),
+                    &pc.url("cancel"),
+                )
+                .await?;
+                Ok(())
+            })
+            .await?;
+        gids.push(gid);
+    }
+    first.kill().await?;
+    let second = SettleProcess::start(BINARY, &db.url, &fast).await?;
+    let client = SettleClient::new(second.api.clone());
+    for gid in &gids {
+        assert_eq!(
+            client.wait_final(gid, Duration::from_secs(30)).await?,
+            "succeed",
+            "{gid}"
+        );
+        assert_eq!(p.answers(gid, "confirm").last(), Some(&200));
+    }
+    second.kill().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_coordinators_on_one_database_confirm_each_branch_exactly_once() -> anyhow::Result<()> {
+    let db = TestDb::mysql().await?;
+    let config = |id: &str| {
+        let mut c = test_config(&db.url);
+        c.instance_id = id.to_owned();
+        c.poll_interval_ms = 20;
+        c
+    };
+    let a = spawn_coordinator(config("coordinator-a")).await?;
+    let b = spawn_coordinator(config("coordinator-b")).await?;
+    let p = Participant::start().await?;
+    // Each branch's first confirm fails, so its second attempt is claimed by whichever
+    // coordinator's scheduler gets there first.
+    p.fail_first("confirm", 1);
+    let clients = [
+        SettleClient::new(a.api_url()),
+        SettleClient::new(b.api_url()),
+    ];
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let client = clients[i % 2].clone();
+        let p = p.clone();
+        tasks.spawn(async move {
+            let gid = client.new_gid().await?;
+            let pc = p.clone();
+            client
+                .tcc_global(&gid, |tcc| async move {
+                    for n in 0..2 {
+                        tcc.call_branch(
+                            &json!({ "n": n }),
+                            &pc.url("try"),
+                            &pc.url("confirm"),
+                            &pc.url("cancel"),
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            anyhow::Ok(gid)
+        });
+    }
+    let mut gids = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        gids.push(r??);
+    }
+    for gid in &gids {
+        assert_eq!(
+            clients[0].wait_final(gid, Duration::from_secs(30)).await?,
+            "succeed"
+        );
+    }
+    let mut per_branch: HashMap<(String, String), Vec<u16>> = HashMap::new();
+    for c in p.calls().into_iter().filter(|c| c.params.op == "confirm") {
+        per_branch
+            .entry((c.params.gid, c.params.branch_id))
+            .or_default()
+            .push(c.answered);
+    }
+    assert_eq!(per_branch.len(), 80);
+    for (branch, answers) in &per_branch {
+        assert_eq!(
+            answers,
+            &[500, 200],
+            "branch {branch:?} was confirmed more than once"
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+    Ok(())
+}
