@@ -115,11 +115,39 @@ impl Drop for TestDb {
     }
 }
 
-/// A throwaway SQLite store file in the temp folder.
-pub fn sqlite_url() -> String {
-    let path =
-        std::env::temp_dir().join(format!("settle-test-{}.db", uuid::Uuid::new_v4().simple()));
-    format!("sqlite:{}", path.display())
+/// A throwaway SQLite store file in the temp folder, removed when the value is dropped.
+pub struct TestSqlite {
+    /// URL of the store.
+    pub url: String,
+    path: std::path::PathBuf,
+}
+
+impl TestSqlite {
+    /// A new, not yet created, store file.
+    pub fn new() -> Self {
+        let path =
+            std::env::temp_dir().join(format!("settle-test-{}.db", uuid::Uuid::new_v4().simple()));
+        Self {
+            url: format!("sqlite:{}", path.display()),
+            path,
+        }
+    }
+}
+
+impl Default for TestSqlite {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestSqlite {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// A configuration for tests: port 0, fast polling, short retries.
