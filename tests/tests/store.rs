@@ -1,6 +1,10 @@
 //! The store on both databases: every operation, each test in its own fresh MySQL database
 //! and its own SQLite file.
 
+// The shared test bodies are plain async functions, not `#[test]`s, so clippy's test
+// allowance does not reach them.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use settle_coordinator::store::{
