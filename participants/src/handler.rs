@@ -8,7 +8,7 @@
 //! use axum::{extract::State, Router, routing::post};
 //! use settle_sdk::{BarrierTable, BranchQuery, BranchResponse};
 //!
-//! async fn confirm(State(pool): State<sqlx::MySqlPool>, BranchQuery(branch): BranchQuery) -> BranchResponse {
+//! async fn confirm(State(pool): State<sqlx::MySqlPool>, branch: BranchQuery) -> BranchResponse {
 //!     let barrier = match branch.barrier(BarrierTable::default()) {
 //!         Ok(b) => b,
 //!         Err(e) => return BranchResponse::failure(e.to_string()),
