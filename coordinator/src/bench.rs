@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use axum::Router;
 use clap::Args;
 use serde_json::json;
@@ -272,7 +273,16 @@ impl Participant {
             );
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(async move {
+            axum::serve(
+                listener.tap_io(|tcp| {
+                    // Small request/answer exchanges: do not wait for more bytes to fill a packet.
+                    let _ = tcp.set_nodelay(true);
+                }),
+                app,
+            )
+            .await
+        });
         Ok(Self {
             base: format!("http://{addr}"),
             confirms,

@@ -17,6 +17,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use axum::serve::ListenerExt;
 use axum::Router;
 use settle_coordinator::{Application, Config};
 use settle_protocol::BranchParams;
@@ -216,7 +217,16 @@ impl Participant {
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(async move {
+            axum::serve(
+                listener.tap_io(|tcp| {
+                    // Small request/answer exchanges: do not wait for more bytes to fill a packet.
+                    let _ = tcp.set_nodelay(true);
+                }),
+                app,
+            )
+            .await
+        });
         Ok(Self {
             base: format!("http://{addr}"),
             state,

@@ -170,7 +170,7 @@ pub async fn submit(
             Decision::AlreadyDone => return Ok(Json(DtmResult::success())),
             Decision::Apply(txn::submit::SubmitChange::Create) => {
                 let mut txn = new_txn(&c, GlobalStatus::Submitted, now);
-                txn.next_cron_time = now;
+                txn.next_cron_time = expire;
                 txn.owner = state.instance_id.to_string();
                 txn.lease_token = token;
                 txn.lease_expire = expire;
@@ -185,7 +185,7 @@ pub async fn submit(
                     to: GlobalStatus::Submitted,
                     now,
                     rollback_reason: None,
-                    next_cron_time: now,
+                    next_cron_time: expire,
                     lease,
                     fence: None,
                 };
@@ -239,7 +239,7 @@ pub async fn abort(
                     to: GlobalStatus::Aborting,
                     now,
                     rollback_reason: Some(reason.clone()),
-                    next_cron_time: now,
+                    next_cron_time: expire,
                     lease,
                     fence: None,
                 };

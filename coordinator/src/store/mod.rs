@@ -98,14 +98,54 @@ enum Backend {
     Sqlite(SqlitePool),
 }
 
-/// Runs the same block on whichever pool backs the store.
+/// Runs the same block on whichever pool backs the store. The block is one database
+/// transaction (or one statement); when the database aborts it for a deadlock or a lock
+/// timeout, which leaves nothing written, it is run again after a short pause.
 macro_rules! on_pool {
-    ($store:expr, $pool:ident => $body:expr) => {
-        match &$store.backend {
-            Backend::MySql($pool) => $body,
-            Backend::Sqlite($pool) => $body,
+    ($store:expr, $pool:ident => $body:expr) => {{
+        let mut attempt = 0_u32;
+        loop {
+            let result = match &$store.backend {
+                Backend::MySql($pool) => typed(async { $body }).await,
+                Backend::Sqlite($pool) => typed(async { $body }).await,
+            };
+            match result {
+                Err(StoreError::Database(ref e))
+                    if is_transient(e) && attempt < TRANSIENT_RETRIES =>
+                {
+                    attempt += 1;
+                    pause_before_retry(attempt).await;
+                }
+                other => break other,
+            }
         }
+    }};
+}
+
+/// How many times an operation is run again after a deadlock or lock timeout.
+const TRANSIENT_RETRIES: u32 = 8;
+
+/// Gives an operation's block its result type.
+async fn typed<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    f.await
+}
+
+/// Whether the database aborted the statement for a deadlock or a lock timeout (MySQL 1213
+/// and 1205, SQLite BUSY and LOCKED): nothing was written, and running it again is safe.
+fn is_transient(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
     };
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return matches!(my.number(), 1213 | 1205);
+    }
+    matches!(db.code().as_deref(), Some("5" | "6" | "517" | "262"))
+}
+
+async fn pause_before_retry(attempt: u32) {
+    let base = 2_u64.saturating_pow(attempt.min(8));
+    let jitter = rand::random::<u64>() % (base + 1);
+    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
 }
 
 /// Options for connecting to the store.
@@ -216,6 +256,16 @@ impl Store {
             let pool = MySqlPoolOptions::new()
                 .max_connections(options.max_connections.max(1))
                 .acquire_timeout(options.acquire_timeout)
+                // Read committed: an UPDATE locks only the rows it changes, not every row
+                // its scan passes, so claims and status changes do not block each other.
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                            .execute(conn)
+                            .await
+                            .map(drop)
+                    })
+                })
                 .connect_with(connect)
                 .await?;
             Backend::MySql(pool)
@@ -258,7 +308,10 @@ impl Store {
 
     /// Closes every connection.
     pub async fn close(&self) {
-        on_pool!(self, pool => pool.close().await)
+        match &self.backend {
+            Backend::MySql(pool) => pool.close().await,
+            Backend::Sqlite(pool) => pool.close().await,
+        }
     }
 
     /// Inserts a new global transaction with its branch operations, in one database
@@ -464,7 +517,7 @@ impl Store {
 
     /// Claims up to `limit` transactions that are due at `now` and not leased by a live
     /// instance, in one conditional UPDATE, and returns them. Each gets `owner`, `token` and a
-    /// lease until `lease_expire`.
+    /// lease until `lease_expire`, and is due again then, in case this instance dies.
     ///
     /// # Errors
     /// A database error, or a stored row Settle cannot read.
@@ -480,12 +533,12 @@ impl Store {
                    AND lease_expire <= ?";
         let claim = match self.dialect() {
             Dialect::MySql => format!(
-                "UPDATE trans_global SET owner = ?, lease_token = ?, lease_expire = ? \
-                 WHERE {due} ORDER BY next_cron_time LIMIT ?"
+                "UPDATE trans_global SET owner = ?, lease_token = ?, lease_expire = ?, \
+                 next_cron_time = ? WHERE {due} ORDER BY next_cron_time LIMIT ?"
             ),
             Dialect::Sqlite => format!(
-                "UPDATE trans_global SET owner = ?, lease_token = ?, lease_expire = ? \
-                 WHERE id IN (SELECT id FROM trans_global WHERE {due} \
+                "UPDATE trans_global SET owner = ?, lease_token = ?, lease_expire = ?, \
+                 next_cron_time = ? WHERE id IN (SELECT id FROM trans_global WHERE {due} \
                  ORDER BY next_cron_time LIMIT ?)"
             ),
         };
@@ -494,6 +547,7 @@ impl Store {
             let claimed = sqlx::query(&claim)
                 .bind(owner)
                 .bind(token)
+                .bind(lease_expire)
                 .bind(lease_expire)
                 .bind(now)
                 .bind(now)
@@ -515,9 +569,11 @@ impl Store {
     /// [`StoreError::LeaseLost`] if the token is no longer the transaction's; a database
     /// error.
     pub async fn renew_lease(&self, gid: &str, token: &str, lease_expire: i64) -> Result<()> {
-        let sql = "UPDATE trans_global SET lease_expire = ? WHERE gid = ? AND lease_token = ?";
+        let sql = "UPDATE trans_global SET lease_expire = ?, next_cron_time = ? \
+                   WHERE gid = ? AND lease_token = ?";
         on_pool!(self, pool => {
             let n = sqlx::query(sql)
+                .bind(lease_expire)
                 .bind(lease_expire)
                 .bind(gid)
                 .bind(token)
@@ -543,13 +599,14 @@ impl Store {
         now: i64,
         lease_expire: i64,
     ) -> Result<()> {
-        let renew = "UPDATE trans_global SET lease_expire = ?, update_time = ?, retry_count = 0 \
-                     WHERE gid = ? AND lease_token = ?";
+        let renew = "UPDATE trans_global SET lease_expire = ?, next_cron_time = ?, \
+                     update_time = ?, retry_count = 0 WHERE gid = ? AND lease_token = ?";
         let done = "UPDATE trans_branch_op SET status = ?, update_time = ?, finish_time = ? \
                     WHERE gid = ? AND branch_id = ? AND op = ? AND status = ?";
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let n = sqlx::query(renew)
+                .bind(lease_expire)
                 .bind(lease_expire)
                 .bind(now)
                 .bind(gid)

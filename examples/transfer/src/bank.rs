@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -109,7 +110,16 @@ pub async fn serve(pool: MySqlPool, faults: Faults) -> std::io::Result<String> {
         .with_state(bank);
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(async move {
+        axum::serve(
+            listener.tap_io(|tcp| {
+                // Small request/answer exchanges: do not wait for more bytes to fill a packet.
+                let _ = tcp.set_nodelay(true);
+            }),
+            app,
+        )
+        .await
+    });
     Ok(format!("http://{addr}"))
 }
 
