@@ -191,11 +191,12 @@ impl Driver {
         let mut progressed = false;
         let mut failure: Option<(bool, String)> = None;
         if txn.options.concurrent && pending.len() > 1 {
-            lease_until = self.ensure_lease(&txn, lease_until).await?;
+            // The calls run at once: one lease check covers them all.
+            self.ensure_lease(&txn, lease_until).await?;
             let calls = pending.iter().map(|b| self.call(&txn, b));
             let results = futures_util::future::join_all(calls).await;
             for (b, r) in pending.iter().zip(results) {
-                match self.record(&txn, b, &r, &mut lease_until).await? {
+                match self.record(&txn, b, &r).await? {
                     None => progressed = true,
                     Some(f) => failure = failure.or(Some(f)),
                 }
@@ -204,7 +205,7 @@ impl Driver {
             for b in pending.iter().rev() {
                 lease_until = self.ensure_lease(&txn, lease_until).await?;
                 let r = self.call(&txn, b).await;
-                match self.record(&txn, b, &r, &mut lease_until).await? {
+                match self.record(&txn, b, &r).await? {
                     None => progressed = true,
                     Some(f) => {
                         failure = Some(f);
@@ -265,13 +266,10 @@ impl Driver {
         txn: &GlobalTxn,
         branch: &BranchOp,
         result: &CallResult,
-        lease_until: &mut i64,
     ) -> Result<Option<(bool, String)>, StoreError> {
         self.inner.metrics.branch_called(result.outcome);
         match after_call(branch.status, result.outcome) {
             BranchStep::Done(Decision::Apply(_)) => {
-                let now = now_ms();
-                let until = now + self.lease_ms().max(*lease_until - now);
                 self.inner
                     .store
                     .complete_branch(
@@ -279,11 +277,9 @@ impl Driver {
                         &txn.lease_token,
                         &branch.branch_id,
                         branch.op,
-                        now,
-                        until,
+                        now_ms(),
                     )
                     .await?;
-                *lease_until = until;
                 info!(gid = %txn.gid, branch_id = %branch.branch_id, op = %branch.op, outcome = "success", "branch done");
                 Ok(None)
             }

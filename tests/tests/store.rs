@@ -311,7 +311,7 @@ on_both!(lease_fenced_writes_fail_once_the_lease_is_lost, |store| {
         .await
         .unwrap();
     let err = store
-        .complete_branch("g", "stale", "01", Op::Confirm, 2_000, 9_000)
+        .complete_branch("g", "stale", "01", Op::Confirm, 2_000)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost { .. }));
@@ -321,7 +321,7 @@ on_both!(lease_fenced_writes_fail_once_the_lease_is_lost, |store| {
         "nothing written"
     );
     store
-        .complete_branch("g", "mine", "01", Op::Confirm, 2_000, 9_000)
+        .complete_branch("g", "mine", "01", Op::Confirm, 2_000)
         .await
         .unwrap();
     let b = &store.find_branches("g").await.unwrap()[0];
@@ -329,12 +329,20 @@ on_both!(lease_fenced_writes_fail_once_the_lease_is_lost, |store| {
         (b.status, b.finish_time),
         (BranchStatus::Succeeded, Some(2_000))
     );
-    assert_eq!(
-        store.find("g").await.unwrap().unwrap().lease_expire,
-        9_000,
-        "the lease was renewed"
-    );
+    // Recording it again is refused: it is already done.
+    assert!(matches!(
+        store
+            .complete_branch("g", "mine", "01", Op::Confirm, 2_500)
+            .await,
+        Err(StoreError::LeaseLost { .. })
+    ));
     store.renew_lease("g", "mine", 12_000).await.unwrap();
+    let t = store.find("g").await.unwrap().unwrap();
+    assert_eq!(
+        (t.lease_expire, t.next_cron_time),
+        (12_000, 12_000),
+        "renewed, and due again only when the lease runs out"
+    );
     assert!(matches!(
         store.renew_lease("g", "stale", 12_000).await,
         Err(StoreError::LeaseLost { .. })

@@ -92,12 +92,18 @@ pub async fn prepare(
 ) -> Result<Json<DtmResult>, ApiError> {
     let c = check(&state, req)?;
     state.metrics.request(ApiOp::Prepare);
+    // Most prepares open a new transaction: try the insert first, and look at what exists
+    // only when the gid is taken.
+    let txn = new_txn(&c, GlobalStatus::Prepared, now_ms());
+    if state.store.insert_global(&txn, &[]).await? {
+        info!(gid = %txn.gid, trans_type = %txn.trans_type, status = "prepared", "transaction prepared");
+        return Ok(Json(DtmResult::success()));
+    }
     for _ in 0..RACE_RETRIES {
         let found = state.store.find(&c.req.gid).await?;
         match txn::prepare::prepare(&c.req.gid, c.trans_type, existing(&found))? {
             Decision::AlreadyDone => return Ok(Json(DtmResult::success())),
             Decision::Apply(()) => {
-                let txn = new_txn(&c, GlobalStatus::Prepared, now_ms());
                 if state.store.insert_global(&txn, &[]).await? {
                     info!(gid = %txn.gid, trans_type = %txn.trans_type, status = "prepared", "transaction prepared");
                     return Ok(Json(DtmResult::success()));

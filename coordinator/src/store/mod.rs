@@ -329,10 +329,10 @@ impl Store {
             self.dialect().insert_ignore()
         );
         let encoded = rows::EncodedGlobal::new(txn);
-        let branch_sql = self.insert_branch_sql();
+        let branch_sql = self.insert_branch_sql(branches.len());
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let inserted = sqlx::query(&insert)
+            let insert_global = sqlx::query(&insert)
                 .bind(&txn.gid)
                 .bind(txn.trans_type.as_str())
                 .bind(txn.status.as_str())
@@ -353,16 +353,20 @@ impl Store {
                 .bind(&txn.lease_token)
                 .bind(txn.lease_expire)
                 .bind(txn.retry_count)
-                .bind(&txn.last_error)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                .bind(&txn.last_error);
+            if branches.is_empty() {
+                // One statement needs no transaction of its own.
+                drop(tx);
+                return Ok(insert_global.execute(pool).await?.rows_affected() == 1);
+            }
+            let inserted = insert_global.execute(&mut *tx).await?.rows_affected();
             if inserted == 0 {
                 tx.rollback().await?;
                 return Ok(false);
             }
+            let mut q = sqlx::query(&branch_sql);
             for b in branches {
-                sqlx::query(&branch_sql)
+                q = q
                     .bind(&txn.gid)
                     .bind(&b.branch_id)
                     .bind(b.op.as_str())
@@ -370,21 +374,29 @@ impl Store {
                     .bind(&b.data)
                     .bind(txn::BranchStatus::Prepared.as_str())
                     .bind(txn.create_time)
-                    .bind(txn.create_time)
-                    .execute(&mut *tx)
-                    .await?;
+                    .bind(txn.create_time);
             }
+            q.execute(&mut *tx).await?;
             tx.commit().await?;
             Ok(true)
         })
     }
 
-    fn insert_branch_sql(&self) -> String {
-        format!(
+    /// `INSERT` of `rows` branch operations in one statement, skipping registered ones.
+    fn insert_branch_sql(&self, rows: usize) -> String {
+        let mut sql = format!(
             "{} INTO trans_branch_op (gid, branch_id, op, url, data, status, create_time, \
-             update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             update_time) VALUES ",
             self.dialect().insert_ignore()
-        )
+        );
+        for i in 0..rows {
+            sql.push_str(if i == 0 {
+                "(?, ?, ?, ?, ?, ?, ?, ?)"
+            } else {
+                ", (?, ?, ?, ?, ?, ?, ?, ?)"
+            });
+        }
+        sql
     }
 
     /// The global transaction with this gid, if any.
@@ -481,7 +493,7 @@ impl Store {
             "SELECT status, trans_type FROM trans_global WHERE gid = ?{}",
             self.dialect().for_update()
         );
-        let insert = self.insert_branch_sql();
+        let insert = self.insert_branch_sql(branches.len());
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let row = sqlx::query(&select).bind(gid).fetch_optional(&mut *tx).await?;
@@ -497,18 +509,20 @@ impl Store {
                 tx.rollback().await?;
                 return Err(e.into());
             }
-            for b in branches {
-                sqlx::query(&insert)
-                    .bind(gid)
-                    .bind(&b.branch_id)
-                    .bind(b.op.as_str())
-                    .bind(&b.url)
-                    .bind(&b.data)
-                    .bind(txn::BranchStatus::Prepared.as_str())
-                    .bind(now)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+            if !branches.is_empty() {
+                let mut q = sqlx::query(&insert);
+                for b in branches {
+                    q = q
+                        .bind(gid)
+                        .bind(&b.branch_id)
+                        .bind(b.op.as_str())
+                        .bind(&b.url)
+                        .bind(&b.data)
+                        .bind(txn::BranchStatus::Prepared.as_str())
+                        .bind(now)
+                        .bind(now);
+                }
+                q.execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(())
@@ -584,12 +598,13 @@ impl Store {
         })
     }
 
-    /// Records that a branch operation succeeded and extends the lease held with `token`, in
-    /// one database transaction.
+    /// Records that a branch operation succeeded, in one statement that applies only while
+    /// `token` is still the transaction's lease token. The lease itself is renewed by
+    /// [`Store::renew_lease`] when it runs short.
     ///
     /// # Errors
     /// [`StoreError::LeaseLost`] (nothing is written) if the token is no longer the
-    /// transaction's; a database error.
+    /// transaction's or the branch was already recorded by someone else; a database error.
     pub async fn complete_branch(
         &self,
         gid: &str,
@@ -597,28 +612,12 @@ impl Store {
         branch_id: &str,
         op: Op,
         now: i64,
-        lease_expire: i64,
     ) -> Result<()> {
-        let renew = "UPDATE trans_global SET lease_expire = ?, next_cron_time = ?, \
-                     update_time = ?, retry_count = 0 WHERE gid = ? AND lease_token = ?";
-        let done = "UPDATE trans_branch_op SET status = ?, update_time = ?, finish_time = ? \
-                    WHERE gid = ? AND branch_id = ? AND op = ? AND status = ?";
+        let sql = "UPDATE trans_branch_op SET status = ?, update_time = ?, finish_time = ? \
+                   WHERE gid = ? AND branch_id = ? AND op = ? AND status = ? AND EXISTS \
+                   (SELECT 1 FROM trans_global WHERE gid = ? AND lease_token = ?)";
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let n = sqlx::query(renew)
-                .bind(lease_expire)
-                .bind(lease_expire)
-                .bind(now)
-                .bind(gid)
-                .bind(token)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if n != 1 {
-                tx.rollback().await?;
-                return lease_held(gid, 0);
-            }
-            sqlx::query(done)
+            let n = sqlx::query(sql)
                 .bind(txn::BranchStatus::Succeeded.as_str())
                 .bind(now)
                 .bind(now)
@@ -626,10 +625,12 @@ impl Store {
                 .bind(branch_id)
                 .bind(op.as_str())
                 .bind(txn::BranchStatus::Prepared.as_str())
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(())
+                .bind(gid)
+                .bind(token)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            lease_held(gid, n)
         })
     }
 
