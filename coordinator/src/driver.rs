@@ -22,6 +22,7 @@ use crate::clock::now_ms;
 use crate::store::{LeaseWrite, RetrySchedule, StatusChange, Store, StoreError, NEVER};
 use crate::telemetry::Metrics;
 use crate::txn::branch::{after_call, BranchStep};
+use crate::txn::check_back::{after_check_back, CheckBack};
 use crate::txn::finish::finish;
 use crate::txn::retry::retry_delay_ms;
 use crate::txn::timeout::{on_due_prepared, DuePrepared};
@@ -144,7 +145,7 @@ impl Driver {
                         to: GlobalStatus::Aborting,
                         now,
                         rollback_reason: Some(reason.clone()),
-                        next_cron_time: now,
+                        next_cron_time: txn.lease_expire,
                         lease: LeaseWrite::Keep,
                         fence: Some(token.clone()),
                     };
@@ -158,12 +159,55 @@ impl Driver {
                     txn.status = GlobalStatus::Aborting;
                     txn.rollback_reason = reason;
                 }
-                DuePrepared::CheckBack => {
-                    // Transactional messages are not driven yet: keep the message, due never,
-                    // so nothing is lost and an operator can see it.
-                    store.release(&txn.gid, &token, NEVER).await?;
-                    return Ok(RoundEnd::Left);
-                }
+                DuePrepared::CheckBack => match self.check_back(&txn).await {
+                    CheckBack::Commit => {
+                        let change = StatusChange {
+                            to: GlobalStatus::Submitted,
+                            now,
+                            rollback_reason: None,
+                            next_cron_time: txn.lease_expire,
+                            lease: LeaseWrite::Keep,
+                            fence: Some(token.clone()),
+                        };
+                        if !store
+                            .change_status(&txn.gid, GlobalStatus::Prepared, &change)
+                            .await?
+                        {
+                            return Err(StoreError::LeaseLost { gid: txn.gid });
+                        }
+                        info!(gid = %txn.gid, status = "submitted", "check-back: the local transaction committed");
+                        txn.status = GlobalStatus::Submitted;
+                    }
+                    CheckBack::Rollback => {
+                        let reason = "check-back: the local transaction did not commit".to_owned();
+                        let change = StatusChange {
+                            to: GlobalStatus::Failed,
+                            now,
+                            rollback_reason: Some(reason.clone()),
+                            next_cron_time: NEVER,
+                            lease: LeaseWrite::Release,
+                            fence: Some(token.clone()),
+                        };
+                        if !store
+                            .change_status(&txn.gid, GlobalStatus::Prepared, &change)
+                            .await?
+                        {
+                            return Err(StoreError::LeaseLost { gid: txn.gid });
+                        }
+                        store.fail_pending_branches(&txn.gid, now).await?;
+                        self.inner
+                            .metrics
+                            .transaction_finished(GlobalStatus::Failed);
+                        info!(gid = %txn.gid, status = "failed", reason = %reason, "message dropped");
+                        return Ok(RoundEnd::Finished(GlobalStatus::Failed));
+                    }
+                    CheckBack::AskAgain { ongoing, detail } => {
+                        info!(gid = %txn.gid, detail = %detail, "check-back undecided; will ask again");
+                        let schedule = self.retry_schedule(&txn, false, ongoing, detail, now);
+                        store.schedule_retry(&txn.gid, &token, &schedule).await?;
+                        return Ok(RoundEnd::Retrying);
+                    }
+                },
             }
         }
         if txn.status.is_final() {
@@ -176,16 +220,26 @@ impl Driver {
     async fn phase_two(&self, txn: GlobalTxn) -> Result<RoundEnd, StoreError> {
         let store = &self.inner.store;
         let token = txn.lease_token.clone();
-        let Some(op) = txn.status.phase_two_op(txn.trans_type) else {
+        let op = txn.status.phase_two_op(txn.trans_type);
+        if op.is_none() && txn.status != GlobalStatus::Aborting {
             store.release(&txn.gid, &token, NEVER).await?;
             return Ok(RoundEnd::Left);
+        }
+        // A msg rolled back has nothing to undo: it simply fails.
+        let mut pending: Vec<BranchOp> = match op {
+            Some(op) => store
+                .find_branches(&txn.gid)
+                .await?
+                .into_iter()
+                .filter(|b| b.op == op && b.status == crate::txn::BranchStatus::Prepared)
+                .collect(),
+            None => Vec::new(),
         };
-        let pending: Vec<BranchOp> = store
-            .find_branches(&txn.gid)
-            .await?
-            .into_iter()
-            .filter(|b| b.op == op && b.status == crate::txn::BranchStatus::Prepared)
-            .collect();
+        // TCC undoes and confirms in reverse registration order, as DTM does; a message's
+        // steps go out in the order they were given.
+        if txn.trans_type == TransType::Tcc {
+            pending.reverse();
+        }
 
         let mut lease_until = txn.lease_expire;
         let mut progressed = false;
@@ -202,7 +256,7 @@ impl Driver {
                 }
             }
         } else {
-            for b in pending.iter().rev() {
+            for b in &pending {
                 lease_until = self.ensure_lease(&txn, lease_until).await?;
                 let r = self.call(&txn, b).await;
                 match self.record(&txn, b, &r).await? {
@@ -234,6 +288,9 @@ impl Driver {
         };
         if !store.change_status(&txn.gid, txn.status, &change).await? {
             return Err(StoreError::LeaseLost { gid: txn.gid });
+        }
+        if to == GlobalStatus::Failed {
+            store.fail_pending_branches(&txn.gid, now).await?;
         }
         self.inner.metrics.transaction_finished(to);
         info!(gid = %txn.gid, status = %to, "transaction finished");
@@ -335,6 +392,48 @@ impl Driver {
         }
     }
 
+    /// Asks a prepared msg's initiator whether its local transaction committed: GET
+    /// `query_prepared` with `branch_id=00` and `op=msg`.
+    async fn check_back(&self, txn: &GlobalTxn) -> CheckBack {
+        if txn.query_prepared.is_empty() {
+            return CheckBack::AskAgain {
+                ongoing: false,
+                detail: "the message has no query_prepared URL to check back".to_owned(),
+            };
+        }
+        let timeout = Duration::from_secs(u64::try_from(txn.options.request_timeout).unwrap_or(3));
+        let params = [
+            ("gid", txn.gid.as_str()),
+            ("trans_type", txn.trans_type.as_str()),
+            ("branch_id", "00"),
+            ("op", settle_protocol::names::OP_MSG),
+        ];
+        let mut request = self
+            .inner
+            .http
+            .get(&txn.query_prepared)
+            .query(&params)
+            .timeout(timeout);
+        for (k, v) in &txn.options.branch_headers {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.text().await.unwrap_or_default();
+                after_check_back(status, &body)
+            }
+            Err(e) => CheckBack::AskAgain {
+                ongoing: false,
+                detail: if e.is_timeout() {
+                    format!("check-back: no answer within {}s", timeout.as_secs())
+                } else {
+                    format!("check-back: {}", error_chain(&e))
+                },
+            },
+        }
+    }
+
     /// Calls one branch operation and classifies the answer.
     async fn call(&self, txn: &GlobalTxn, branch: &BranchOp) -> CallResult {
         let timeout = Duration::from_secs(u64::try_from(txn.options.request_timeout).unwrap_or(3));
@@ -388,9 +487,4 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     s
-}
-
-/// Whether Settle drives transactions of this type today.
-pub fn drives(trans_type: TransType) -> bool {
-    trans_type == TransType::Tcc
 }

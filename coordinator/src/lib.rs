@@ -7,6 +7,7 @@
 //! - [`store`]: durable state on MySQL or SQLite.
 //! - [`driver`]: runs phase 2 (branch calls with timeouts and backoff), recording outcomes.
 //! - [`scheduler`]: claims due transactions by lease and hands them to the driver.
+//! - [`delivery`]: where committed steps go (HTTP endpoints, RocketMQ topics).
 //! - [`app`]: wires these into a running server; [`cli`] is the `settle` command;
 //!   [`bench`] the load generator; [`config`], [`telemetry`] and [`clock`] support them.
 
@@ -16,6 +17,7 @@ pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod delivery;
 pub mod driver;
 pub mod scheduler;
 pub mod store;

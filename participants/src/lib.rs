@@ -7,6 +7,8 @@
 //! - [`barrier`]: the participant side: DTM's barrier on MySQL, so that each Try, Confirm and
 //!   Cancel runs at most once, a Cancel before its Try does nothing, and a Try after its Cancel
 //!   is refused.
+//! - [`msg`]: the sender side of transactional messages: prepare, run the local transaction
+//!   with its barrier, submit; and the check-back handler that answers from the barrier.
 //! - [`handler`]: axum glue for participant endpoints: read the branch from the query string,
 //!   answer with the status codes the coordinator understands.
 //!
@@ -16,10 +18,12 @@
 pub mod barrier;
 pub mod client;
 pub mod handler;
+pub mod msg;
 pub mod tcc;
 
 pub use barrier::{BarrierError, BarrierOutcome, BarrierTable, BranchBarrier};
 pub use client::{SdkError, SettleClient};
 pub use handler::{BranchQuery, BranchResponse};
+pub use msg::Msg;
 pub use settle_protocol as protocol;
 pub use tcc::Tcc;

@@ -178,6 +178,8 @@ pub async fn spawn_coordinator(config: Config) -> anyhow::Result<Application> {
 /// One call a [`Participant`] received.
 #[derive(Debug, Clone)]
 pub struct Call {
+    /// The route called (`try`, `confirm`, ...).
+    pub route: String,
     /// Branch parameters of the call.
     pub params: BranchParams,
     /// The body.
@@ -327,6 +329,7 @@ async fn participant_call(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .calls
         .push(Call {
+            route: op.clone(),
             params,
             body,
             answered: status,

@@ -16,7 +16,8 @@ use crate::scheduler::new_token;
 use crate::store::{LeaseWrite, StatusChange, NEVER};
 use crate::telemetry::ApiOp;
 use crate::txn::{
-    self, timeout::timeout_deadline, Decision, GlobalStatus, GlobalTxn, TransOptions, TransType,
+    self, timeout::timeout_deadline, Decision, GlobalStatus, GlobalTxn, NewBranch, TransOptions,
+    TransType,
 };
 
 /// How many times a handler re-decides after losing a race with a concurrent change.
@@ -27,6 +28,8 @@ struct Checked {
     req: GlobalRequest,
     trans_type: TransType,
     options: TransOptions,
+    /// The msg's steps as branch operations (empty for TCC).
+    steps: Vec<NewBranch>,
 }
 
 fn check(state: &AppState, req: GlobalRequest) -> Result<Checked, ApiError> {
@@ -34,10 +37,15 @@ fn check(state: &AppState, req: GlobalRequest) -> Result<Checked, ApiError> {
         validate::id("gid", &req.gid)?;
         let trans_type = validate::trans_type(&req.trans_type)?;
         let options = validate::options(&req, &state.config)?;
+        let steps = validate::steps(&req, trans_type)?;
+        if !req.query_prepared.is_empty() {
+            validate::url("query_prepared", &req.query_prepared)?;
+        }
         Ok(Checked {
             req,
             trans_type,
             options,
+            steps,
         })
     })();
     if result.is_err() {
@@ -91,11 +99,18 @@ pub async fn prepare(
     JsonBody(req): JsonBody<GlobalRequest>,
 ) -> Result<Json<DtmResult>, ApiError> {
     let c = check(&state, req)?;
+    if c.trans_type == TransType::Msg && c.req.query_prepared.is_empty() {
+        state.metrics.request(ApiOp::Rejected);
+        return Err(ApiError::bad(
+            "invalid_url",
+            "query_prepared is missing: a prepared msg must say where to check it back",
+        ));
+    }
     state.metrics.request(ApiOp::Prepare);
     // Most prepares open a new transaction: try the insert first, and look at what exists
     // only when the gid is taken.
     let txn = new_txn(&c, GlobalStatus::Prepared, now_ms());
-    if state.store.insert_global(&txn, &[]).await? {
+    if state.store.insert_global(&txn, &c.steps).await? {
         info!(gid = %txn.gid, trans_type = %txn.trans_type, status = "prepared", "transaction prepared");
         return Ok(Json(DtmResult::success()));
     }
@@ -104,7 +119,7 @@ pub async fn prepare(
         match txn::prepare::prepare(&c.req.gid, c.trans_type, existing(&found))? {
             Decision::AlreadyDone => return Ok(Json(DtmResult::success())),
             Decision::Apply(()) => {
-                if state.store.insert_global(&txn, &[]).await? {
+                if state.store.insert_global(&txn, &c.steps).await? {
                     info!(gid = %txn.gid, trans_type = %txn.trans_type, status = "prepared", "transaction prepared");
                     return Ok(Json(DtmResult::success()));
                 }
@@ -180,7 +195,7 @@ pub async fn submit(
                 txn.owner = state.instance_id.to_string();
                 txn.lease_token = token;
                 txn.lease_expire = expire;
-                if !state.store.insert_global(&txn, &[]).await? {
+                if !state.store.insert_global(&txn, &c.steps).await? {
                     continue;
                 }
                 txn

@@ -5,7 +5,8 @@ use settle_protocol::GlobalRequest;
 
 use super::error::ApiError;
 use crate::config::Config;
-use crate::txn::{TransOptions, TransType};
+use crate::delivery::Target;
+use crate::txn::{NewBranch, Op, TransOptions, TransType};
 
 /// Longest gid or branch id, in bytes.
 pub const MAX_ID_LEN: usize = 128;
@@ -71,10 +72,10 @@ pub fn trans_type(value: &str) -> Result<TransType, ApiError> {
             ),
         )
     })?;
-    if !crate::driver::drives(t) {
+    if !t.is_supported() {
         return Err(ApiError::bad(
             "unsupported_trans_type",
-            format!("trans_type '{t}' is not supported by this Settle server (tcc is)"),
+            format!("trans_type '{t}' is not supported by this Settle server (tcc and msg are)"),
         ));
     }
     Ok(t)
@@ -100,29 +101,107 @@ pub fn url(field: &str, value: &str) -> Result<(), ApiError> {
             ),
         ));
     }
-    let parsed = reqwest::Url::parse(value).map_err(|e| {
-        ApiError::bad(
-            "invalid_url",
-            format!("{field} '{}' is not a URL: {e}", value.escape_default()),
-        )
-    })?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(ApiError::bad(
+    match Target::parse(value) {
+        Ok(Target::Http(_)) => Ok(()),
+        Ok(Target::RocketMq(_)) => Err(ApiError::bad(
             "invalid_url",
             format!(
-                "{field} '{}' has scheme '{}'; only http and https are supported",
-                value.escape_default(),
-                parsed.scheme()
+                "{field} '{}' has scheme 'rocketmq'; only http and https are supported here",
+                value.escape_default()
+            ),
+        )),
+        Err(e) => Err(ApiError::bad("invalid_url", format!("{field} {e}"))),
+    }
+}
+
+/// Checks the steps of a msg (each `{"action": URL}`, with one payload per step) and turns
+/// them into the branch operations to store: step `i` is branch `0i`, op `action`.
+///
+/// # Errors
+/// A 400 naming the step and what is wrong with it.
+pub fn steps(req: &GlobalRequest, trans_type: TransType) -> Result<Vec<NewBranch>, ApiError> {
+    if trans_type != TransType::Msg {
+        if req.steps.is_empty() {
+            return Ok(Vec::new());
+        }
+        return Err(ApiError::bad(
+            "invalid_steps",
+            format!("a {trans_type} transaction takes no steps"),
+        ));
+    }
+    if req.steps.is_empty() {
+        return Err(ApiError::bad(
+            "invalid_steps",
+            "a msg needs at least one step",
+        ));
+    }
+    if req.steps.len() > 99 {
+        return Err(ApiError::bad(
+            "invalid_steps",
+            format!("a msg may have at most 99 steps, got {}", req.steps.len()),
+        ));
+    }
+    if req.payloads.len() != req.steps.len() {
+        return Err(ApiError::bad(
+            "invalid_steps",
+            format!(
+                "a msg needs one payload per step: {} steps, {} payloads",
+                req.steps.len(),
+                req.payloads.len()
             ),
         ));
     }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(ApiError::bad(
-            "invalid_url",
-            format!("{field} '{}' has no host", value.escape_default()),
-        ));
+    let mut out = Vec::with_capacity(req.steps.len());
+    for (i, (step, payload)) in req.steps.iter().zip(&req.payloads).enumerate() {
+        if let Some(other) = step.keys().find(|k| k.as_str() != "action") {
+            return Err(ApiError::bad(
+                "invalid_steps",
+                format!(
+                    "step {} has '{}'; a msg step has only an action",
+                    i + 1,
+                    other.escape_default()
+                ),
+            ));
+        }
+        let action = step.get("action").map(String::as_str).unwrap_or_default();
+        if action.is_empty() {
+            return Err(ApiError::bad(
+                "invalid_steps",
+                format!("step {} has no action URL", i + 1),
+            ));
+        }
+        if action.len() > MAX_URL_LEN {
+            return Err(ApiError::bad(
+                "invalid_steps",
+                format!(
+                    "the action of step {} is longer than {MAX_URL_LEN} bytes",
+                    i + 1
+                ),
+            ));
+        }
+        match Target::parse(action) {
+            Ok(Target::Http(_)) => {}
+            Ok(Target::RocketMq(_)) => {
+                return Err(ApiError::bad(
+                    "rocketmq_not_configured",
+                    format!("step {} goes to RocketMQ, but this server has no RocketMQ name server configured", i + 1),
+                ));
+            }
+            Err(e) => {
+                return Err(ApiError::bad(
+                    "invalid_steps",
+                    format!("step {}: {e}", i + 1),
+                ))
+            }
+        }
+        out.push(NewBranch {
+            branch_id: format!("{:02}", i + 1),
+            op: Op::Action,
+            url: action.to_owned(),
+            data: payload.clone(),
+        });
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Resolves a request's options against the server defaults.
@@ -242,6 +321,52 @@ mod tests {
         assert!(message(url("confirm", "ftp://h/x")).contains("scheme 'ftp'"));
         assert!(message(url("confirm", "not a url")).contains("is not a URL"));
         assert!(message(url("cancel", "")).contains("cancel is missing"));
+    }
+
+    fn msg(steps: &[&str], payloads: usize) -> GlobalRequest {
+        GlobalRequest {
+            steps: steps
+                .iter()
+                .map(|a| [("action".to_owned(), (*a).to_owned())].into())
+                .collect(),
+            payloads: (0..payloads).map(|i| format!("{{\"n\":{i}}}")).collect(),
+            ..GlobalRequest::new("g", "msg")
+        }
+    }
+
+    #[test]
+    fn msg_steps_become_action_branches_in_order() {
+        let b = steps(&msg(&["http://a/x", "http://b/y"], 2), TransType::Msg).unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(
+            (
+                b[0].branch_id.as_str(),
+                b[0].op,
+                b[0].url.as_str(),
+                b[0].data.as_str()
+            ),
+            ("01", Op::Action, "http://a/x", "{\"n\":0}")
+        );
+        assert_eq!(b[1].branch_id, "02");
+    }
+
+    #[test]
+    fn bad_msg_steps_are_named() {
+        assert!(message(steps(&msg(&[], 0), TransType::Msg)).contains("at least one step"));
+        assert!(message(steps(&msg(&["http://a/x"], 0), TransType::Msg))
+            .contains("1 steps, 0 payloads"));
+        assert!(
+            message(steps(&msg(&["mailto:x@y"], 1), TransType::Msg)).contains("scheme 'mailto'")
+        );
+        assert!(
+            message(steps(&msg(&["rocketmq://?key=1"], 1), TransType::Msg))
+                .contains("names no topic")
+        );
+        assert!(message(steps(&msg(&[""], 1), TransType::Msg)).contains("no action"));
+        let mut compensate = msg(&["http://a/x"], 1);
+        compensate.steps[0].insert("compensate".into(), "http://a/y".into());
+        assert!(message(steps(&compensate, TransType::Msg)).contains("has 'compensate'"));
+        assert!(message(steps(&msg(&["http://a/x"], 1), TransType::Tcc)).contains("takes no steps"));
     }
 
     #[test]

@@ -634,6 +634,27 @@ impl Store {
         })
     }
 
+    /// Marks every branch operation of a transaction that is not done as `failed`: it will
+    /// never be called (the transaction rolled back or was stopped).
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn fail_pending_branches(&self, gid: &str, now: i64) -> Result<u64> {
+        let sql = "UPDATE trans_branch_op SET status = ?, update_time = ?, finish_time = ? \
+                   WHERE gid = ? AND status = ?";
+        on_pool!(self, pool => {
+            Ok(sqlx::query(sql)
+                .bind(txn::BranchStatus::Failed.as_str())
+                .bind(now)
+                .bind(now)
+                .bind(gid)
+                .bind(txn::BranchStatus::Prepared.as_str())
+                .execute(pool)
+                .await?
+                .rows_affected())
+        })
+    }
+
     /// Writes the retry schedule of a transaction whose phase 2 did not finish, and gives up
     /// the lease held with `token` so any instance can take it when it is due.
     ///

@@ -11,11 +11,13 @@
 //!
 //! # Layout
 //! One transition per file: [`prepare`], [`submit`], [`abort`], [`register`], [`timeout`],
-//! [`branch`] (recording a branch call's outcome), [`finish`] and [`force_stop`]; the types
+//! [`check_back`] (a msg's check-back), [`branch`] (recording a branch call's outcome),
+//! [`finish`] and [`force_stop`]; the types
 //! they share live in [`status`] and [`model`], and [`retry`] computes retry schedules.
 
 pub mod abort;
 pub mod branch;
+pub mod check_back;
 pub mod error;
 pub mod finish;
 pub mod force_stop;
