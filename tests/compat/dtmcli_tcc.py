@@ -9,35 +9,9 @@ Participants are served here with the standard library's HTTP server; the barrie
 dtmcli's BranchBarrier on PyMySQL, exactly as a DTM user would.
 """
 
-import json
-import os
-import sys
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
-
-import pymysql
-import requests
 from dtmcli import barrier, tcc, utils
 
-DTM = os.environ["SETTLE_API"]
-MYSQL = urlparse(os.environ["MYSQL_URL"])
-BUSI_DB = os.environ["BUSI_DB"]
-
-CALLS = []
-CALLS_LOCK = threading.Lock()
-
-
-def connect():
-    return pymysql.connect(
-        host=MYSQL.hostname,
-        port=MYSQL.port or 3306,
-        user=MYSQL.username or "root",
-        password=MYSQL.password or "",
-        database=BUSI_DB,
-        autocommit=False,
-    )
+from common import DTM, SUCCESS, calls, connect, run, serve, wait_status
 
 
 def setup_accounts():
@@ -94,73 +68,30 @@ def barrier_business(op, amount):
     return run
 
 
-class Participant(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def answer(self, status, body):
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        self.do_POST()
-
-    def do_POST(self):
-        url = urlparse(self.path)
-        q = {k: v[0] for k, v in parse_qs(url.query).items()}
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length) or b"{}")
-        with CALLS_LOCK:
-            CALLS.append((url.path, q.get("gid"), q.get("branch_id"), q.get("op")))
+def barrier_route(op):
+    def handle(q, body):
+        bb = barrier.BranchBarrier(q["trans_type"], q["gid"], q["branch_id"], q["op"])
+        conn = connect()
         try:
-            if url.path == "/plain/fail_try":
-                return self.answer(409, '{"dtm_result":"FAILURE"}')
-            if url.path.startswith("/plain/"):
-                return self.answer(200, '{"dtm_result":"SUCCESS"}')
-            if url.path.startswith("/barrier/"):
-                op = url.path[len("/barrier/"):]
-                bb = barrier.BranchBarrier(q["trans_type"], q["gid"], q["branch_id"], q["op"])
-                conn = connect()
-                try:
-                    with conn.cursor() as cur:
-                        bb.call(cur, barrier_business(op, body["amount"]))
-                finally:
-                    conn.close()
-                return self.answer(200, '{"dtm_result":"SUCCESS"}')
-            return self.answer(404, "no such route")
-        except utils.DTMFailureError as e:
-            return self.answer(409, json.dumps({"dtm_result": "FAILURE", "message": str(e)}))
-        except Exception as e:  # noqa: BLE001 - any other error is retried by the coordinator
-            return self.answer(500, json.dumps({"message": repr(e)}))
+            with conn.cursor() as cur:
+                bb.call(cur, barrier_business(op, body["amount"]))
+        finally:
+            conn.close()
+        return SUCCESS
+
+    return handle
 
 
-def wait_status(gid, timeout=20):
-    deadline = time.time() + timeout
-    status = None
-    while time.time() < deadline:
-        r = requests.get(DTM + "/query", params={"gid": gid})
-        assert r.status_code == 200, r.text
-        t = r.json()["transaction"]
-        status = t and t["status"]
-        if status in ("succeed", "failed"):
-            return status
-        time.sleep(0.05)
-    raise AssertionError("transaction %s still %s after %ss" % (gid, status, timeout))
-
-
-def calls(gid, op):
-    with CALLS_LOCK:
-        return [c for c in CALLS if c[1] == gid and c[3] == op]
+def fail_try(_q, _body):
+    raise utils.DTMFailureError("try refused")
 
 
 def main():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Participant)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = "http://127.0.0.1:%d" % server.server_address[1]
+    routes = {"/plain/" + op: (lambda q, b: SUCCESS) for op in ("try", "confirm", "cancel")}
+    routes["/plain/fail_try"] = fail_try
+    for op in ("out_try", "out_confirm", "out_cancel", "in_try", "in_confirm", "in_cancel"):
+        routes["/barrier/" + op] = barrier_route(op)
+    server, base = serve(routes)
     plain = lambda op: base + "/plain/" + op  # noqa: E731
     setup_accounts()
 
@@ -173,8 +104,8 @@ def main():
 
     assert tcc.tcc_global_transaction(DTM, gid, ok) == gid
     assert wait_status(gid) == "succeed"
-    assert [c[2] for c in calls(gid, "confirm")] == ["02", "01"], calls(gid, "confirm")
-    assert calls(gid, "cancel") == []
+    assert [c[2] for c in calls(gid, op="confirm")] == ["02", "01"], calls(gid, op="confirm")
+    assert calls(gid, op="cancel") == []
     print("passing transfer: succeed")
 
     # 2. A failing Try: dtmcli aborts, Settle cancels every registered branch.
@@ -186,8 +117,8 @@ def main():
 
     assert tcc.tcc_global_transaction(DTM, gid, failing) == ""
     assert wait_status(gid) == "failed"
-    assert sorted(c[2] for c in calls(gid, "cancel")) == ["01", "02"], calls(gid, "cancel")
-    assert calls(gid, "confirm") == []
+    assert sorted(c[2] for c in calls(gid, op="cancel")) == ["01", "02"], calls(gid, op="cancel")
+    assert calls(gid, op="confirm") == []
     print("failing try: failed, both branches cancelled")
 
     # 3. A transfer whose participants use dtmcli's barrier on MySQL.
@@ -219,10 +150,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception:
-        import traceback
-
-        traceback.print_exc()
-        sys.exit(1)
+    run(main)

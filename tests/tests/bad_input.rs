@@ -301,3 +301,84 @@ async fn an_unknown_gid_queries_as_null_not_an_error() -> anyhow::Result<()> {
     api.app.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_are_rejected_naming_the_step() -> anyhow::Result<()> {
+    let api = Api::start().await?;
+    let msg = |steps: Value, payloads: Value, query: &str| json!({"gid": "m1", "trans_type": "msg", "steps": steps, "payloads": payloads, "query_prepared": query});
+    let q = "http://127.0.0.1:1/query";
+    assert_rejected(
+        &api.post(
+            "prepare",
+            msg(
+                json!([{"action": "http://127.0.0.1:1/a"}]),
+                json!(["{}"]),
+                "",
+            ),
+        )
+        .await?,
+        400,
+        "query_prepared is missing",
+    );
+    assert_rejected(
+        &api.post(
+            "prepare",
+            msg(json!([{"action": "smtp://mail/a"}]), json!(["{}"]), q),
+        )
+        .await?,
+        400,
+        "step 1: 'smtp://mail/a' has scheme 'smtp'",
+    );
+    assert_rejected(
+        &api.post(
+            "submit",
+            msg(
+                json!([{"action": "http://127.0.0.1:1/a"}, {"action": "rocketmq://?key=k"}]),
+                json!(["{}", "{}"]),
+                q,
+            ),
+        )
+        .await?,
+        400,
+        "step 2: 'rocketmq://?key=k' names no topic",
+    );
+    assert_rejected(
+        &api.post(
+            "submit",
+            msg(json!([{"action": "http://127.0.0.1:1/a"}]), json!([]), q),
+        )
+        .await?,
+        400,
+        "1 steps, 0 payloads",
+    );
+    assert_rejected(
+        &api.post("submit", msg(json!([]), json!([]), q)).await?,
+        400,
+        "at least one step",
+    );
+    assert_rejected(
+        &api.post("submit", msg(json!([{"action": 3}]), json!(["{}"]), q))
+            .await?,
+        400,
+        "invalid type: integer `3`, expected a string",
+    );
+    assert_rejected(
+        &api.post(
+            "prepare",
+            msg(
+                json!([{"action": "http://127.0.0.1:1/a"}]),
+                json!(["{}"]),
+                "tcp://x",
+            ),
+        )
+        .await?,
+        400,
+        "query_prepared",
+    );
+    assert!(
+        api.query("m1").await?["transaction"].is_null(),
+        "nothing was written"
+    );
+    api.app.stop().await;
+    Ok(())
+}
