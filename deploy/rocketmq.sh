@@ -9,6 +9,7 @@
 #                                `export SETTLE_TEST_ROCKETMQ=127.0.0.1:9876`
 #   deploy/rocketmq.sh stop      stop both (SIGTERM)
 #   deploy/rocketmq.sh restart-broker   stop and start the broker only (for fault tests)
+#   deploy/rocketmq.sh stop-broker / start-broker   the broker alone
 #   deploy/rocketmq.sh status    say what answers
 #
 # State (config with paths filled in, store, logs, pids) lives in SETTLE_ROCKETMQ_HOME,
@@ -98,8 +99,10 @@ case "${1:-start}" in
   start) start ;;
   stop) stop_one broker; stop_one namesrv ;;
   restart-broker) stop_one broker; mkdir -p "$HOME_DIR/logs"; start_broker ;;
+  stop-broker) stop_one broker ;;
+  start-broker) mkdir -p "$HOME_DIR/logs"; start_broker ;;
   status)
     port_open 9876 && echo "name server: up" || echo "name server: down"
     port_open 10911 && echo "broker: up" || echo "broker: down" ;;
-  *) echo "usage: $0 install|start|stop|restart-broker|status" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|stop|restart-broker|stop-broker|start-broker|status" >&2; exit 2 ;;
 esac

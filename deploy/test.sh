@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Sets up everything Settle's tests need on this machine (MariaDB, Redis, the Python DTM
-# client), then runs every test of the workspace. The README's test command.
+# Sets up everything Settle's tests need on this machine (MariaDB, Redis, RocketMQ, the
+# Python DTM client), then runs every test of the workspace. The README's test command.
+# A first run installs the Rust RocketMQ broker with cargo install, which takes about 25
+# minutes on 2 cores; later runs reuse it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 eval "$(deploy/services.sh start)"
 eval "$(deploy/python.sh)"
-export SETTLE_TEST_MYSQL_URL SETTLE_TEST_REDIS_URL SETTLE_PYTHON
+eval "$(deploy/rocketmq.sh start)"
+export SETTLE_TEST_MYSQL_URL SETTLE_TEST_REDIS_URL SETTLE_PYTHON SETTLE_TEST_ROCKETMQ
 
-echo "[test] MySQL: $SETTLE_TEST_MYSQL_URL  Redis: $SETTLE_TEST_REDIS_URL  Python: $SETTLE_PYTHON" >&2
+echo "[test] MySQL: $SETTLE_TEST_MYSQL_URL  Redis: $SETTLE_TEST_REDIS_URL  RocketMQ: $SETTLE_TEST_ROCKETMQ  Python: $SETTLE_PYTHON" >&2
 cargo test --workspace --locked "$@"

@@ -14,6 +14,8 @@ use tracing::info;
 
 use crate::api::{router, AppState};
 use crate::config::{Config, ConfigError};
+use crate::delivery::rocketmq::RocketMqSink;
+use crate::delivery::{DispatchSettings, Dispatcher};
 use crate::driver::{Driver, DriverSettings};
 use crate::scheduler::Scheduler;
 use crate::store::{redact_url, ConnectOptions, Store, StoreError};
@@ -41,6 +43,14 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The RocketMQ producer could not start.
+    #[error("cannot start the RocketMQ producer for name server {namesrv}: {reason}")]
+    RocketMq {
+        /// The name server.
+        namesrv: String,
+        /// Why.
+        reason: String,
+    },
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
@@ -54,6 +64,7 @@ pub struct Application {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     scheduler: JoinHandle<()>,
+    dispatcher: Option<JoinHandle<()>>,
 }
 
 impl Application {
@@ -98,6 +109,7 @@ impl Application {
             .connect_timeout(Duration::from_secs(3))
             .build()?;
         let metrics = Arc::new(Metrics::default());
+        let dispatch = Arc::new(tokio::sync::Notify::new());
         let driver = Driver::new(
             store.clone(),
             http,
@@ -107,8 +119,41 @@ impl Application {
                 max_inflight: config.max_inflight,
             },
             metrics.clone(),
+            dispatch.clone(),
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let dispatcher = if config.rocketmq_namesrv.is_empty() {
+            None
+        } else {
+            let sink = RocketMqSink::start(
+                &config.rocketmq_namesrv,
+                &config.rocketmq_producer_group,
+                Duration::from_millis(config.rocketmq_send_timeout_ms),
+            )
+            .await
+            .map_err(|e| StartError::RocketMq {
+                namesrv: config.rocketmq_namesrv.clone(),
+                reason: e.to_string(),
+            })?;
+            let dispatcher = Arc::new(Dispatcher::new(
+                store.clone(),
+                Arc::new(sink),
+                DispatchSettings {
+                    instance_id: instance_id.clone(),
+                    poll_interval: Duration::from_millis(config.delivery_poll_interval_ms),
+                    lease: Duration::from_millis(
+                        config
+                            .rocketmq_send_timeout_ms
+                            .saturating_mul(4)
+                            .max(10_000),
+                    ),
+                    max_inflight: config.delivery_max_inflight,
+                    retry_cap_s: config.retry_cap_s.min(30),
+                },
+                dispatch.clone(),
+            ));
+            Some(tokio::spawn(dispatcher.run(shutdown_rx.clone())))
+        };
         let scheduler = Scheduler::new(
             store.clone(),
             driver.clone(),
@@ -129,6 +174,7 @@ impl Application {
             config: Arc::new(config),
             instance_id: instance_id.clone().into(),
             metrics,
+            dispatch,
         };
         let app = router(state);
         let mut stop = shutdown_rx;
@@ -152,6 +198,7 @@ impl Application {
             shutdown,
             server,
             scheduler,
+            dispatcher,
         })
     }
 
@@ -187,6 +234,9 @@ impl Application {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.scheduler.await;
+        if let Some(dispatcher) = self.dispatcher {
+            let _ = dispatcher.await;
+        }
         let _ = self.server.await;
         self.store.close().await;
     }

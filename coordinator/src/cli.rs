@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the coordinator (HTTP API, scheduler and driver).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Measure a running DTM-compatible server with concurrent TCC transactions.
     Bench(BenchArgs),
 }
@@ -81,6 +81,22 @@ pub struct ServeArgs {
     /// `retry_interval` for transactions that leave it 0, in seconds [default: 10].
     #[arg(long, env = "SETTLE_DEFAULT_RETRY_INTERVAL_S")]
     pub default_retry_interval_s: Option<i64>,
+    /// RocketMQ name server (`host:port`) that `rocketmq://TOPIC?key=K&tag=T` steps are
+    /// published through [default: none: such steps are refused].
+    #[arg(long, env = "SETTLE_ROCKETMQ_NAMESRV")]
+    pub rocketmq_namesrv: Option<String>,
+    /// Producer group the coordinator publishes in [default: settle-coordinator].
+    #[arg(long, env = "SETTLE_ROCKETMQ_PRODUCER_GROUP")]
+    pub rocketmq_producer_group: Option<String>,
+    /// How long one publish may take, in ms [default: 3000].
+    #[arg(long, env = "SETTLE_ROCKETMQ_SEND_TIMEOUT_MS")]
+    pub rocketmq_send_timeout_ms: Option<u64>,
+    /// How often to look for messages to deliver, in ms [default: 200].
+    #[arg(long, env = "SETTLE_DELIVERY_POLL_INTERVAL_MS")]
+    pub delivery_poll_interval_ms: Option<u64>,
+    /// Most sharding keys delivered at once [default: 256].
+    #[arg(long, env = "SETTLE_DELIVERY_MAX_INFLIGHT")]
+    pub delivery_max_inflight: Option<usize>,
 }
 
 impl ServeArgs {
@@ -112,7 +128,12 @@ impl ServeArgs {
             retry_cap_s,
             default_timeout_to_fail_s,
             default_request_timeout_s,
-            default_retry_interval_s
+            default_retry_interval_s,
+            rocketmq_namesrv,
+            rocketmq_producer_group,
+            rocketmq_send_timeout_ms,
+            delivery_poll_interval_ms,
+            delivery_max_inflight
         );
         Ok(c)
     }

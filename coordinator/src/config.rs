@@ -43,6 +43,18 @@ pub struct Config {
     pub default_request_timeout_s: i64,
     /// `retry_interval` of transactions that do not set it, in seconds.
     pub default_retry_interval_s: i64,
+    /// RocketMQ name server (`host:port`) for `rocketmq://` steps; empty: RocketMQ steps are
+    /// refused.
+    pub rocketmq_namesrv: String,
+    /// Producer group the coordinator publishes in.
+    pub rocketmq_producer_group: String,
+    /// How long one publish may take before it counts as failed, in ms.
+    pub rocketmq_send_timeout_ms: u64,
+    /// How often the dispatcher looks for messages to deliver, in ms (it also wakes at once
+    /// when this instance commits one).
+    pub delivery_poll_interval_ms: u64,
+    /// Most sharding keys delivered at once.
+    pub delivery_max_inflight: usize,
 }
 
 impl Default for Config {
@@ -61,6 +73,11 @@ impl Default for Config {
             default_timeout_to_fail_s: 35,
             default_request_timeout_s: 3,
             default_retry_interval_s: 10,
+            rocketmq_namesrv: String::new(),
+            rocketmq_producer_group: "settle-coordinator".to_owned(),
+            rocketmq_send_timeout_ms: 3_000,
+            delivery_poll_interval_ms: 200,
+            delivery_max_inflight: 256,
         }
     }
 }
@@ -121,6 +138,15 @@ impl Config {
             ("default_timeout_to_fail_s", self.default_timeout_to_fail_s),
             ("default_request_timeout_s", self.default_request_timeout_s),
             ("default_retry_interval_s", self.default_retry_interval_s),
+            (
+                "rocketmq_send_timeout_ms",
+                self.rocketmq_send_timeout_ms as i64,
+            ),
+            (
+                "delivery_poll_interval_ms",
+                self.delivery_poll_interval_ms as i64,
+            ),
+            ("delivery_max_inflight", self.delivery_max_inflight as i64),
         ];
         for (name, value) in positive {
             if value <= 0 {

@@ -19,14 +19,17 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::clock::now_ms;
-use crate::store::{LeaseWrite, RetrySchedule, StatusChange, Store, StoreError, NEVER};
+use crate::store::outbox::is_broker_url;
+use crate::store::{
+    LeaseWrite, OutboxState, RetrySchedule, StatusChange, Store, StoreError, NEVER,
+};
 use crate::telemetry::Metrics;
 use crate::txn::branch::{after_call, BranchStep};
 use crate::txn::check_back::{after_check_back, CheckBack};
 use crate::txn::finish::finish;
 use crate::txn::retry::retry_delay_ms;
 use crate::txn::timeout::{on_due_prepared, DuePrepared};
-use crate::txn::{BranchOp, Decision, GlobalStatus, GlobalTxn, TransType};
+use crate::txn::{BranchOp, Decision, GlobalStatus, GlobalTxn, Op, TransType};
 
 /// Settings of the driver.
 #[derive(Debug, Clone)]
@@ -51,6 +54,7 @@ struct Inner {
     settings: DriverSettings,
     inflight: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    dispatch: Arc<tokio::sync::Notify>,
 }
 
 /// How a round ended.
@@ -73,12 +77,14 @@ struct CallResult {
 const LEASE_MARGIN_MS: i64 = 5_000;
 
 impl Driver {
-    /// A driver over `store`, calling branches with `http`.
+    /// A driver over `store`, calling branches with `http`; `dispatch` wakes the delivery
+    /// dispatcher when messages become deliverable.
     pub fn new(
         store: Store,
         http: reqwest::Client,
         settings: DriverSettings,
         metrics: Arc<Metrics>,
+        dispatch: Arc<tokio::sync::Notify>,
     ) -> Self {
         let inflight = Arc::new(Semaphore::new(settings.max_inflight.max(1)));
         Self {
@@ -88,6 +94,7 @@ impl Driver {
                 settings,
                 inflight,
                 metrics,
+                dispatch,
             }),
         }
     }
@@ -148,6 +155,8 @@ impl Driver {
                         next_cron_time: txn.lease_expire,
                         lease: LeaseWrite::Keep,
                         fence: Some(token.clone()),
+                        new_branches: Vec::new(),
+                        enqueue_steps: None,
                     };
                     if !store
                         .change_status(&txn.gid, GlobalStatus::Prepared, &change)
@@ -168,6 +177,8 @@ impl Driver {
                             next_cron_time: txn.lease_expire,
                             lease: LeaseWrite::Keep,
                             fence: Some(token.clone()),
+                            new_branches: Vec::new(),
+                            enqueue_steps: Some(OutboxState::Pending),
                         };
                         if !store
                             .change_status(&txn.gid, GlobalStatus::Prepared, &change)
@@ -176,6 +187,7 @@ impl Driver {
                             return Err(StoreError::LeaseLost { gid: txn.gid });
                         }
                         info!(gid = %txn.gid, status = "submitted", "check-back: the local transaction committed");
+                        self.inner.dispatch.notify_one();
                         txn.status = GlobalStatus::Submitted;
                     }
                     CheckBack::Rollback => {
@@ -187,6 +199,8 @@ impl Driver {
                             next_cron_time: NEVER,
                             lease: LeaseWrite::Release,
                             fence: Some(token.clone()),
+                            new_branches: Vec::new(),
+                            enqueue_steps: None,
                         };
                         if !store
                             .change_status(&txn.gid, GlobalStatus::Prepared, &change)
@@ -220,61 +234,88 @@ impl Driver {
     async fn phase_two(&self, txn: GlobalTxn) -> Result<RoundEnd, StoreError> {
         let store = &self.inner.store;
         let token = txn.lease_token.clone();
-        let op = txn.status.phase_two_op(txn.trans_type);
-        if op.is_none() && txn.status != GlobalStatus::Aborting {
-            store.release(&txn.gid, &token, NEVER).await?;
-            return Ok(RoundEnd::Left);
-        }
-        // A msg rolled back has nothing to undo: it simply fails.
-        let mut pending: Vec<BranchOp> = match op {
-            Some(op) => store
-                .find_branches(&txn.gid)
-                .await?
-                .into_iter()
-                .filter(|b| b.op == op && b.status == crate::txn::BranchStatus::Prepared)
-                .collect(),
-            None => Vec::new(),
+        // What phase 2 does, stage after stage. A msg rolled back has nothing to undo.
+        let stages: &[Op] = match (txn.status, txn.trans_type) {
+            (GlobalStatus::Submitted, TransType::Tcc) => &[Op::Confirm, Op::Action],
+            (GlobalStatus::Aborting, TransType::Tcc) => &[Op::Cancel],
+            (GlobalStatus::Submitted, TransType::Msg) => &[Op::Action],
+            (GlobalStatus::Aborting, TransType::Msg) => &[],
+            _ => {
+                store.release(&txn.gid, &token, NEVER).await?;
+                return Ok(RoundEnd::Left);
+            }
         };
-        // TCC undoes and confirms in reverse registration order, as DTM does; a message's
-        // steps go out in the order they were given.
-        if txn.trans_type == TransType::Tcc {
-            pending.reverse();
-        }
-
+        let branches = if stages.is_empty() {
+            Vec::new()
+        } else {
+            store.find_branches(&txn.gid).await?
+        };
         let mut lease_until = txn.lease_expire;
         let mut progressed = false;
-        let mut failure: Option<(bool, String)> = None;
-        if txn.options.concurrent && pending.len() > 1 {
-            // The calls run at once: one lease check covers them all.
-            self.ensure_lease(&txn, lease_until).await?;
-            let calls = pending.iter().map(|b| self.call(&txn, b));
-            let results = futures_util::future::join_all(calls).await;
-            for (b, r) in pending.iter().zip(results) {
-                match self.record(&txn, b, &r).await? {
-                    None => progressed = true,
-                    Some(f) => failure = failure.or(Some(f)),
+        for &op in stages {
+            let mut pending: Vec<&BranchOp> = branches
+                .iter()
+                .filter(|b| b.op == op && b.status == crate::txn::BranchStatus::Prepared)
+                .collect();
+            if pending.is_empty() {
+                continue;
+            }
+            if op == Op::Action && txn.trans_type == TransType::Tcc {
+                // Every confirm succeeded: the TCC's messages may go out now.
+                if store.release_held(&txn.gid, now_ms()).await? > 0 {
+                    self.inner.dispatch.notify_one();
                 }
             }
-        } else {
-            for b in &pending {
+            // TCC undoes and confirms in reverse registration order, as DTM does; a
+            // message's steps go out in the order they were given.
+            if txn.trans_type == TransType::Tcc && op != Op::Action {
+                pending.reverse();
+            }
+            // Broker-bound steps are delivered by the dispatcher, which marks them done.
+            let (waiting, calls): (Vec<&BranchOp>, Vec<&BranchOp>) =
+                pending.into_iter().partition(|b| is_broker_url(&b.url));
+            let mut failure: Option<(bool, String)> = None;
+            if txn.options.concurrent && calls.len() > 1 {
+                // The calls run at once: one lease check covers them all.
                 lease_until = self.ensure_lease(&txn, lease_until).await?;
-                let r = self.call(&txn, b).await;
-                match self.record(&txn, b, &r).await? {
-                    None => progressed = true,
-                    Some(f) => {
-                        failure = Some(f);
-                        break;
+                let results =
+                    futures_util::future::join_all(calls.iter().map(|b| self.call(&txn, b))).await;
+                for (b, r) in calls.iter().zip(results) {
+                    match self.record(&txn, b, &r).await? {
+                        None => progressed = true,
+                        Some(f) => failure = failure.or(Some(f)),
                     }
                 }
+            } else {
+                for b in &calls {
+                    lease_until = self.ensure_lease(&txn, lease_until).await?;
+                    let r = self.call(&txn, b).await;
+                    match self.record(&txn, b, &r).await? {
+                        None => progressed = true,
+                        Some(f) => {
+                            failure = Some(f);
+                            break;
+                        }
+                    }
+                }
+            }
+            if failure.is_none() && !waiting.is_empty() {
+                // Not a failure: look again after a fixed interval, or as soon as the
+                // dispatcher records a delivery.
+                let detail = format!(
+                    "waiting for the broker to acknowledge {} message(s)",
+                    waiting.len()
+                );
+                failure = Some((true, detail));
+            }
+            if let Some((ongoing, detail)) = failure {
+                let schedule = self.retry_schedule(&txn, progressed, ongoing, detail, now_ms());
+                store.schedule_retry(&txn.gid, &token, &schedule).await?;
+                return Ok(RoundEnd::Retrying);
             }
         }
 
         let now = now_ms();
-        if let Some((ongoing, detail)) = failure {
-            let schedule = self.retry_schedule(&txn, progressed, ongoing, detail, now);
-            store.schedule_retry(&txn.gid, &token, &schedule).await?;
-            return Ok(RoundEnd::Retrying);
-        }
         let Decision::Apply(to) = finish(&txn.gid, txn.status)? else {
             return Ok(RoundEnd::Finished(txn.status));
         };
@@ -285,6 +326,8 @@ impl Driver {
             next_cron_time: NEVER,
             lease: LeaseWrite::Release,
             fence: Some(token),
+            new_branches: Vec::new(),
+            enqueue_steps: None,
         };
         if !store.change_status(&txn.gid, txn.status, &change).await? {
             return Err(StoreError::LeaseLost { gid: txn.gid });

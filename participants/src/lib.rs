@@ -9,6 +9,10 @@
 //!   is refused.
 //! - [`msg`]: the sender side of transactional messages: prepare, run the local transaction
 //!   with its barrier, submit; and the check-back handler that answers from the barrier.
+//! - [`cache`] (feature `cache`): a Redis cache kept consistent by versioned writes, with a
+//!   reload lock for misses.
+//! - [`consumer`] (feature `rocketmq`): the orderly RocketMQ consumer that applies delivered
+//!   changes to that cache, deduplicating by message id.
 //! - [`handler`]: axum glue for participant endpoints: read the branch from the query string,
 //!   answer with the status codes the coordinator understands.
 //!
@@ -16,7 +20,11 @@
 //! coordinator.
 
 pub mod barrier;
+#[cfg(feature = "cache")]
+pub mod cache;
 pub mod client;
+#[cfg(feature = "rocketmq")]
+pub mod consumer;
 pub mod handler;
 pub mod msg;
 pub mod tcc;

@@ -151,6 +151,37 @@ impl Drop for TestSqlite {
     }
 }
 
+/// The RocketMQ name server the tests use (`SETTLE_TEST_ROCKETMQ`, default
+/// `127.0.0.1:9876`); `deploy/rocketmq.sh start` starts one.
+pub fn rocketmq_namesrv() -> String {
+    std::env::var("SETTLE_TEST_ROCKETMQ").unwrap_or_else(|_| "127.0.0.1:9876".to_owned())
+}
+
+/// The Redis server the tests use (`SETTLE_TEST_REDIS_URL`, default
+/// `redis://127.0.0.1:6379`).
+pub fn redis_url() -> String {
+    std::env::var("SETTLE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Runs `deploy/rocketmq.sh` with `action` (`stop-broker`, `start-broker`,
+/// `restart-broker`), for fault tests.
+///
+/// # Errors
+/// The script fails.
+pub async fn rocketmq_script(action: &str) -> anyhow::Result<()> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rocketmq.sh");
+    let status = tokio::process::Command::new("bash")
+        .arg(&script)
+        .arg(action)
+        .status()
+        .await?;
+    anyhow::ensure!(
+        status.success(),
+        "deploy/rocketmq.sh {action} failed: {status}"
+    );
+    Ok(())
+}
+
 /// A configuration for tests: port 0, fast polling, short retries.
 pub fn test_config(database_url: &str) -> Config {
     Config {
@@ -422,4 +453,95 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+/// A test topic with a unique name, created (4 queues) before anyone consumes it.
+///
+/// # Errors
+/// The broker cannot be reached.
+pub async fn new_topic(client: &settle_rocketmq::Client, prefix: &str) -> anyhow::Result<String> {
+    let topic = format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    let mut producer = settle_rocketmq::Producer::start(
+        client,
+        &rocketmq_namesrv(),
+        &format!("{topic}-admin"),
+        Duration::from_secs(3),
+    )
+    .await?;
+    let mut last = None;
+    for _ in 0..30 {
+        match producer.create_topic(&topic, 4).await {
+            Ok(()) => {
+                last = None;
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    producer.shutdown().await;
+    if let Some(e) = last {
+        bail!("cannot create topic {topic}: {e}");
+    }
+    Ok(topic)
+}
+
+/// Records every message of a topic, in the order the orderly consumer hands them out.
+pub struct Collector {
+    received: Arc<Mutex<Vec<(settle_rocketmq::Delivery, Instant)>>>,
+    consumer: settle_rocketmq::OrderlyConsumer,
+}
+
+impl Collector {
+    /// Starts consuming `topic` with a fresh consumer group.
+    ///
+    /// # Errors
+    /// The consumer cannot start.
+    pub async fn start(client: &settle_rocketmq::Client, topic: &str) -> anyhow::Result<Self> {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        let handler: settle_rocketmq::Handler = Arc::new(move |d: settle_rocketmq::Delivery| {
+            let sink = sink.clone();
+            Box::pin(async move {
+                sink.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push((d, Instant::now()));
+                Ok(())
+            }) as futures_util::future::BoxFuture<'static, Result<(), String>>
+        });
+        let group = format!("{topic}-collector");
+        let consumer = settle_rocketmq::OrderlyConsumer::start(
+            client,
+            &rocketmq_namesrv(),
+            &group,
+            topic,
+            handler,
+        )
+        .await?;
+        Ok(Self { received, consumer })
+    }
+
+    /// Everything received so far, in order, duplicates included.
+    pub fn received(&self) -> Vec<(settle_rocketmq::Delivery, Instant)> {
+        self.received
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The distinct message ids received so far.
+    pub fn distinct_ids(&self) -> std::collections::HashSet<String> {
+        self.received()
+            .into_iter()
+            .map(|(d, _)| d.message_id)
+            .collect()
+    }
+
+    /// Stops consuming.
+    pub async fn shutdown(self) {
+        self.consumer.shutdown().await;
+    }
 }

@@ -143,6 +143,8 @@ on_both!(
                 expire: 9_000,
             },
             fence: None,
+            new_branches: Vec::new(),
+            enqueue_steps: None,
         };
         assert!(!store
             .change_status("g", GlobalStatus::Aborting, &to_submitted)
@@ -169,6 +171,8 @@ on_both!(
             next_cron_time: NEVER,
             lease: LeaseWrite::Release,
             fence: Some(fence.to_owned()),
+            new_branches: Vec::new(),
+            enqueue_steps: None,
         };
         assert!(!store
             .change_status("g", GlobalStatus::Submitted, &finish("stale"))
@@ -190,6 +194,8 @@ on_both!(
             next_cron_time: 4_000,
             lease: LeaseWrite::Keep,
             fence: None,
+            new_branches: Vec::new(),
+            enqueue_steps: None,
         };
         store
             .insert_global(&txn("h", GlobalStatus::Prepared, 1_000), &[])

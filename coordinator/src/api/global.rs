@@ -13,7 +13,7 @@ use super::{validate, AppState};
 use crate::clock::now_ms;
 use crate::driver::RoundEnd;
 use crate::scheduler::new_token;
-use crate::store::{LeaseWrite, StatusChange, NEVER};
+use crate::store::{LeaseWrite, OutboxState, StatusChange, NEVER};
 use crate::telemetry::ApiOp;
 use crate::txn::{
     self, timeout::timeout_deadline, Decision, GlobalStatus, GlobalTxn, NewBranch, TransOptions,
@@ -37,7 +37,7 @@ fn check(state: &AppState, req: GlobalRequest) -> Result<Checked, ApiError> {
         validate::id("gid", &req.gid)?;
         let trans_type = validate::trans_type(&req.trans_type)?;
         let options = validate::options(&req, &state.config)?;
-        let steps = validate::steps(&req, trans_type)?;
+        let steps = validate::steps(&req, trans_type, state.rocketmq_enabled())?;
         if !req.query_prepared.is_empty() {
             validate::url("query_prepared", &req.query_prepared)?;
         }
@@ -99,6 +99,13 @@ pub async fn prepare(
     JsonBody(req): JsonBody<GlobalRequest>,
 ) -> Result<Json<DtmResult>, ApiError> {
     let c = check(&state, req)?;
+    if c.trans_type == TransType::Tcc && !c.steps.is_empty() {
+        state.metrics.request(ApiOp::Rejected);
+        return Err(ApiError::bad(
+            "invalid_steps",
+            "a TCC's messages go with its submit, not its prepare",
+        ));
+    }
     if c.trans_type == TransType::Msg && c.req.query_prepared.is_empty() {
         state.metrics.request(ApiOp::Rejected);
         return Err(ApiError::bad(
@@ -171,6 +178,16 @@ async fn start_phase_two(
     }
 }
 
+/// How a submit puts broker-bound messages in the outbox: a msg's go out at once; a TCC's
+/// wait until every confirm succeeded.
+fn outbox_state(trans_type: TransType) -> OutboxState {
+    if trans_type == TransType::Tcc {
+        OutboxState::Held
+    } else {
+        OutboxState::Pending
+    }
+}
+
 /// `POST submit`: commits a transaction and starts confirming its branches (or, for a msg,
 /// delivering it). A transaction never prepared is created submitted, as in DTM.
 ///
@@ -195,9 +212,14 @@ pub async fn submit(
                 txn.owner = state.instance_id.to_string();
                 txn.lease_token = token;
                 txn.lease_expire = expire;
-                if !state.store.insert_global(&txn, &c.steps).await? {
+                if !state
+                    .store
+                    .insert_global_enqueue(&txn, &c.steps, Some(outbox_state(c.trans_type)))
+                    .await?
+                {
                     continue;
                 }
+                state.dispatch.notify_one();
                 txn
             }
             Decision::Apply(txn::submit::SubmitChange::FromPrepared) => {
@@ -209,6 +231,14 @@ pub async fn submit(
                     next_cron_time: expire,
                     lease,
                     fence: None,
+                    // A TCC's messages come with its submit; a msg's steps were stored at
+                    // prepare.
+                    new_branches: if c.trans_type == TransType::Tcc {
+                        c.steps.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    enqueue_steps: Some(outbox_state(c.trans_type)),
                 };
                 if !state
                     .store
@@ -217,6 +247,7 @@ pub async fn submit(
                 {
                     continue;
                 }
+                state.dispatch.notify_one();
                 txn.status = GlobalStatus::Submitted;
                 txn.owner = state.instance_id.to_string();
                 txn.lease_token = token;
@@ -263,6 +294,14 @@ pub async fn abort(
                     next_cron_time: expire,
                     lease,
                     fence: None,
+                    // A TCC's messages come with its submit; a msg's steps were stored at
+                    // prepare.
+                    new_branches: if c.trans_type == TransType::Tcc {
+                        c.steps.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    enqueue_steps: Some(outbox_state(c.trans_type)),
                 };
                 if !state
                     .store
@@ -271,6 +310,7 @@ pub async fn abort(
                 {
                     continue;
                 }
+                state.dispatch.notify_one();
                 info!(gid = %gid, status = "aborting", reason = %reason, "transaction aborted");
                 txn.status = GlobalStatus::Aborting;
                 txn.rollback_reason = reason;
@@ -310,6 +350,8 @@ pub async fn force_stop(
                     next_cron_time: NEVER,
                     lease: LeaseWrite::Release,
                     fence: None,
+                    new_branches: Vec::new(),
+                    enqueue_steps: None,
                 };
                 if state.store.change_status(gid, from, &change).await? {
                     info!(gid = %gid, status = "failed", "transaction force-stopped");

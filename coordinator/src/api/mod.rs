@@ -42,6 +42,15 @@ pub struct AppState {
     pub instance_id: Arc<str>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Wakes the delivery dispatcher when a commit put messages in the outbox.
+    pub dispatch: Arc<tokio::sync::Notify>,
+}
+
+impl AppState {
+    /// Whether `rocketmq://` steps can be delivered.
+    pub fn rocketmq_enabled(&self) -> bool {
+        !self.config.rocketmq_namesrv.is_empty()
+    }
 }
 
 /// The router of the whole API.

@@ -119,16 +119,28 @@ pub fn url(field: &str, value: &str) -> Result<(), ApiError> {
 ///
 /// # Errors
 /// A 400 naming the step and what is wrong with it.
-pub fn steps(req: &GlobalRequest, trans_type: TransType) -> Result<Vec<NewBranch>, ApiError> {
-    if trans_type != TransType::Msg {
-        if req.steps.is_empty() {
-            return Ok(Vec::new());
+///
+/// A TCC may carry messages too (a Settle extension on `submit`): the same steps, delivered
+/// once every confirm succeeded, as branches `m01`, `m02`, ...
+pub fn steps(
+    req: &GlobalRequest,
+    trans_type: TransType,
+    rocketmq: bool,
+) -> Result<Vec<NewBranch>, ApiError> {
+    let prefix = match trans_type {
+        TransType::Msg => "",
+        TransType::Tcc if !req.steps.is_empty() || !req.payloads.is_empty() => "m",
+        TransType::Tcc => return Ok(Vec::new()),
+        _ => {
+            if req.steps.is_empty() {
+                return Ok(Vec::new());
+            }
+            return Err(ApiError::bad(
+                "invalid_steps",
+                format!("a {trans_type} transaction takes no steps"),
+            ));
         }
-        return Err(ApiError::bad(
-            "invalid_steps",
-            format!("a {trans_type} transaction takes no steps"),
-        ));
-    }
+    };
     if req.steps.is_empty() {
         return Err(ApiError::bad(
             "invalid_steps",
@@ -181,10 +193,11 @@ pub fn steps(req: &GlobalRequest, trans_type: TransType) -> Result<Vec<NewBranch
         }
         match Target::parse(action) {
             Ok(Target::Http(_)) => {}
+            Ok(Target::RocketMq(_)) if rocketmq => {}
             Ok(Target::RocketMq(_)) => {
                 return Err(ApiError::bad(
                     "rocketmq_not_configured",
-                    format!("step {} goes to RocketMQ, but this server has no RocketMQ name server configured", i + 1),
+                    format!("step {} goes to RocketMQ, but this server has no RocketMQ name server configured (--rocketmq-namesrv)", i + 1),
                 ));
             }
             Err(e) => {
@@ -195,7 +208,7 @@ pub fn steps(req: &GlobalRequest, trans_type: TransType) -> Result<Vec<NewBranch
             }
         }
         out.push(NewBranch {
-            branch_id: format!("{:02}", i + 1),
+            branch_id: format!("{prefix}{:02}", i + 1),
             op: Op::Action,
             url: action.to_owned(),
             data: payload.clone(),
@@ -336,7 +349,12 @@ mod tests {
 
     #[test]
     fn msg_steps_become_action_branches_in_order() {
-        let b = steps(&msg(&["http://a/x", "http://b/y"], 2), TransType::Msg).unwrap();
+        let b = steps(
+            &msg(&["http://a/x", "http://b/y"], 2),
+            TransType::Msg,
+            false,
+        )
+        .unwrap();
         assert_eq!(b.len(), 2);
         assert_eq!(
             (
@@ -352,21 +370,37 @@ mod tests {
 
     #[test]
     fn bad_msg_steps_are_named() {
-        assert!(message(steps(&msg(&[], 0), TransType::Msg)).contains("at least one step"));
-        assert!(message(steps(&msg(&["http://a/x"], 0), TransType::Msg))
-            .contains("1 steps, 0 payloads"));
+        assert!(message(steps(&msg(&[], 0), TransType::Msg, false)).contains("at least one step"));
         assert!(
-            message(steps(&msg(&["mailto:x@y"], 1), TransType::Msg)).contains("scheme 'mailto'")
+            message(steps(&msg(&["http://a/x"], 0), TransType::Msg, false))
+                .contains("1 steps, 0 payloads")
         );
         assert!(
-            message(steps(&msg(&["rocketmq://?key=1"], 1), TransType::Msg))
-                .contains("names no topic")
+            message(steps(&msg(&["mailto:x@y"], 1), TransType::Msg, false))
+                .contains("scheme 'mailto'")
         );
-        assert!(message(steps(&msg(&[""], 1), TransType::Msg)).contains("no action"));
+        assert!(message(steps(
+            &msg(&["rocketmq://?key=1"], 1),
+            TransType::Msg,
+            false
+        ))
+        .contains("names no topic"));
+        assert!(message(steps(&msg(&[""], 1), TransType::Msg, false)).contains("no action"));
         let mut compensate = msg(&["http://a/x"], 1);
         compensate.steps[0].insert("compensate".into(), "http://a/y".into());
-        assert!(message(steps(&compensate, TransType::Msg)).contains("has 'compensate'"));
-        assert!(message(steps(&msg(&["http://a/x"], 1), TransType::Tcc)).contains("takes no steps"));
+        assert!(message(steps(&compensate, TransType::Msg, false)).contains("has 'compensate'"));
+        let tcc = steps(&msg(&["http://a/x"], 1), TransType::Tcc, false).unwrap();
+        assert_eq!(
+            tcc[0].branch_id, "m01",
+            "a TCC's messages are branches m01, m02, ..."
+        );
+        assert!(message(steps(
+            &msg(&["rocketmq://t?key=k"], 1),
+            TransType::Msg,
+            false
+        ))
+        .contains("no RocketMQ name server"));
+        assert!(steps(&msg(&["rocketmq://t?key=k"], 1), TransType::Msg, true).is_ok());
     }
 
     #[test]

@@ -27,18 +27,32 @@ fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
 
 /// Migrations of the MySQL schema.
 pub fn mysql() -> Migrator {
-    migrator(&[(
-        1,
-        "init",
-        include_str!("../../migrations/mysql/0001_init.sql"),
-    )])
+    migrator(&[
+        (
+            1,
+            "init",
+            include_str!("../../migrations/mysql/0001_init.sql"),
+        ),
+        (
+            2,
+            "outbox",
+            include_str!("../../migrations/mysql/0002_outbox.sql"),
+        ),
+    ])
 }
 
 /// Migrations of the SQLite schema.
 pub fn sqlite() -> Migrator {
-    migrator(&[(
-        1,
-        "init",
-        include_str!("../../migrations/sqlite/0001_init.sql"),
-    )])
+    migrator(&[
+        (
+            1,
+            "init",
+            include_str!("../../migrations/sqlite/0001_init.sql"),
+        ),
+        (
+            2,
+            "outbox",
+            include_str!("../../migrations/sqlite/0002_outbox.sql"),
+        ),
+    ])
 }

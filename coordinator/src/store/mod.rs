@@ -93,7 +93,7 @@ impl Dialect {
 }
 
 #[derive(Debug, Clone)]
-enum Backend {
+pub(crate) enum Backend {
     MySql(MySqlPool),
     Sqlite(SqlitePool),
 }
@@ -106,15 +106,18 @@ macro_rules! on_pool {
         let mut attempt = 0_u32;
         loop {
             let result = match &$store.backend {
-                Backend::MySql($pool) => typed(async { $body }).await,
-                Backend::Sqlite($pool) => typed(async { $body }).await,
+                $crate::store::Backend::MySql($pool) => $crate::store::typed(async { $body }).await,
+                $crate::store::Backend::Sqlite($pool) => {
+                    $crate::store::typed(async { $body }).await
+                }
             };
             match result {
-                Err(StoreError::Database(ref e))
-                    if is_transient(e) && attempt < TRANSIENT_RETRIES =>
+                Err($crate::store::StoreError::Database(ref e))
+                    if $crate::store::is_transient(e)
+                        && attempt < $crate::store::TRANSIENT_RETRIES =>
                 {
                     attempt += 1;
-                    pause_before_retry(attempt).await;
+                    $crate::store::pause_before_retry(attempt).await;
                 }
                 other => break other,
             }
@@ -122,17 +125,21 @@ macro_rules! on_pool {
     }};
 }
 
+pub mod outbox;
+
+pub use outbox::{OutboxMessage, OutboxRow, OutboxState};
+
 /// How many times an operation is run again after a deadlock or lock timeout.
-const TRANSIENT_RETRIES: u32 = 8;
+pub(crate) const TRANSIENT_RETRIES: u32 = 8;
 
 /// Gives an operation's block its result type.
-async fn typed<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+pub(crate) async fn typed<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     f.await
 }
 
 /// Whether the database aborted the statement for a deadlock or a lock timeout (MySQL 1213
 /// and 1205, SQLite BUSY and LOCKED): nothing was written, and running it again is safe.
-fn is_transient(e: &sqlx::Error) -> bool {
+pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
     let sqlx::Error::Database(db) = e else {
         return false;
     };
@@ -142,7 +149,7 @@ fn is_transient(e: &sqlx::Error) -> bool {
     matches!(db.code().as_deref(), Some("5" | "6" | "517" | "262"))
 }
 
-async fn pause_before_retry(attempt: u32) {
+pub(crate) async fn pause_before_retry(attempt: u32) {
     let base = 2_u64.saturating_pow(attempt.min(8));
     let jitter = rand::random::<u64>() % (base + 1);
     tokio::time::sleep(Duration::from_millis(base + jitter)).await;
@@ -193,6 +200,12 @@ pub struct StatusChange {
     pub lease: LeaseWrite,
     /// Apply only while this lease token is held.
     pub fence: Option<String>,
+    /// Branch operations to add in the same database transaction (a TCC's messages, given
+    /// with its submit).
+    pub new_branches: Vec<NewBranch>,
+    /// Put the transaction's broker-bound steps in the outbox, in this state, in the same
+    /// database transaction: this change commits them.
+    pub enqueue_steps: Option<OutboxState>,
 }
 
 /// The schedule written after a round of phase 2 that did not finish.
@@ -320,6 +333,20 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn insert_global(&self, txn: &GlobalTxn, branches: &[NewBranch]) -> Result<bool> {
+        self.insert_global_enqueue(txn, branches, None).await
+    }
+
+    /// [`Store::insert_global`], also putting the broker-bound steps among `branches` in the
+    /// outbox, in state `enqueue`, in the same database transaction.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn insert_global_enqueue(
+        &self,
+        txn: &GlobalTxn,
+        branches: &[NewBranch],
+        enqueue: Option<OutboxState>,
+    ) -> Result<bool> {
         let insert = format!(
             "{} INTO trans_global (gid, trans_type, status, custom_data, steps, payloads, \
              query_prepared, protocol, options, rollback_reason, create_time, update_time, \
@@ -330,6 +357,12 @@ impl Store {
         );
         let encoded = rows::EncodedGlobal::new(txn);
         let branch_sql = self.insert_branch_sql(branches.len());
+        let dialect = self.dialect();
+        let messages = if enqueue.is_some() {
+            OutboxMessage::from_steps(branches)
+        } else {
+            Vec::new()
+        };
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let insert_global = sqlx::query(&insert)
@@ -377,6 +410,9 @@ impl Store {
                     .bind(txn.create_time);
             }
             q.execute(&mut *tx).await?;
+            if let Some(state) = enqueue {
+                outbox::enqueue_in_tx!(tx, dialect, &txn.gid, &messages, state, txn.create_time);
+            }
             tx.commit().await?;
             Ok(true)
         })
@@ -453,7 +489,11 @@ impl Store {
         if change.fence.is_some() {
             sql.push_str(" AND lease_token = ?");
         }
+        let dialect = self.dialect();
+        let insert_branches = self.insert_branch_sql(change.new_branches.len());
+        let steps_sql = "SELECT branch_id, op, url, data FROM trans_branch_op WHERE gid = ? AND op = ? ORDER BY id";
         on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
             let mut q = sqlx::query(&sql)
                 .bind(change.to.as_str())
                 .bind(change.now)
@@ -471,7 +511,41 @@ impl Store {
             if let Some(token) = &change.fence {
                 q = q.bind(token);
             }
-            Ok(q.execute(pool).await?.rows_affected() == 1)
+            if q.execute(&mut *tx).await?.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            if !change.new_branches.is_empty() {
+                let mut q = sqlx::query(&insert_branches);
+                for b in &change.new_branches {
+                    q = q
+                        .bind(gid)
+                        .bind(&b.branch_id)
+                        .bind(b.op.as_str())
+                        .bind(&b.url)
+                        .bind(&b.data)
+                        .bind(txn::BranchStatus::Prepared.as_str())
+                        .bind(change.now)
+                        .bind(change.now);
+                }
+                q.execute(&mut *tx).await?;
+            }
+            if let Some(state) = change.enqueue_steps {
+                let rows = sqlx::query(steps_sql).bind(gid).bind(Op::Action.as_str()).fetch_all(&mut *tx).await?;
+                let mut steps = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    steps.push(NewBranch {
+                        branch_id: r.try_get_unchecked(0)?,
+                        op: rows::parse_code(gid, &r.try_get_unchecked::<String, _>(1)?)?,
+                        url: r.try_get_unchecked(2)?,
+                        data: r.try_get_unchecked(3)?,
+                    });
+                }
+                let messages = OutboxMessage::from_steps(&steps);
+                outbox::enqueue_in_tx!(tx, dialect, gid, &messages, state, change.now);
+            }
+            tx.commit().await?;
+            Ok(true)
         })
     }
 
