@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 pub use settle_rocketmq::{Client, Delivery, OrderlyConsumer};
 
@@ -49,8 +50,10 @@ impl ConsumerStats {
     }
 }
 
-/// Turns a delivered message into a cache change (`None`: not for the cache).
-pub type Decoder = Arc<dyn Fn(&Delivery) -> Result<Option<CacheUpdate>, String> + Send + Sync>;
+/// Turns a delivered message into a cache change (`None`: not for the cache). It may read
+/// the database (to cache a row's current version, say); an error retries the message.
+pub type Decoder =
+    Arc<dyn Fn(Delivery) -> BoxFuture<'static, Result<Option<CacheUpdate>, String>> + Send + Sync>;
 
 /// Keeps a Redis cache in step with the changes published to a topic.
 pub struct CacheConsumer {
@@ -76,22 +79,18 @@ impl CacheConsumer {
         let handler: settle_rocketmq::Handler = Arc::new(move |delivery: Delivery| {
             let (cache, decode, stats) = (cache.clone(), decode.clone(), counters.clone());
             async move {
-                let Some(update) = decode(&delivery)? else {
+                let message_id = delivery.message_id.clone();
+                let Some(update) = decode(delivery).await? else {
                     stats.ignored.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 };
-                let applied = if delivery.message_id.is_empty() {
+                let applied = if message_id.is_empty() {
                     cache
                         .apply(&update.key, update.version, &update.value)
                         .await
                 } else {
                     cache
-                        .apply_message(
-                            &delivery.message_id,
-                            &update.key,
-                            update.version,
-                            &update.value,
-                        )
+                        .apply_message(&message_id, &update.key, update.version, &update.value)
                         .await
                 }
                 .map_err(|e| e.to_string())?;

@@ -92,13 +92,15 @@ impl std::fmt::Display for Report {
 
 fn decoder() -> Decoder {
     Arc::new(|d| {
-        let e: OrderEvent = serde_json::from_slice(&d.body)
-            .map_err(|e| format!("bad event {}: {e}", d.message_id))?;
-        Ok(Some(CacheUpdate {
-            key: format!("order:{}", e.order),
-            version: e.version,
-            value: e.state,
-        }))
+        Box::pin(async move {
+            let e: OrderEvent = serde_json::from_slice(&d.body)
+                .map_err(|e| format!("bad event {}: {e}", d.message_id))?;
+            Ok(Some(CacheUpdate {
+                key: format!("order:{}", e.order),
+                version: e.version,
+                value: e.state,
+            }))
+        })
     })
 }
 

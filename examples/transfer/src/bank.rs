@@ -55,7 +55,8 @@ pub async fn reset(pool: &MySqlPool, accounts: i64, balance: i64) -> Result<(), 
            id BIGINT PRIMARY KEY,
            balance BIGINT NOT NULL,
            frozen BIGINT NOT NULL DEFAULT 0,
-           incoming BIGINT NOT NULL DEFAULT 0
+           incoming BIGINT NOT NULL DEFAULT 0,
+           settled_version BIGINT NOT NULL DEFAULT 0
          ) ENGINE = InnoDB",
     )
     .execute(pool)
@@ -88,6 +89,32 @@ pub async fn totals(pool: &MySqlPool) -> Result<(i64, i64, i64, i64), sqlx::Erro
     .fetch_one(pool)
     .await?;
     Ok(row)
+}
+
+/// The settled balance of an account (what it owns once every transfer in flight has
+/// settled: `balance + frozen`) and the version of that figure, which only a confirm moves.
+///
+/// # Errors
+/// A database error, or no such account.
+pub async fn settled(pool: &MySqlPool, account: i64) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT CAST(balance + frozen AS SIGNED), settled_version FROM account WHERE id = ?",
+    )
+    .bind(account)
+    .fetch_one(pool)
+    .await
+}
+
+/// Every account's settled balance and version: (id, balance, version).
+///
+/// # Errors
+/// A database error.
+pub async fn all_settled(pool: &MySqlPool) -> Result<Vec<(i64, i64, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, CAST(balance + frozen AS SIGNED), settled_version FROM account ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// Serves the bank on 127.0.0.1 (port 0) and returns its base URL.
@@ -195,7 +222,7 @@ async fn debit_confirm(
     let r = in_barrier(
         &bank,
         branch,
-        "UPDATE account SET frozen = frozen - ? WHERE id = ?",
+        "UPDATE account SET frozen = frozen - ?, settled_version = settled_version + 1 WHERE id = ?",
         vec![m.amount, m.account],
         "",
     )
@@ -244,7 +271,8 @@ async fn credit_confirm(
     let r = in_barrier(
         &bank,
         branch,
-        "UPDATE account SET balance = balance + ?, incoming = incoming - ? WHERE id = ?",
+        "UPDATE account SET balance = balance + ?, incoming = incoming - ?, \
+         settled_version = settled_version + 1 WHERE id = ?",
         vec![m.amount, m.amount, m.account],
         "",
     )

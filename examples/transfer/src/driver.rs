@@ -13,6 +13,10 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{ConnectOptions, MySqlPool};
 
 use crate::bank::{self, Faults, Movement};
+use settle_sdk::cache::{CacheSettings, VersionedCache};
+use settle_sdk::consumer::{CacheConsumer, CacheUpdate, Decoder};
+use settle_sdk::protocol::GlobalRequest;
+use std::collections::BTreeMap;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -35,6 +39,21 @@ pub struct Options {
     pub faults: Faults,
     /// How long to wait for every transaction to settle.
     pub settle_timeout: Duration,
+    /// Emit balance changes after commit and keep a Redis balance cache from them.
+    pub balance_events: Option<BalanceEvents>,
+}
+
+/// Where balance changes go: each committed transfer carries one message per account it
+/// touched (keyed by bank and account), and a cache consumer keeps `balance:{bank}:{id}` in
+/// Redis with the account's settled balance, versioned by the row's settled version.
+#[derive(Debug, Clone)]
+pub struct BalanceEvents {
+    /// RocketMQ name server (the coordinator must publish to the same one).
+    pub namesrv: String,
+    /// Topic (created if missing).
+    pub topic: String,
+    /// Redis URL.
+    pub redis: String,
 }
 
 /// What happened, and whether the books balance.
@@ -56,6 +75,8 @@ pub struct Report {
     pub negative_accounts: i64,
     /// Seconds from the first transfer to the last settlement.
     pub seconds: f64,
+    /// With balance events: cache entries that differ from the database after settling.
+    pub cache_mismatches: Option<usize>,
 }
 
 impl Report {
@@ -65,6 +86,7 @@ impl Report {
             && self.in_flight_after == 0
             && self.negative_accounts == 0
             && self.committed + self.rolled_back == self.transfers
+            && self.cache_mismatches.unwrap_or(0) == 0
     }
 }
 
@@ -78,6 +100,9 @@ impl std::fmt::Display for Report {
         writeln!(f, "still in flight:  {}", self.in_flight_after)?;
         writeln!(f, "negative accounts: {}", self.negative_accounts)?;
         writeln!(f, "settled in:       {:.1}s", self.seconds)?;
+        if let Some(n) = self.cache_mismatches {
+            writeln!(f, "cache mismatches: {n}")?;
+        }
         write!(
             f,
             "check:            {}",
@@ -87,6 +112,117 @@ impl std::fmt::Display for Report {
                 "VIOLATED"
             }
         )
+    }
+}
+
+/// Names of the two banks, as in their databases and cache keys.
+pub const BANKS: [&str; 2] = ["a", "b"];
+
+/// The Redis balance cache and the consumer keeping it.
+struct BalanceCache {
+    cache: VersionedCache,
+    consumer: CacheConsumer,
+    client: settle_rocketmq::Client,
+}
+
+impl BalanceCache {
+    async fn start(e: &BalanceEvents, pools: &[MySqlPool; 2]) -> anyhow::Result<Self> {
+        let client = settle_rocketmq::Client::new("transfer")?;
+        let mut admin = settle_rocketmq::Producer::start(
+            &client,
+            &e.namesrv,
+            &format!("{}-admin", e.topic),
+            Duration::from_secs(3),
+        )
+        .await?;
+        admin
+            .create_topic(&e.topic, 8)
+            .await
+            .context("cannot create the balance topic")?;
+        admin.shutdown().await;
+        let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        let cache = VersionedCache::connect(
+            &e.redis,
+            CacheSettings {
+                dedupe_prefix: format!("settle:seen:{run}:"),
+                ..CacheSettings::default()
+            },
+        )
+        .await?;
+        for (bank, pool) in BANKS.iter().zip(pools) {
+            for (id, _, _) in bank::all_settled(pool).await? {
+                cache.remove(&format!("balance:{bank}:{id}")).await?;
+            }
+        }
+        let pools = pools.clone();
+        // The message says which account changed; the cache takes the account's settled
+        // balance from its database, versioned, so an old read never wins over a newer one.
+        let decode: Decoder = Arc::new(move |d| {
+            let pools = pools.clone();
+            Box::pin(async move {
+                let v: serde_json::Value = serde_json::from_slice(&d.body)
+                    .map_err(|e| format!("bad balance event {}: {e}", d.message_id))?;
+                let bank = v["bank"].as_str().unwrap_or_default().to_owned();
+                let account = v["account"]
+                    .as_i64()
+                    .ok_or("balance event without an account")?;
+                let pool = &pools[BANKS
+                    .iter()
+                    .position(|b| *b == bank)
+                    .ok_or("balance event for an unknown bank")?];
+                let (balance, version) = bank::settled(pool, account)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Some(CacheUpdate {
+                    key: format!("balance:{bank}:{account}"),
+                    version,
+                    value: balance.to_string(),
+                }))
+            })
+        });
+        let consumer = CacheConsumer::start(
+            &client,
+            &e.namesrv,
+            &format!("transfer-cache-{run}"),
+            &e.topic,
+            cache.clone(),
+            decode,
+        )
+        .await?;
+        Ok(Self {
+            cache,
+            consumer,
+            client,
+        })
+    }
+
+    /// Waits until every account changed by a confirm is cached with its settled balance and
+    /// version, or the deadline passes; returns how many still differ.
+    async fn settle(&self, pools: &[MySqlPool; 2], deadline: Instant) -> anyhow::Result<usize> {
+        loop {
+            let mut mismatches = 0;
+            for (bank, pool) in BANKS.iter().zip(pools) {
+                for (id, balance, version) in bank::all_settled(pool).await? {
+                    if version == 0 {
+                        continue;
+                    }
+                    let cached = self.cache.get(&format!("balance:{bank}:{id}")).await?;
+                    if cached.map(|e| (e.version, e.value)) != Some((version, balance.to_string()))
+                    {
+                        mismatches += 1;
+                    }
+                }
+            }
+            if mismatches == 0 || Instant::now() > deadline {
+                return Ok(mismatches);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn shutdown(self) {
+        self.consumer.shutdown().await;
+        self.client.shutdown().await;
     }
 }
 
@@ -131,14 +267,24 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         urls.push(bank::serve(pool.clone(), options.faults).await?);
     }
     let total_before = 2 * options.accounts * options.opening_balance;
+    let events = match &options.balance_events {
+        Some(e) => Some(BalanceCache::start(e, &pools).await?),
+        None => None,
+    };
+    let topic = options.balance_events.as_ref().map(|e| e.topic.clone());
     let client = SettleClient::new(options.coordinator.clone());
     let started = Instant::now();
 
     let next = Arc::new(AtomicU64::new(0));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..options.concurrency {
-        let (client, urls, next, options) =
-            (client.clone(), urls.clone(), next.clone(), options.clone());
+        let (client, urls, next, options, topic) = (
+            client.clone(),
+            urls.clone(),
+            next.clone(),
+            options.clone(),
+            topic.clone(),
+        );
         workers.spawn(async move {
             let mut gids = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < options.transfers as u64 {
@@ -155,8 +301,22 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
                 let gid = client.new_gid().await?;
                 // A refused transfer (injected failure, insufficient funds) is a normal
                 // outcome: the coordinator rolls it back.
+                let mut request = GlobalRequest::new(&gid, "tcc");
+                if let Some(topic) = &topic {
+                    // After commit, tell the world both balances changed.
+                    for (bank, account) in [(from, a), (1 - from, b)] {
+                        let name = BANKS[bank];
+                        request.steps.push(BTreeMap::from([(
+                            "action".to_owned(),
+                            format!("rocketmq://{topic}?key={name}-{account}&tag=balance"),
+                        )]));
+                        request.payloads.push(
+                            serde_json::json!({"bank": name, "account": account}).to_string(),
+                        );
+                    }
+                }
                 let _ = client
-                    .tcc_global(&gid, |tcc| async move {
+                    .tcc_global_with(request, |tcc| async move {
                         let debit = Movement { account: a, amount };
                         tcc.call_branch(
                             &debit,
@@ -201,6 +361,14 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cache_mismatches = match events {
+        Some(cache) => {
+            let n = cache.settle(&pools, deadline).await?;
+            cache.shutdown().await;
+            Some(n)
+        }
+        None => None,
+    };
     let (mut total_after, mut in_flight_after, mut negative_accounts) = (0, 0, 0);
     for pool in &pools {
         let (balance, frozen, incoming, negative) = bank::totals(pool).await?;
@@ -217,5 +385,6 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         in_flight_after,
         negative_accounts,
         seconds,
+        cache_mismatches,
     })
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use settle_example_transfer::bank::Faults;
+use settle_example_transfer::driver::BalanceEvents;
 use settle_example_transfer::{run, Options};
 
 /// Concurrent TCC money transfers between two banks, checked for conservation.
@@ -46,6 +47,16 @@ struct Args {
     /// Seconds to wait for every transaction to settle.
     #[arg(long, default_value_t = 300)]
     settle_timeout_s: u64,
+    /// RocketMQ name server: emit balance changes after commit (the coordinator must be
+    /// started with the same --rocketmq-namesrv) and keep a Redis balance cache from them.
+    #[arg(long)]
+    rocketmq_namesrv: Option<String>,
+    /// Topic of balance changes.
+    #[arg(long, default_value = "BalanceEvents")]
+    topic: String,
+    /// Redis for the balance cache.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis: String,
 }
 
 fn main() -> ExitCode {
@@ -72,6 +83,11 @@ fn main() -> ExitCode {
             confirm_fail_rate: args.confirm_fail_rate,
         },
         settle_timeout: Duration::from_secs(args.settle_timeout_s),
+        balance_events: args.rocketmq_namesrv.map(|namesrv| BalanceEvents {
+            namesrv,
+            topic: args.topic,
+            redis: args.redis,
+        }),
     };
     match runtime.block_on(run(&options)) {
         Ok(report) => {
