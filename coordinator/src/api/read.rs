@@ -214,8 +214,12 @@ pub async fn reset_next_cron_time(
 /// 500 if the store cannot be read.
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let unfinished = state.store.count_unfinished().await?;
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&unfinished),
-    ))
+    let (backlog, _) = state.store.outbox_backlog().await?;
+    let mut text = state.metrics.render(&unfinished);
+    text.push_str(
+        "# HELP settle_outbox_backlog Committed messages not yet acknowledged by their broker.\n",
+    );
+    text.push_str("# TYPE settle_outbox_backlog gauge\n");
+    text.push_str(&format!("settle_outbox_backlog {backlog}\n"));
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }

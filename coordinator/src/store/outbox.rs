@@ -337,8 +337,8 @@ impl Store {
         })
     }
 
-    /// Messages not yet acknowledged by the broker, and the last delivery error among them
-    /// (for operators).
+    /// Messages not yet acknowledged by the broker, and the greatest delivery error text
+    /// among them (for operators).
     ///
     /// # Errors
     /// A database error.
