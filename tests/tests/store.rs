@@ -461,3 +461,127 @@ async fn an_unsupported_database_url_is_named() {
         "the password is redacted: {message}"
     );
 }
+
+fn rocketmq_step(id: &str, key: &str, n: i64) -> NewBranch {
+    NewBranch {
+        branch_id: id.to_owned(),
+        op: Op::Action,
+        url: format!("rocketmq://Events?key={key}&tag=t"),
+        data: format!("{{\"n\":{n}}}"),
+    }
+}
+
+on_both!(
+    the_outbox_hands_out_each_keys_messages_in_commit_order,
+    |store| {
+        use settle_coordinator::store::OutboxState;
+        // Three committed transactions: two for key k1, one for k2, one keyless step.
+        for (gid, steps) in [
+            (
+                "t1",
+                vec![rocketmq_step("01", "k1", 1), rocketmq_step("02", "k2", 1)],
+            ),
+            (
+                "t2",
+                vec![rocketmq_step("01", "k1", 2), rocketmq_step("02", "", 9)],
+            ),
+        ] {
+            let mut t = txn(gid, GlobalStatus::Submitted, 1_000);
+            t.trans_type = TransType::Msg;
+            assert!(store
+                .insert_global_enqueue(&t, &steps, Some(OutboxState::Pending))
+                .await
+                .unwrap());
+        }
+        // A TCC's message for k2 waits for its confirms and holds k2 back... behind t1's.
+        let mut t3 = txn("t3", GlobalStatus::Submitted, 1_000);
+        t3.steps = vec![];
+        assert!(store
+            .insert_global_enqueue(
+                &t3,
+                &[rocketmq_step("m01", "k2", 2)],
+                Some(OutboxState::Held)
+            )
+            .await
+            .unwrap());
+
+        let first = store
+            .claim_outbox_heads("me/1", 2_000, 60_000, 10)
+            .await
+            .unwrap();
+        let mut heads: Vec<_> = first
+            .iter()
+            .map(|r| (r.sharding_key.clone(), r.message_id.clone()))
+            .collect();
+        heads.sort();
+        assert_eq!(
+            heads,
+            [
+                ("".to_owned(), "t2-02".to_owned()),
+                ("k1".to_owned(), "t1-01".to_owned()),
+                ("k2".to_owned(), "t1-02".to_owned())
+            ],
+            "one head per key, plus keyless messages"
+        );
+        // Nothing more while the heads are out.
+        assert!(store
+            .claim_outbox_heads("me/2", 2_000, 60_000, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        let k1 = first.iter().find(|r| r.sharding_key == "k1").unwrap();
+        store.outbox_sent(k1, 2_100).await.unwrap();
+        let next = store
+            .claim_next_for_key("k1", "me/1", 2_200, 60_000)
+            .await
+            .unwrap()
+            .expect("k1's second message");
+        assert_eq!((next.message_id.as_str(), next.seq), ("t2-01", Some(2)));
+        // k2's next is held by its TCC until released.
+        let k2 = first.iter().find(|r| r.sharding_key == "k2").unwrap();
+        store.outbox_sent(k2, 2_300).await.unwrap();
+        assert!(
+            store
+                .claim_next_for_key("k2", "me/1", 2_400, 60_000)
+                .await
+                .unwrap()
+                .is_none(),
+            "held"
+        );
+        assert_eq!(store.release_held("t3", 2_500).await.unwrap(), 1);
+        let released = store
+            .claim_next_for_key("k2", "me/1", 2_600, 60_000)
+            .await
+            .unwrap()
+            .expect("released");
+        assert_eq!(released.message_id, "t3-m01");
+        // A failed delivery goes back, due later, and keeps its place.
+        store
+            .outbox_retry(&released, 9_000, "broker down")
+            .await
+            .unwrap();
+        assert!(
+            store
+                .claim_next_for_key("k2", "me/1", 3_000, 60_000)
+                .await
+                .unwrap()
+                .is_none(),
+            "not due yet"
+        );
+        let again = store
+            .claim_outbox_heads("me/3", 9_000, 60_000, 10)
+            .await
+            .unwrap();
+        assert!(again
+            .iter()
+            .any(|r| r.message_id == "t3-m01" && r.attempts == 1));
+        let (backlog, _) = store.outbox_backlog().await.unwrap();
+        assert_eq!(backlog, 3, "t2-01, t2-02 (claimed, not sent) and t3-m01");
+        // A sent message marks its step done.
+        let steps = store.find_branches("t1").await.unwrap();
+        assert!(
+            steps.iter().all(|b| b.status == BranchStatus::Succeeded),
+            "{steps:?}"
+        );
+    }
+);
