@@ -308,6 +308,34 @@ impl Participant {
             .collect()
     }
 
+    /// Runs a TCC through the SDK with `branches` branches served by this participant (body
+    /// `{}`), submitting on success and aborting on any error.
+    ///
+    /// # Errors
+    /// A branch's Try failed, or the coordinator refused.
+    pub async fn run_tcc(
+        &self,
+        client: &settle_sdk::SettleClient,
+        request: settle_protocol::GlobalRequest,
+        branches: usize,
+    ) -> Result<(), settle_sdk::SdkError> {
+        let p = self.clone();
+        client
+            .tcc_global_with(request, |tcc| async move {
+                for _ in 0..branches {
+                    tcc.call_branch(
+                        &serde_json::json!({}),
+                        &p.url("try"),
+                        &p.url("confirm"),
+                        &p.url("cancel"),
+                    )
+                    .await?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Behaviour> {
         self.state
             .lock()

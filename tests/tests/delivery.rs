@@ -122,19 +122,7 @@ async fn a_tccs_messages_go_out_after_every_confirm_and_never_after_a_cancel() -
         payloads: vec![json!({"account": 1, "balance": 70}).to_string()],
         ..GlobalRequest::new(&gid, "tcc")
     };
-    let pc = p.clone();
-    client
-        .tcc_global_with(request, |tcc| async move {
-            tcc.call_branch(
-                &json!({}),
-                &pc.url("try"),
-                &pc.url("confirm"),
-                &pc.url("cancel"),
-            )
-            .await?;
-            Ok(())
-        })
-        .await?;
+    p.run_tcc(&client, request, 1).await?;
     assert_eq!(
         client.wait_final(&gid, Duration::from_secs(30)).await?,
         "succeed"

@@ -124,18 +124,7 @@ async fn a_confirm_answering_500_three_times_is_retried_until_it_settles() -> an
     p.script("confirm", &[500, 500, 500]);
     let client = SettleClient::new(app.api_url());
     let gid = client.new_gid().await?;
-    let pc = p.clone();
-    client
-        .tcc_global(&gid, |tcc| async move {
-            tcc.call_branch(
-                &json!({}),
-                &pc.url("try"),
-                &pc.url("confirm"),
-                &pc.url("cancel"),
-            )
-            .await?;
-            Ok(())
-        })
+    p.run_tcc(&client, GlobalRequest::new(&gid, "tcc"), 1)
         .await?;
     // While it retries, the error is visible to operators.
     eventually("the first failure to be recorded", SETTLE, || async {
@@ -240,19 +229,7 @@ async fn wait_result_answers_submit_after_phase_two_finished() -> anyhow::Result
         wait_result: true,
         ..GlobalRequest::new(&gid, "tcc")
     };
-    let pc = p.clone();
-    client
-        .tcc_global_with(request, |tcc| async move {
-            tcc.call_branch(
-                &json!({}),
-                &pc.url("try"),
-                &pc.url("confirm"),
-                &pc.url("cancel"),
-            )
-            .await?;
-            Ok(())
-        })
-        .await?;
+    p.run_tcc(&client, request, 1).await?;
     assert_eq!(client.status(&gid).await?.as_deref(), Some("succeed"));
     app.stop().await;
     Ok(())
@@ -316,19 +293,7 @@ async fn a_confirm_that_does_not_answer_in_request_timeout_is_retried() -> anyho
         request_timeout: 1,
         ..GlobalRequest::new(&gid, "tcc")
     };
-    let pc = p.clone();
-    client
-        .tcc_global_with(request, |tcc| async move {
-            tcc.call_branch(
-                &json!({}),
-                &pc.url("try"),
-                &pc.url("confirm"),
-                &pc.url("cancel"),
-            )
-            .await?;
-            Ok(())
-        })
-        .await?;
+    p.run_tcc(&client, request, 1).await?;
     eventually("the timeout to be recorded", SETTLE, || async {
         client
             .query(&gid)
