@@ -13,6 +13,7 @@ use super::{validate, AppState};
 use crate::clock::now_ms;
 use crate::driver::RoundEnd;
 use crate::scheduler::new_token;
+use crate::store::outbox::is_broker_url;
 use crate::store::{LeaseWrite, OutboxState, StatusChange, NEVER};
 use crate::telemetry::ApiOp;
 use crate::txn::{
@@ -188,6 +189,21 @@ fn outbox_state(trans_type: TransType) -> OutboxState {
     }
 }
 
+/// Whether committing `stored` (with the request `c`) puts messages in the outbox: a msg's
+/// stored steps, or the messages a TCC's submit carries, that go to a broker.
+fn has_broker_steps(stored: &GlobalTxn, c: &Checked) -> bool {
+    let stored_steps = stored
+        .steps
+        .iter()
+        .filter_map(|s| s.get("action"))
+        .any(|a| is_broker_url(a));
+    let carried = c.steps.iter().any(|b| is_broker_url(&b.url));
+    match c.trans_type {
+        TransType::Tcc => carried,
+        _ => stored_steps,
+    }
+}
+
 /// `POST submit`: commits a transaction and starts confirming its branches (or, for a msg,
 /// delivering it). A transaction never prepared is created submitted, as in DTM.
 ///
@@ -238,7 +254,7 @@ pub async fn submit(
                     } else {
                         Vec::new()
                     },
-                    enqueue_steps: Some(outbox_state(c.trans_type)),
+                    enqueue_steps: has_broker_steps(&txn, &c).then(|| outbox_state(c.trans_type)),
                 };
                 if !state
                     .store
@@ -294,14 +310,9 @@ pub async fn abort(
                     next_cron_time: expire,
                     lease,
                     fence: None,
-                    // A TCC's messages come with its submit; a msg's steps were stored at
-                    // prepare.
-                    new_branches: if c.trans_type == TransType::Tcc {
-                        c.steps.clone()
-                    } else {
-                        Vec::new()
-                    },
-                    enqueue_steps: Some(outbox_state(c.trans_type)),
+                    // Rolled back: nothing is added, nothing goes out.
+                    new_branches: Vec::new(),
+                    enqueue_steps: None,
                 };
                 if !state
                     .store
@@ -310,7 +321,6 @@ pub async fn abort(
                 {
                     continue;
                 }
-                state.dispatch.notify_one();
                 info!(gid = %gid, status = "aborting", reason = %reason, "transaction aborted");
                 txn.status = GlobalStatus::Aborting;
                 txn.rollback_reason = reason;

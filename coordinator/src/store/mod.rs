@@ -511,6 +511,11 @@ impl Store {
             if let Some(token) = &change.fence {
                 q = q.bind(token);
             }
+            if change.new_branches.is_empty() && change.enqueue_steps.is_none() {
+                // One statement needs no transaction of its own.
+                drop(tx);
+                return Ok(q.execute(pool).await?.rows_affected() == 1);
+            }
             if q.execute(&mut *tx).await?.rows_affected() != 1 {
                 tx.rollback().await?;
                 return Ok(false);
