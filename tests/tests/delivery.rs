@@ -58,6 +58,15 @@ async fn messages_reach_the_broker_only_after_their_transaction_committed() -> a
     )
     .add(&step("b"), &json!({"what": "rolled back"}))?;
     r.prepare(&p.url("query")).await?;
+    // An aborted message is never published either.
+    let aborted = client.new_gid().await?;
+    let mut a = Msg::new(&client, &aborted).add(&step("c"), &json!({"what": "aborted"}))?;
+    a.prepare(&p.url("query")).await?;
+    a.abort().await?;
+    assert_eq!(
+        client.wait_final(&aborted, Duration::from_secs(20)).await?,
+        "failed"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         collector.received().is_empty(),
