@@ -71,11 +71,13 @@ impl Tcc {
     /// # Errors
     /// The coordinator refuses or cannot be reached.
     pub async fn prepare(&self) -> Result<(), SdkError> {
-        self.inner
-            .client
-            .post("prepare", &self.inner.request)
-            .await
-            .map(drop)
+        // Messages the TCC carries go with its submit only.
+        let request = GlobalRequest {
+            steps: Vec::new(),
+            payloads: Vec::new(),
+            ..self.inner.request.clone()
+        };
+        self.inner.client.post("prepare", &request).await.map(drop)
     }
 
     /// Commits: the coordinator confirms every branch.

@@ -29,8 +29,11 @@ pub fn init() {
     settle_coordinator::cli::install_crypto_provider();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(
+                    "warn,rocketmq_runtime=error,rocketmq_client_rust=error",
+                )
+            }),
         )
         .with_test_writer()
         .try_init();
