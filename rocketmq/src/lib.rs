@@ -210,6 +210,12 @@ pub struct Delivery {
     pub queue_offset: i64,
     /// How many times it was handed out before.
     pub reconsume_times: i32,
+    /// When the producer created it (ms since the Unix epoch).
+    pub born_timestamp: i64,
+    /// When the broker stored it (ms since the Unix epoch).
+    pub store_timestamp: i64,
+    /// Its position in the broker's commit log.
+    pub commit_log_offset: i64,
     /// Body.
     pub body: Vec<u8>,
 }
@@ -226,6 +232,9 @@ impl Delivery {
             queue_id: m.queue_id(),
             queue_offset: m.queue_offset(),
             reconsume_times: m.reconsume_times(),
+            born_timestamp: m.born_timestamp(),
+            store_timestamp: m.store_timestamp(),
+            commit_log_offset: m.commit_log_offset(),
             body: m.body().map(|b| b.to_vec()).unwrap_or_default(),
         }
     }
