@@ -1,26 +1,47 @@
-//! Counts the distinct messages of a topic with a fresh consumer group (a diagnostic).
+//! Reads a whole topic with a fresh consumer group and reports what the broker holds: how
+//! many messages, how many distinct ids, per queue, and every id stored more than once.
+//! A diagnostic for delivery problems: `cargo run -p settle-tests --example count_topic --
+//! TOPIC [SECONDS]`.
+
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let topic = std::env::args().nth(1).expect("topic");
+    let mut args = std::env::args().skip(1);
+    let topic = args
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("usage: count_topic TOPIC [SECONDS]"))?;
+    let seconds: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(15);
     let rmq = settle_rocketmq::Client::new("count")?;
-    let c = settle_tests::Collector::start(&rmq, &topic).await?;
-    tokio::time::sleep(Duration::from_secs(15)).await;
-    let got = c.received();
-    let ids = c.distinct_ids();
-    println!("received {} distinct {}", got.len(), ids.len());
-    let mut per_queue = std::collections::BTreeMap::new();
-    for (d, _) in &got { *per_queue.entry(d.queue_id).or_insert(0) += 1; }
-    println!("per queue {per_queue:?}");
-    let mut seen = std::collections::HashMap::new();
+    let collector = settle_tests::Collector::start(&rmq, &topic).await?;
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let got = collector.received();
+    println!(
+        "messages: {}, distinct ids: {}",
+        got.len(),
+        collector.distinct_ids().len()
+    );
+    let mut per_queue: BTreeMap<i32, usize> = BTreeMap::new();
+    let mut copies: HashMap<&str, Vec<&settle_rocketmq::Delivery>> = HashMap::new();
     for (d, _) in &got {
-        *seen.entry((d.message_id.clone(), String::from_utf8_lossy(&d.body).to_string())).or_insert(0) += 1;
+        *per_queue.entry(d.queue_id).or_default() += 1;
+        copies.entry(d.message_id.as_str()).or_default().push(d);
     }
-    for ((id, body), n) in &seen { if *n > 1 { println!("dup x{n}: {id} {body}"); } }
-    let mut bodies: Vec<String> = got.iter().map(|(d, _)| String::from_utf8_lossy(&d.body).to_string()).collect();
-    bodies.sort(); bodies.dedup();
-    println!("distinct bodies {}", bodies.len());
-    std::fs::write("/tmp/received_bodies.txt", bodies.join("\n") + "\n")?;
-    for (d, _) in &got { if got.iter().filter(|(e, _)| e.message_id == d.message_id).count() > 1 { println!("q{} off{} born {} stored {} clog {} {} {}", d.queue_id, d.queue_offset, d.born_timestamp, d.store_timestamp, d.commit_log_offset, d.message_id, String::from_utf8_lossy(&d.body)); } }
+    println!("per queue: {per_queue:?}");
+    for (id, ds) in copies.iter().filter(|(_, ds)| ds.len() > 1) {
+        for d in ds {
+            println!(
+                "stored more than once: {id} queue {} offset {} born {} stored {} commit log {}",
+                d.queue_id,
+                d.queue_offset,
+                d.born_timestamp,
+                d.store_timestamp,
+                d.commit_log_offset
+            );
+        }
+    }
+    collector.shutdown().await;
+    rmq.shutdown().await;
     Ok(())
 }

@@ -543,7 +543,10 @@ impl Collector {
                 Ok(())
             }) as futures_util::future::BoxFuture<'static, Result<(), String>>
         });
-        let group = format!("{topic}-collector-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let group = format!(
+            "{topic}-collector-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let consumer = settle_rocketmq::OrderlyConsumer::start(
             client,
             &rocketmq_namesrv(),
