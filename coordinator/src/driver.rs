@@ -302,10 +302,15 @@ impl Driver {
             if failure.is_none() && !waiting.is_empty() {
                 // Not a failure: look again after a fixed interval, or as soon as the
                 // dispatcher records a delivery.
-                let detail = format!(
-                    "waiting for the broker to acknowledge {} message(s)",
-                    waiting.len()
-                );
+                let detail = if txn.last_error.starts_with("delivery of step") {
+                    // Keep the dispatcher's report of why delivery fails.
+                    txn.last_error.clone()
+                } else {
+                    format!(
+                        "waiting for the broker to acknowledge {} message(s)",
+                        waiting.len()
+                    )
+                };
                 failure = Some((true, detail));
             }
             if let Some((ongoing, detail)) = failure {

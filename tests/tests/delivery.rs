@@ -312,3 +312,75 @@ async fn messages_wait_in_the_store_while_the_broker_is_down_even_across_a_coord
     rmq.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_that_cannot_be_delivered_holds_back_only_itself() -> anyhow::Result<()> {
+    let _broker = BROKER.lock().await;
+    let db = TestDb::mysql().await?;
+    let mut c = config(&db);
+    c.body_limit_bytes = 8 * 1024 * 1024;
+    let app = spawn_coordinator(c).await?;
+    let rmq = settle_rocketmq::Client::new("test")?;
+    let topic = new_topic(&rmq, "SettleStuck").await?;
+    let collector = Collector::start(&rmq, &topic).await?;
+    let client = SettleClient::new(app.api_url());
+    let step = |key: &str| format!("rocketmq://{topic}?key={key}&tag=e");
+    // Key "stuck": a first message larger than any broker accepts, then a normal one.
+    let huge = client.new_gid().await?;
+    Msg::new(&client, &huge)
+        .add(
+            &step("stuck"),
+            &json!({"n": 0, "pad": "x".repeat(5 * 1024 * 1024)}),
+        )?
+        .submit()
+        .await?;
+    let behind = client.new_gid().await?;
+    Msg::new(&client, &behind)
+        .add(&step("stuck"), &json!({"n": 1}))?
+        .submit()
+        .await?;
+    // Key "free": delivered all the same.
+    for n in 0..5 {
+        Msg::new(&client, &format!("{behind}-free-{n}"))
+            .add(&step("free"), &json!({"n": n}))?
+            .submit()
+            .await?;
+    }
+    eventually(
+        "the free key's messages to arrive",
+        Duration::from_secs(60),
+        || async {
+            collector
+                .received()
+                .iter()
+                .filter(|(d, _)| d.message_id.contains("-free-"))
+                .count()
+                >= 5
+        },
+    )
+    .await?;
+    assert!(
+        collector.received().iter().all(|(d, _)| !d.message_id.starts_with(&behind[..]) || d.message_id.contains("-free-")),
+        "the stuck key's second message waits behind its first"
+    );
+    // The failure is visible on the stuck transaction, which stays unfinished.
+    eventually(
+        "the delivery error to show",
+        Duration::from_secs(30),
+        || async {
+            client
+                .query(&huge)
+                .await
+                .ok()
+                .and_then(|q| q.transaction)
+                .is_some_and(|t| {
+                    t.status == "submitted" && t.last_error.contains("delivery of step 01")
+                })
+        },
+    )
+    .await?;
+    collector.shutdown().await;
+    app.stop().await;
+    rmq.shutdown().await;
+    Ok(())
+}

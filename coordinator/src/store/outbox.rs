@@ -317,11 +317,18 @@ impl Store {
         let sql =
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_time = ?, last_error = ?, \
                    owner = '', lease_expire = 0 WHERE id = ? AND owner = ?";
+        // Operators see the error on the transaction too (`query`).
+        let visible =
+            "UPDATE trans_global SET last_error = ? WHERE gid = ? AND status = 'submitted'";
         let mut error = last_error.to_owned();
-        super::truncate_utf8(&mut error, 2000);
+        super::truncate_utf8(&mut error, 1900);
         let error = &error;
+        let shown = &format!("delivery of step {}: {error}", row.branch_id);
         on_pool!(self, pool => {
             sqlx::query(sql).bind(next_attempt_time).bind(error).bind(row.id).bind(&row.owner).execute(pool).await?;
+            if !error.is_empty() {
+                sqlx::query(visible).bind(shown).bind(&row.gid).execute(pool).await?;
+            }
             Ok(())
         })
     }
