@@ -125,6 +125,26 @@ macro_rules! on_pool {
     }};
 }
 
+/// Registers branch operations (all `prepared`, created at `$now`) in one multi-row
+/// statement `$sql` from [`Store::insert_branch_sql`], inside the open transaction `$tx`.
+macro_rules! insert_branches {
+    ($tx:ident, $sql:expr, $gid:expr, $branches:expr, $now:expr) => {{
+        let mut q = sqlx::query($sql);
+        for b in $branches {
+            q = q
+                .bind($gid)
+                .bind(&b.branch_id)
+                .bind(b.op.as_str())
+                .bind(&b.url)
+                .bind(&b.data)
+                .bind(txn::BranchStatus::Prepared.as_str())
+                .bind($now)
+                .bind($now);
+        }
+        q.execute(&mut *$tx).await?;
+    }};
+}
+
 pub mod outbox;
 
 pub use outbox::{OutboxMessage, OutboxRow, OutboxState};
@@ -397,19 +417,7 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(false);
             }
-            let mut q = sqlx::query(&branch_sql);
-            for b in branches {
-                q = q
-                    .bind(&txn.gid)
-                    .bind(&b.branch_id)
-                    .bind(b.op.as_str())
-                    .bind(&b.url)
-                    .bind(&b.data)
-                    .bind(txn::BranchStatus::Prepared.as_str())
-                    .bind(txn.create_time)
-                    .bind(txn.create_time);
-            }
-            q.execute(&mut *tx).await?;
+            insert_branches!(tx, &branch_sql, &txn.gid, branches, txn.create_time);
             if let Some(state) = enqueue {
                 outbox::enqueue_in_tx!(tx, dialect, &txn.gid, &messages, state, txn.create_time);
             }
@@ -521,19 +529,7 @@ impl Store {
                 return Ok(false);
             }
             if !change.new_branches.is_empty() {
-                let mut q = sqlx::query(&insert_branches);
-                for b in &change.new_branches {
-                    q = q
-                        .bind(gid)
-                        .bind(&b.branch_id)
-                        .bind(b.op.as_str())
-                        .bind(&b.url)
-                        .bind(&b.data)
-                        .bind(txn::BranchStatus::Prepared.as_str())
-                        .bind(change.now)
-                        .bind(change.now);
-                }
-                q.execute(&mut *tx).await?;
+                insert_branches!(tx, &insert_branches, gid, &change.new_branches, change.now);
             }
             if let Some(state) = change.enqueue_steps {
                 let rows = sqlx::query(steps_sql).bind(gid).bind(Op::Action.as_str()).fetch_all(&mut *tx).await?;
@@ -589,19 +585,7 @@ impl Store {
                 return Err(e.into());
             }
             if !branches.is_empty() {
-                let mut q = sqlx::query(&insert);
-                for b in branches {
-                    q = q
-                        .bind(gid)
-                        .bind(&b.branch_id)
-                        .bind(b.op.as_str())
-                        .bind(&b.url)
-                        .bind(&b.data)
-                        .bind(txn::BranchStatus::Prepared.as_str())
-                        .bind(now)
-                        .bind(now);
-                }
-                q.execute(&mut *tx).await?;
+                insert_branches!(tx, &insert, gid, branches, now);
             }
             tx.commit().await?;
             Ok(())
