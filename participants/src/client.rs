@@ -76,14 +76,20 @@ pub async fn check_answer(what: &str, response: reqwest::Response) -> Result<Str
             what: what.to_owned(),
             source,
         })?;
-    match settle_protocol::classify_answer(
+    classify(what, status, body)
+}
+
+/// [`check_answer`] on an answer already read.
+fn classify(what: &str, status: u16, body: String) -> Result<String, SdkError> {
+    let outcome = settle_protocol::classify_answer(
         if (200..300).contains(&status) {
             200
         } else {
             status
         },
         &body,
-    ) {
+    );
+    match outcome {
         settle_protocol::BranchOutcome::Success => Ok(body),
         settle_protocol::BranchOutcome::Ongoing => Err(SdkError::Ongoing {
             what: what.to_owned(),
@@ -140,6 +146,22 @@ impl SettleClient {
         &self.http
     }
 
+    /// Sends a request for `route` and returns its status and body.
+    async fn exchange(
+        &self,
+        route: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(u16, String), SdkError> {
+        let transport = |source| SdkError::Transport {
+            what: route.to_owned(),
+            source,
+        };
+        let response = request.send().await.map_err(transport)?;
+        let status = response.status().as_u16();
+        let body = response.text().await.map_err(transport)?;
+        Ok((status, body))
+    }
+
     /// POSTs a JSON body to a coordinator route and checks the answer.
     ///
     /// # Errors
@@ -149,40 +171,16 @@ impl SettleClient {
         route: &str,
         body: &B,
     ) -> Result<String, SdkError> {
-        let response = self
-            .http
-            .post(format!("{}/{route}", self.api))
-            .json(body)
-            .send()
-            .await
-            .map_err(|source| SdkError::Transport {
-                what: route.to_owned(),
-                source,
-            })?;
-        check_answer(route, response).await
+        let request = self.http.post(format!("{}/{route}", self.api)).json(body);
+        let (status, body) = self.exchange(route, request).await?;
+        classify(route, status, body)
     }
 
     async fn get(&self, route: &str, query: &[(&str, &str)]) -> Result<String, SdkError> {
-        let response = self
-            .http
-            .get(format!("{}/{route}", self.api))
-            .query(query)
-            .send()
-            .await
-            .map_err(|source| SdkError::Transport {
-                what: route.to_owned(),
-                source,
-            })?;
+        let request = self.http.get(format!("{}/{route}", self.api)).query(query);
+        let (status, body) = self.exchange(route, request).await?;
         // A read's body is data, which may well contain the words FAILURE or ONGOING: only
         // the status tells success.
-        let status = response.status().as_u16();
-        let body = response
-            .text()
-            .await
-            .map_err(|source| SdkError::Transport {
-                what: route.to_owned(),
-                source,
-            })?;
         if status == 200 {
             Ok(body)
         } else {
