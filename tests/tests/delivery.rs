@@ -102,6 +102,20 @@ async fn messages_reach_the_broker_only_after_their_transaction_committed() -> a
         "the message key is GID-BRANCH"
     );
     assert_eq!(got[0].0.tag, "t");
+    // With wait_result, submit answers once the broker acknowledged the message.
+    let waited = client.new_gid().await?;
+    Msg::with_options(
+        &client,
+        GlobalRequest {
+            wait_result: true,
+            request_timeout: 10,
+            ..GlobalRequest::new(&waited, "msg")
+        },
+    )
+    .add(&step("d"), &json!({"what": "waited"}))?
+    .submit()
+    .await?;
+    assert_eq!(client.status(&waited).await?.as_deref(), Some("succeed"));
     collector.shutdown().await;
     app.stop().await;
     rmq.shutdown().await;

@@ -308,3 +308,24 @@ async fn a_confirm_that_does_not_answer_in_request_timeout_is_retried() -> anyho
     app.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wait_result_follows_retries_until_request_timeout() -> anyhow::Result<()> {
+    let db = TestDb::mysql().await?;
+    let app = spawn_coordinator(test_config(&db.url)).await?;
+    let p = Participant::start().await?;
+    // The first confirm fails; the retry (about a second later) succeeds within the 3 s wait.
+    p.script("confirm", &[500]);
+    let client = SettleClient::new(app.api_url());
+    let gid = client.new_gid().await?;
+    let request = GlobalRequest {
+        wait_result: true,
+        request_timeout: 3,
+        ..GlobalRequest::new(&gid, "tcc")
+    };
+    p.run_tcc(&client, request, 1).await?;
+    assert_eq!(client.status(&gid).await?.as_deref(), Some("succeed"));
+    assert_eq!(p.answers(&gid, "confirm"), [500, 200]);
+    app.stop().await;
+    Ok(())
+}

@@ -163,16 +163,30 @@ async fn start_phase_two(
     if !wait {
         return Ok(Json(DtmResult::success()));
     }
-    match tokio::time::timeout(timeout, round).await {
-        Ok(Ok(RoundEnd::Finished(GlobalStatus::Failed))) if submitting => {
-            Err(ApiError::Txn(txn::TxnError::Conflict {
-                gid,
-                status: GlobalStatus::Failed,
-                action: "succeed",
-            }))
-        }
-        Ok(Ok(RoundEnd::Finished(_))) => Ok(Json(DtmResult::success())),
-        _ => Err(ApiError::Ongoing(format!(
+    let deadline = tokio::time::Instant::now() + timeout;
+    // The first round usually finishes it; if it ends waiting (a retry, or messages not yet
+    // acknowledged by their broker), follow the stored status until the deadline.
+    let mut status = match tokio::time::timeout(timeout, round).await {
+        Ok(Ok(RoundEnd::Finished(status))) => Some(status),
+        _ => None,
+    };
+    while status.is_none() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        status = state
+            .store
+            .find(&gid)
+            .await?
+            .map(|t| t.status)
+            .filter(|s| s.is_final());
+    }
+    match status {
+        Some(GlobalStatus::Failed) if submitting => Err(ApiError::Txn(txn::TxnError::Conflict {
+            gid,
+            status: GlobalStatus::Failed,
+            action: "succeed",
+        })),
+        Some(_) => Ok(Json(DtmResult::success())),
+        None => Err(ApiError::Ongoing(format!(
             "transaction '{gid}' has not finished phase 2 within {}s; it is still being driven",
             timeout.as_secs()
         ))),
