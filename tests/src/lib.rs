@@ -312,7 +312,7 @@ impl Participant {
     }
 
     /// Runs a TCC through the SDK with `branches` branches served by this participant (body
-    /// `{}`), submitting on success and aborting on any error.
+    /// `{"n": i}` for branch i, from 0), submitting on success and aborting on any error.
     ///
     /// # Errors
     /// A branch's Try failed, or the coordinator refused.
@@ -325,9 +325,9 @@ impl Participant {
         let p = self.clone();
         client
             .tcc_global_with(request, |tcc| async move {
-                for _ in 0..branches {
+                for n in 0..branches {
                     tcc.call_branch(
-                        &serde_json::json!({}),
+                        &serde_json::json!({ "n": n }),
                         &p.url("try"),
                         &p.url("confirm"),
                         &p.url("cancel"),

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::json;
+use settle_protocol::GlobalRequest;
 use settle_sdk::SettleClient;
 use settle_tests::{
     eventually, spawn_coordinator, test_config, Participant, SettleProcess, TestDb,
@@ -31,20 +32,7 @@ async fn a_coordinator_killed_during_phase_two_settles_after_restart() -> anyhow
     p.delay("confirm", Duration::from_secs(5), 1);
     let client = SettleClient::new(first.api.clone());
     let gid = client.new_gid().await?;
-    let pc = p.clone();
-    client
-        .tcc_global(&gid, |tcc| async move {
-            for n in 0..2 {
-                tcc.call_branch(
-                    &json!({ "n": n }),
-                    &pc.url("try"),
-                    &pc.url("confirm"),
-                    &pc.url("cancel"),
-                )
-                .await?;
-            }
-            Ok(())
-        })
+    p.run_tcc(&client, GlobalRequest::new(&gid, "tcc"), 2)
         .await?;
     eventually(
         "the first confirm to arrive",
@@ -153,20 +141,7 @@ async fn two_coordinators_on_one_database_confirm_each_branch_exactly_once() -> 
         let p = p.clone();
         tasks.spawn(async move {
             let gid = client.new_gid().await?;
-            let pc = p.clone();
-            client
-                .tcc_global(&gid, |tcc| async move {
-                    for n in 0..2 {
-                        tcc.call_branch(
-                            &json!({ "n": n }),
-                            &pc.url("try"),
-                            &pc.url("confirm"),
-                            &pc.url("cancel"),
-                        )
-                        .await?;
-                    }
-                    Ok(())
-                })
+            p.run_tcc(&client, GlobalRequest::new(&gid, "tcc"), 2)
                 .await?;
             anyhow::Ok(gid)
         });

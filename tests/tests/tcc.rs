@@ -247,21 +247,7 @@ async fn concurrent_confirms_all_branches_at_once() -> anyhow::Result<()> {
         concurrent: true,
         ..GlobalRequest::new(&gid, "tcc")
     };
-    let pc = p.clone();
-    client
-        .tcc_global_with(request, |tcc| async move {
-            for n in 0..3 {
-                tcc.call_branch(
-                    &json!({ "n": n }),
-                    &pc.url("try"),
-                    &pc.url("confirm"),
-                    &pc.url("cancel"),
-                )
-                .await?;
-            }
-            Ok(())
-        })
-        .await?;
+    p.run_tcc(&client, request, 3).await?;
     assert_eq!(client.wait_final(&gid, SETTLE).await?, "succeed");
     let answered: Vec<_> = p
         .calls()
