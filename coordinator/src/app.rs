@@ -13,11 +13,14 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::api::{router, AppState};
+use crate::apply::Orchestrator;
+use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::delivery::rocketmq::RocketMqSink;
 use crate::delivery::{DispatchSettings, Dispatcher};
 use crate::driver::{Driver, DriverSettings};
 use crate::scheduler::Scheduler;
+use crate::store::retention::{self, RetentionSettings};
 use crate::store::{redact_url, ConnectOptions, Store, StoreError};
 use crate::telemetry::Metrics;
 
@@ -64,6 +67,7 @@ pub struct Application {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     scheduler: JoinHandle<()>,
+    retention: JoinHandle<()>,
     dispatcher: Option<JoinHandle<()>>,
 }
 
@@ -74,11 +78,22 @@ impl Application {
     /// # Errors
     /// See [`StartError`].
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        Self::start_with_clock(config, Clock::system()).await
+    }
+
+    /// [`Application::start`] with the clock every part reads the time from (a test can
+    /// start the coordinator on paused tokio time).
+    ///
+    /// # Errors
+    /// See [`StartError`].
+    pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Self, StartError> {
         config.validate()?;
         let store = Store::connect(&ConnectOptions {
             url: config.database_url.clone(),
             max_connections: config.max_connections,
             acquire_timeout: Duration::from_secs(10),
+            writers: config.store_writers,
+            max_batch: config.max_batch,
         })
         .await
         .map_err(|source| StartError::Store {
@@ -110,16 +125,22 @@ impl Application {
             .build()?;
         let metrics = Arc::new(Metrics::default());
         let dispatch = Arc::new(tokio::sync::Notify::new());
-        let driver = Driver::new(
+        let apply = Orchestrator::new(
             store.clone(),
+            clock,
+            instance_id.clone().into(),
+            i64::try_from(config.lease_ms).unwrap_or(i64::MAX / 4),
+            metrics.clone(),
+            dispatch.clone(),
+        );
+        let driver = Driver::new(
+            apply.clone(),
             http,
             DriverSettings {
                 lease: config.lease(),
                 retry_cap_s: config.retry_cap_s,
                 max_inflight: config.max_inflight,
             },
-            metrics.clone(),
-            dispatch.clone(),
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
         let dispatcher = if config.rocketmq_namesrv.is_empty() {
@@ -149,6 +170,7 @@ impl Application {
                     ),
                     max_inflight: config.delivery_max_inflight,
                     retry_cap_s: config.retry_cap_s.min(30),
+                    clock,
                 },
                 dispatch.clone(),
             ));
@@ -157,11 +179,22 @@ impl Application {
         let scheduler = Scheduler::new(
             store.clone(),
             driver.clone(),
+            clock,
             instance_id.clone(),
             Duration::from_millis(config.poll_interval_ms),
             config.claim_batch,
         );
         let scheduler = tokio::spawn(scheduler.run(shutdown_rx.clone()));
+        let retention = tokio::spawn(retention::run(
+            store.clone(),
+            clock,
+            RetentionSettings {
+                keep: Duration::from_secs(config.retention_s),
+                batch: 500,
+                interval: Duration::from_secs(10),
+            },
+            shutdown_rx.clone(),
+        ));
         info!(
             address = %address,
             store = %redact_url(&config.database_url),
@@ -170,11 +203,10 @@ impl Application {
         );
         let state = AppState {
             store: store.clone(),
+            apply,
             driver,
             config: Arc::new(config),
-            instance_id: instance_id.clone().into(),
             metrics,
-            dispatch,
         };
         let app = router(state);
         let mut stop = shutdown_rx;
@@ -198,6 +230,7 @@ impl Application {
             shutdown,
             server,
             scheduler,
+            retention,
             dispatcher,
         })
     }
@@ -234,6 +267,7 @@ impl Application {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.scheduler.await;
+        let _ = self.retention.await;
         if let Some(dispatcher) = self.dispatcher {
             let _ = dispatcher.await;
         }

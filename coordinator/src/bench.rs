@@ -1,18 +1,24 @@
-//! `settle bench`: measures a running DTM-compatible server.
+//! `settle bench`: measures running DTM-compatible servers, side by side.
 //!
 //! C workers each run TCC transactions with two branches, as an initiator does: `prepare`,
 //! then for each branch `registerBranch` and its Try, then `submit`. The branches are served
 //! by a minimal participant started in this process, which answers every call with success
-//! and counts the confirms. The figures are the initiator's: transactions per second and the
-//! latency of one whole transaction, then the time until every confirm has arrived. Only the
-//! DTM protocol is spoken, so the same run can target DTM or another compatible server.
+//! and counts the confirms. A run lasts a fixed time (or a fixed number of transactions);
+//! its throughput counts a transaction once both its confirms have arrived, and its latency
+//! is the initiator's (prepare to submit). Only the DTM protocol is spoken, so the same run
+//! can target Settle and another DTM-compatible server (`--against`), one after the other at
+//! each concurrency, and print the ratio.
+//!
+//! `--sweep 8,16,32,64` repeats the run at each concurrency; `--csv` writes every run as a
+//! row and `--svg` draws throughput and p99 latency against concurrency for each server.
 //!
 //! With `--raw`, the run also performs single-row autocommitted INSERTs at the same
 //! concurrency on the database given by `--database-url`, so the transaction rate can be
 //! compared with what the database itself sustains.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,21 +37,43 @@ pub struct BenchArgs {
     /// Base URL of the server's DTM API.
     #[arg(long, default_value = "http://127.0.0.1:36789/api/dtmsvr")]
     pub server: String,
+    /// Name of `--server` in the output.
+    #[arg(long, default_value = "settle")]
+    pub name: String,
+    /// Base URL of a second DTM-compatible server, run with the same load right after the
+    /// first at each concurrency.
+    #[arg(long)]
+    pub against: Option<String>,
+    /// Name of `--against` in the output.
+    #[arg(long, default_value = "other")]
+    pub against_name: String,
     /// Transactions running at once.
-    #[arg(long, short = 'c', default_value_t = 32)]
+    #[arg(long, short = 'c', default_value_t = 64)]
     pub concurrency: usize,
-    /// Transactions in all.
-    #[arg(long, short = 'n', default_value_t = 2000)]
-    pub transactions: usize,
+    /// Concurrencies to run one after the other (e.g. `8,16,32,64`), instead of `-c`.
+    #[arg(long, value_delimiter = ',')]
+    pub sweep: Vec<usize>,
+    /// Seconds each run starts new transactions for.
+    #[arg(long, default_value_t = 10)]
+    pub duration_s: u64,
+    /// Run this many transactions instead of `--duration-s`.
+    #[arg(long, short = 'n')]
+    pub transactions: Option<u64>,
+    /// Seconds to wait for every confirm after the last submit.
+    #[arg(long, default_value_t = 120)]
+    pub settle_timeout_s: u64,
+    /// Write every run as a CSV row here.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Draw throughput and p99 latency against concurrency, per server, as an SVG here.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
     /// Also run single-row autocommitted INSERTs at the same concurrency on `--database-url`.
     #[arg(long)]
     pub raw: bool,
     /// Database of the `--raw` run (`mysql://...` or `sqlite:...`).
     #[arg(long, env = "SETTLE_DATABASE_URL")]
     pub database_url: Option<String>,
-    /// Seconds to wait for every confirm after the last submit.
-    #[arg(long, default_value_t = 120)]
-    pub settle_timeout_s: u64,
 }
 
 /// Latency and rate of one measured run.
@@ -75,7 +103,6 @@ impl Figures {
     }
 
     fn line(&self, what: &str) -> String {
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         format!(
             "{what}: {} in {:.2}s = {:.1}/s; latency ms p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}",
             self.count,
@@ -89,48 +116,137 @@ impl Figures {
     }
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// One run against one server at one concurrency.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Server name.
+    pub system: String,
+    /// Transactions running at once.
+    pub concurrency: usize,
+    /// Transactions settled (both confirms arrived) per second, from the first prepare to
+    /// the last confirm.
+    pub settled_per_s: f64,
+    /// Initiator latencies.
+    pub figures: Figures,
+}
+
 /// Runs the benchmark and prints its figures.
 ///
 /// # Errors
-/// The server or the database cannot be reached, or a transaction fails.
+/// A server or the database cannot be reached, a transaction fails, or an output file
+/// cannot be written.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if args.concurrency == 0 || args.transactions == 0 {
-        bail!("--concurrency and --transactions must be positive");
+    let levels = if args.sweep.is_empty() {
+        vec![args.concurrency]
+    } else {
+        args.sweep.clone()
+    };
+    if levels.contains(&0) || args.transactions == Some(0) || args.duration_s == 0 {
+        bail!("concurrency, --transactions and --duration-s must be positive");
     }
     if args.raw && args.database_url.is_none() {
         bail!("--raw needs --database-url (the database the server under test uses)");
     }
     let participant = Participant::start().await?;
+    let max_c = levels.iter().copied().max().unwrap_or(1);
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency * 2)
+        .pool_max_idle_per_host(max_c * 2)
         .tcp_nodelay(true)
         .build()?;
-    let server = args.server.trim_end_matches('/').to_owned();
-    http.get(format!("{server}/version"))
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .with_context(|| format!("server {server} does not answer"))?;
+    let mut servers = vec![(
+        args.name.clone(),
+        args.server.trim_end_matches('/').to_owned(),
+    )];
+    if let Some(other) = &args.against {
+        servers.push((
+            args.against_name.clone(),
+            other.trim_end_matches('/').to_owned(),
+        ));
+    }
+    for (name, url) in &servers {
+        http.get(format!("{url}/version"))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("server {name} at {url} does not answer"))?;
+    }
+    let mut runs = Vec::new();
+    for &c in &levels {
+        let mut here = Vec::new();
+        for (name, url) in &servers {
+            let r = one_run(&http, &participant, name, url, c, &args).await?;
+            println!(
+                "{name} c={c}: {:.1} settled tx/s; {}",
+                r.settled_per_s,
+                r.figures.line("tcc (prepare..submit)")
+            );
+            here.push(r);
+        }
+        if let [a, b] = here.as_slice() {
+            println!(
+                "ratio c={c}: {} / {} = {:.2}x throughput",
+                a.system,
+                b.system,
+                a.settled_per_s / b.settled_per_s.max(1e-9)
+            );
+        }
+        runs.extend(here);
+    }
+    if let Some(path) = &args.csv {
+        std::fs::write(path, csv(&runs))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        chart(&runs, path)?;
+        println!("wrote {}", path.display());
+    }
+    if args.raw {
+        let url = args.database_url.clone().unwrap_or_default();
+        let n = args.transactions.unwrap_or(5_000) as usize;
+        let raw = raw_inserts(&url, max_c, n).await?;
+        println!("{}", raw.line("raw single-row autocommitted inserts"));
+    }
+    Ok(())
+}
 
-    println!(
-        "settle bench: {} TCC transactions (2 branches each), concurrency {}, server {server}",
-        args.transactions, args.concurrency
-    );
+async fn one_run(
+    http: &reqwest::Client,
+    participant: &Participant,
+    name: &str,
+    server: &str,
+    concurrency: usize,
+    args: &BenchArgs,
+) -> anyhow::Result<Run> {
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let confirms_before = participant.confirms.load(Ordering::Relaxed);
     let next = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = args.transactions.unwrap_or(u64::MAX);
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..args.concurrency {
-        let (http, server, next, run_id) =
-            (http.clone(), server.clone(), next.clone(), run_id.clone());
+    for _ in 0..concurrency {
+        let (http, server, next, run_id, stop) = (
+            http.clone(),
+            server.to_owned(),
+            next.clone(),
+            run_id.clone(),
+            stop.clone(),
+        );
         let base = participant.base.clone();
-        let total = args.transactions as u64;
         workers.spawn(async move {
             let mut latencies = Vec::new();
             loop {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total {
-                    return Ok::<_, anyhow::Error>(latencies);
+                    return Ok(latencies);
                 }
                 let t0 = Instant::now();
                 one_tcc(&http, &server, &base, &format!("bench-{run_id}-{i}")).await?;
@@ -138,47 +254,144 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let mut latencies = Vec::with_capacity(args.transactions);
+    if args.transactions.is_none() {
+        let stop = stop.clone();
+        let d = Duration::from_secs(args.duration_s);
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let mut latencies = Vec::new();
     while let Some(r) = workers.join_next().await {
         latencies.extend(r??);
     }
     let elapsed = started.elapsed();
     latencies.sort();
-    let tcc = Figures {
-        count: latencies.len(),
-        elapsed,
-        latencies,
-    };
-    println!("{}", tcc.line("tcc transactions (prepare..submit)"));
-
-    let want = 2 * args.transactions as u64;
+    let done = latencies.len() as u64;
+    let want = confirms_before + 2 * done;
     let deadline = Instant::now() + Duration::from_secs(args.settle_timeout_s);
     while participant.confirms.load(Ordering::Relaxed) < want {
         if Instant::now() > deadline {
             bail!(
-                "only {} of {want} confirms arrived within {}s",
-                participant.confirms.load(Ordering::Relaxed),
+                "{name}: only {} of {} confirms arrived within {}s",
+                participant.confirms.load(Ordering::Relaxed) - confirms_before,
+                2 * done,
                 args.settle_timeout_s
             );
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let settled = started.elapsed();
-    println!(
-        "all {want} confirms received after {:.2}s = {:.1} settled transactions/s",
-        settled.as_secs_f64(),
-        args.transactions as f64 / settled.as_secs_f64()
-    );
+    Ok(Run {
+        system: name.to_owned(),
+        concurrency,
+        settled_per_s: done as f64 / settled.as_secs_f64().max(1e-9),
+        figures: Figures {
+            count: latencies.len(),
+            elapsed,
+            latencies,
+        },
+    })
+}
 
-    if args.raw {
-        let url = args.database_url.clone().unwrap_or_default();
-        let raw = raw_inserts(&url, args.concurrency, args.transactions).await?;
-        println!("{}", raw.line("raw single-row autocommitted inserts"));
-        println!(
-            "tcc transactions per raw insert: {:.3}",
-            tcc.rate() / raw.rate().max(1e-9)
-        );
+/// The runs as CSV: one row per server and concurrency.
+pub fn csv(runs: &[Run]) -> String {
+    let mut out = String::from(
+        "system,concurrency,settled_tx_per_s,transactions,p50_ms,p90_ms,p99_ms,max_ms\n",
+    );
+    for r in runs {
+        let f = &r.figures;
+        out.push_str(&format!(
+            "{},{},{:.1},{},{:.2},{:.2},{:.2},{:.2}\n",
+            r.system,
+            r.concurrency,
+            r.settled_per_s,
+            f.count,
+            ms(f.percentile(50.0)),
+            ms(f.percentile(90.0)),
+            ms(f.percentile(99.0)),
+            ms(f.percentile(100.0)),
+        ));
     }
+    out
+}
+
+/// Draws throughput and p99 latency against concurrency, one line per server.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn chart(runs: &[Run], path: &std::path::Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+
+    let mut systems: Vec<&str> = runs.iter().map(|r| r.system.as_str()).collect();
+    systems.dedup();
+    let max_c = runs.iter().map(|r| r.concurrency).max().unwrap_or(1) as f64;
+    let max_tps = runs.iter().map(|r| r.settled_per_s).fold(1.0, f64::max) * 1.1;
+    let max_p99 = runs
+        .iter()
+        .map(|r| ms(r.figures.percentile(99.0)))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (left, right) = root.split_horizontally(500);
+    let palette = [BLUE, RED, GREEN, MAGENTA];
+    /// Title, unit, top of the axis, and the value drawn.
+    type Panel = (&'static str, &'static str, f64, fn(&Run) -> f64);
+    let panels: [Panel; 2] = [
+        ("Throughput (settled TCC/s)", "tx/s", max_tps, |r: &Run| {
+            r.settled_per_s
+        }),
+        (
+            "p99 latency, prepare..submit (ms)",
+            "ms",
+            max_p99,
+            |r: &Run| ms(r.figures.percentile(99.0)),
+        ),
+    ];
+    for (area, (title, unit, top, value)) in [&left, &right].into_iter().zip(panels) {
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..max_c * 1.05, 0.0..top)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("concurrency")
+            .y_desc(unit)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (i, system) in systems.iter().enumerate() {
+            let color = palette[i % palette.len()];
+            let points: Vec<(f64, f64)> = runs
+                .iter()
+                .filter(|r| r.system == *system)
+                .map(|r| (r.concurrency as f64, value(r)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label(*system)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+            chart
+                .draw_series(
+                    points
+                        .into_iter()
+                        .map(|p| Circle::new(p, 3, color.filled())),
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
 
@@ -355,16 +568,51 @@ async fn raw_inserts(url: &str, concurrency: usize, count: usize) -> anyhow::Res
 mod tests {
     use super::*;
 
+    fn figures(ms_each: &[u64]) -> Figures {
+        Figures {
+            count: ms_each.len(),
+            elapsed: Duration::from_secs(1),
+            latencies: ms_each.iter().map(|m| Duration::from_millis(*m)).collect(),
+        }
+    }
+
     #[test]
     fn percentiles_come_from_sorted_latencies() {
-        let f = Figures {
-            count: 101,
-            elapsed: Duration::from_secs(1),
-            latencies: (0..=100).map(Duration::from_millis).collect(),
-        };
+        let f = figures(&(0..=100).collect::<Vec<_>>());
         assert_eq!(f.percentile(50.0), Duration::from_millis(50));
         assert_eq!(f.percentile(99.0), Duration::from_millis(99));
         assert_eq!(f.percentile(100.0), Duration::from_millis(100));
         assert!((f.rate() - 101.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn runs_become_csv_rows_and_a_chart() {
+        let runs: Vec<Run> = [
+            ("settle", 8, 900.0),
+            ("settle", 64, 2_100.0),
+            ("dtm", 8, 400.0),
+            ("dtm", 64, 480.0),
+        ]
+        .iter()
+        .map(|(s, c, tps)| Run {
+            system: (*s).into(),
+            concurrency: *c,
+            settled_per_s: *tps,
+            figures: figures(&[1, 2, 30]),
+        })
+        .collect();
+        let text = csv(&runs);
+        let mut lines = text.lines();
+        assert!(lines.next().unwrap().starts_with("system,concurrency,"));
+        assert_eq!(
+            lines.next().unwrap(),
+            "settle,8,900.0,3,2.00,30.00,30.00,30.00"
+        );
+        let path = std::env::temp_dir().join(format!("settle-bench-{}.svg", std::process::id()));
+        chart(&runs, &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(svg.starts_with("<svg"), "{}", &svg[..60.min(svg.len())]);
+        assert!(svg.contains("settle") && svg.contains("dtm") && svg.contains("concurrency"));
     }
 }

@@ -30,7 +30,7 @@ pub enum Command {
     /// Run the coordinator (HTTP API, scheduler and driver).
     Serve(Box<ServeArgs>),
     /// Measure a running DTM-compatible server with concurrent TCC transactions.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
 }
 
 /// Options of `settle serve`. Each overrides the config file; unset ones keep it.
@@ -46,9 +46,20 @@ pub struct ServeArgs {
     /// `mysql://USER:PASSWORD@HOST:PORT/DATABASE`; migrated on start [default: sqlite:settle.db].
     #[arg(long, env = "SETTLE_DATABASE_URL")]
     pub database_url: Option<String>,
-    /// Most database connections (MySQL) [default: 32].
+    /// Most pooled database connections (reads, claims, the outbox) [default: 16].
     #[arg(long, env = "SETTLE_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
+    /// Batched writers, each with its own database connection (MySQL; SQLite has one)
+    /// [default: 2].
+    #[arg(long, env = "SETTLE_STORE_WRITERS")]
+    pub store_writers: Option<usize>,
+    /// Most commands written in one database transaction [default: 256].
+    #[arg(long, env = "SETTLE_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+    /// How long finished transactions are kept, in seconds; 0 keeps everything
+    /// [default: 604800, 7 days].
+    #[arg(long, env = "SETTLE_RETENTION_S")]
+    pub retention_s: Option<u64>,
     /// Id of this instance in leases; must differ between instances on one database
     /// [default: random].
     #[arg(long, env = "SETTLE_INSTANCE_ID")]
@@ -119,6 +130,9 @@ impl ServeArgs {
             listen,
             database_url,
             max_connections,
+            store_writers,
+            max_batch,
+            retention_s,
             instance_id,
             body_limit_bytes,
             lease_ms,
@@ -168,7 +182,7 @@ pub fn main() -> ExitCode {
                 app.run_until_stopped().await;
                 Ok(())
             }
-            Command::Bench(args) => bench::run(args).await,
+            Command::Bench(args) => bench::run(*args).await,
         }
     });
     match result {

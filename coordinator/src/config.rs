@@ -19,8 +19,17 @@ pub struct Config {
     /// The store: `sqlite:PATH` (embedded, created on start) or
     /// `mysql://USER:PASSWORD@HOST:PORT/DATABASE`.
     pub database_url: String,
-    /// Most database connections (MySQL).
+    /// Most pooled database connections (reads, claims and the outbox; the batched writers
+    /// have their own).
     pub max_connections: u32,
+    /// Batched writers, each with a database connection of its own (MySQL; SQLite always
+    /// has one). Every state change goes through them, many per database transaction.
+    pub store_writers: usize,
+    /// Most commands written in one database transaction.
+    pub max_batch: usize,
+    /// How long finished transactions (with their branches and sent messages) are kept, in
+    /// seconds; 0 keeps everything.
+    pub retention_s: u64,
     /// Id of this instance in leases; random when empty. Must differ between instances
     /// sharing a database.
     pub instance_id: String,
@@ -62,7 +71,10 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 36789)),
             database_url: "sqlite:settle.db".to_owned(),
-            max_connections: 32,
+            max_connections: 16,
+            store_writers: 2,
+            max_batch: 256,
+            retention_s: 7 * 24 * 3600,
             instance_id: String::new(),
             body_limit_bytes: 1024 * 1024,
             lease_ms: 15_000,
@@ -133,6 +145,8 @@ impl Config {
             ("claim_batch", i64::from(self.claim_batch)),
             ("max_inflight", self.max_inflight as i64),
             ("max_connections", i64::from(self.max_connections)),
+            ("store_writers", self.store_writers as i64),
+            ("max_batch", self.max_batch as i64),
             ("body_limit_bytes", self.body_limit_bytes as i64),
             ("retry_cap_s", self.retry_cap_s),
             ("default_timeout_to_fail_s", self.default_timeout_to_fail_s),

@@ -3,9 +3,12 @@
 //! # Layout
 //! Data flows top to bottom:
 //! - [`api`]: the HTTP API (DTM's `/api/dtmsvr` routes), validating commands.
-//! - [`txn`]: the pure state machine deciding every transition.
-//! - [`store`]: durable state on MySQL or SQLite.
-//! - [`driver`]: runs phase 2 (branch calls with timeouts and backoff), recording outcomes.
+//! - [`apply`]: the orchestration layer carrying out every transition (read, decide, write,
+//!   notify) for the API and the driver alike.
+//! - [`txn`]: the pure state machine deciding every transition, one file per transition and
+//!   one per transaction type.
+//! - [`store`]: durable state on MySQL or SQLite, written by a batched writer.
+//! - [`driver`]: runs phase 2 (branch calls with timeouts and backoff).
 //! - [`scheduler`]: claims due transactions by lease and hands them to the driver.
 //! - [`delivery`]: where committed steps go (HTTP endpoints, RocketMQ topics).
 //! - [`app`]: wires these into a running server; [`cli`] is the `settle` command;
@@ -13,6 +16,7 @@
 
 pub mod api;
 pub mod app;
+pub mod apply;
 pub mod bench;
 pub mod cli;
 pub mod clock;

@@ -11,7 +11,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::clock::now_ms;
+use crate::apply::new_token;
+use crate::clock::Clock;
 use crate::driver::Driver;
 use crate::store::Store;
 
@@ -19,6 +20,7 @@ use crate::store::Store;
 pub struct Scheduler {
     store: Store,
     driver: Driver,
+    clock: Clock,
     instance_id: String,
     poll_interval: Duration,
     batch: u32,
@@ -29,6 +31,7 @@ impl Scheduler {
     pub fn new(
         store: Store,
         driver: Driver,
+        clock: Clock,
         instance_id: String,
         poll_interval: Duration,
         batch: u32,
@@ -36,6 +39,7 @@ impl Scheduler {
         Self {
             store,
             driver,
+            clock,
             instance_id,
             poll_interval,
             batch,
@@ -52,7 +56,7 @@ impl Scheduler {
         if free == 0 {
             return Ok(0);
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let lease_ms = i64::try_from(self.driver.lease().as_millis()).unwrap_or(i64::MAX / 4);
         let token = new_token();
         let claimed = self
@@ -66,9 +70,9 @@ impl Scheduler {
             )
             .await?;
         let n = claimed.len();
-        for txn in claimed {
-            debug!(gid = %txn.gid, status = %txn.status, "claimed due transaction");
-            drop(self.driver.spawn(txn));
+        for c in claimed {
+            debug!(gid = %c.txn.gid, status = %c.txn.status, "claimed due transaction");
+            drop(self.driver.spawn(c));
         }
         Ok(n)
     }
@@ -97,9 +101,4 @@ impl Scheduler {
             }
         }
     }
-}
-
-/// A new fencing token.
-pub fn new_token() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
 }

@@ -1,25 +1,25 @@
 //! The store on both databases: every operation, each test in its own fresh MySQL database
-//! and its own SQLite file.
+//! and its own SQLite file. Changes go through the batched writer ([`Store::write`]) with
+//! the state machine's transitions, as the coordinator makes them.
 
 // The shared test bodies are plain async functions, not `#[test]`s, so clippy's test
 // allowance does not reach them.
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
-
-use settle_coordinator::store::{
-    ConnectOptions, LeaseWrite, ListFilter, RetrySchedule, StatusChange, Store, StoreError, NEVER,
-};
+use settle_coordinator::store::{ConnectOptions, ListFilter, Store, StoreError};
+use settle_coordinator::txn::change::RetryNote;
+use settle_coordinator::txn::lease::RoundLeft;
+use settle_coordinator::txn::tcc::branch_ops;
 use settle_coordinator::txn::{
-    BranchStatus, GlobalStatus, GlobalTxn, NewBranch, Op, TransOptions, TransType, TxnError,
+    self, BranchStatus, Change, Decision, GlobalStatus, GlobalTxn, Lease, NewBranch, Op,
+    OutboxState, TransOptions, TransType, TxnError, NEVER,
 };
 use settle_tests::{TestDb, TestSqlite};
 
 async fn connect(url: &str) -> Store {
     Store::connect(&ConnectOptions {
-        url: url.to_owned(),
         max_connections: 4,
-        acquire_timeout: Duration::from_secs(10),
+        ..ConnectOptions::new(url)
     })
     .await
     .expect("store connects and migrates")
@@ -49,37 +49,19 @@ macro_rules! on_both {
 }
 
 fn txn(gid: &str, status: GlobalStatus, now: i64) -> GlobalTxn {
-    GlobalTxn {
-        gid: gid.to_owned(),
-        trans_type: TransType::Tcc,
-        status,
-        custom_data: "{\"k\":\"v\"}".to_owned(),
-        steps: vec![],
-        payloads: vec![],
-        query_prepared: String::new(),
-        protocol: "http".to_owned(),
-        options: TransOptions {
-            timeout_to_fail: 35,
-            request_timeout: 3,
-            retry_interval: 10,
-            branch_headers: [("x-tenant".to_owned(), "7".to_owned())].into(),
-            concurrent: false,
-            wait_result: false,
-            retry_limit: 0,
-        },
-        rollback_reason: String::new(),
-        create_time: now,
-        update_time: now,
-        finish_time: None,
-        rollback_time: None,
-        next_cron_time: now,
-        next_cron_interval: 10,
-        owner: String::new(),
-        lease_token: String::new(),
-        lease_expire: 0,
-        retry_count: 0,
-        last_error: String::new(),
-    }
+    let options = TransOptions {
+        timeout_to_fail: 35,
+        request_timeout: 3,
+        retry_interval: 10,
+        branch_headers: [("x-tenant".to_owned(), "7".to_owned())].into(),
+        concurrent: false,
+        wait_result: false,
+        retry_limit: 0,
+    };
+    let mut t = GlobalTxn::new(gid, TransType::Tcc, status, options, now);
+    t.custom_data = "{\"k\":\"v\"}".to_owned();
+    t.next_cron_time = now;
+    t
 }
 
 fn branch(id: &str, op: Op) -> NewBranch {
@@ -91,23 +73,68 @@ fn branch(id: &str, op: Op) -> NewBranch {
     }
 }
 
+/// Stores `t` as it is, with `branches` (a fixture: no transition decides it).
+async fn insert(store: &Store, t: GlobalTxn, branches: Vec<NewBranch>) {
+    let gid = t.gid.clone();
+    let now = t.create_time;
+    store
+        .write(&gid, move |_| {
+            let mut c = Change::at(now);
+            c.create = Some(t.clone());
+            c.add_branches = branches.clone();
+            Ok(Decision::Apply(c))
+        })
+        .await
+        .unwrap();
+}
+
+/// Stores `t` with `steps` committed to the outbox in `state`.
+async fn enqueue(store: &Store, t: GlobalTxn, steps: Vec<NewBranch>, state: OutboxState) {
+    let gid = t.gid.clone();
+    let now = t.create_time;
+    store
+        .write(&gid, move |_| {
+            let mut c = Change::at(now);
+            c.create = Some(t.clone());
+            c.add_branches = steps.clone();
+            c.enqueue = Some(state);
+            Ok(Decision::Apply(c))
+        })
+        .await
+        .unwrap();
+}
+
+fn lease(owner: &str, token: &str, expire: i64) -> Lease {
+    Lease {
+        owner: owner.into(),
+        token: token.into(),
+        expire,
+    }
+}
+
 on_both!(
-    a_transaction_round_trips_and_a_duplicate_insert_writes_nothing,
+    a_transaction_round_trips_and_a_second_prepare_writes_nothing,
     |store| {
         let t = txn("Round-Trip", GlobalStatus::Prepared, 1_000);
-        assert!(store
-            .insert_global(&t, &[branch("01", Op::Cancel), branch("01", Op::Confirm)])
+        let steps = vec![branch("01", Op::Cancel), branch("01", Op::Confirm)];
+        let (t2, s2) = (t.clone(), steps.clone());
+        let first = store
+            .write("Round-Trip", move |c| txn::prepare::prepare(c, &t2, &s2))
             .await
-            .unwrap());
+            .unwrap();
+        assert!(!first.duplicate);
         assert_eq!(store.find("Round-Trip").await.unwrap(), Some(t.clone()));
         // gids are case-sensitive.
         assert_eq!(store.find("round-trip").await.unwrap(), None);
-        let mut other = txn("Round-Trip", GlobalStatus::Submitted, 2_000);
+        let mut other = txn("Round-Trip", GlobalStatus::Prepared, 2_000);
         other.custom_data = "changed".into();
-        assert!(!store
-            .insert_global(&other, &[branch("02", Op::Confirm)])
+        let again = store
+            .write("Round-Trip", move |c| {
+                txn::prepare::prepare(c, &other, &[branch("02", Op::Confirm)])
+            })
             .await
-            .unwrap());
+            .unwrap();
+        assert!(again.duplicate);
         assert_eq!(store.find("Round-Trip").await.unwrap(), Some(t));
         let branches = store.find_branches("Round-Trip").await.unwrap();
         let ops: Vec<_> = branches
@@ -125,130 +152,92 @@ on_both!(
     }
 );
 
-on_both!(
-    a_status_change_applies_only_from_the_expected_status_and_lease,
-    |store| {
-        store
-            .insert_global(&txn("g", GlobalStatus::Prepared, 1_000), &[])
-            .await
-            .unwrap();
-        let to_submitted = StatusChange {
-            to: GlobalStatus::Submitted,
-            now: 2_000,
-            rollback_reason: None,
-            next_cron_time: 2_000,
-            lease: LeaseWrite::Acquire {
-                owner: "a".into(),
-                token: "t1".into(),
-                expire: 9_000,
-            },
-            fence: None,
-            new_branches: Vec::new(),
-            enqueue_steps: None,
-        };
-        assert!(!store
-            .change_status("g", GlobalStatus::Aborting, &to_submitted)
-            .await
-            .unwrap());
-        assert!(store
-            .change_status("g", GlobalStatus::Prepared, &to_submitted)
-            .await
-            .unwrap());
-        let t = store.find("g").await.unwrap().unwrap();
-        assert_eq!(
-            (
-                t.status,
-                t.owner.as_str(),
-                t.lease_token.as_str(),
-                t.lease_expire
-            ),
-            (GlobalStatus::Submitted, "a", "t1", 9_000)
-        );
-        let finish = |fence: &str| StatusChange {
-            to: GlobalStatus::Succeeded,
-            now: 3_000,
-            rollback_reason: None,
-            next_cron_time: NEVER,
-            lease: LeaseWrite::Release,
-            fence: Some(fence.to_owned()),
-            new_branches: Vec::new(),
-            enqueue_steps: None,
-        };
-        assert!(!store
-            .change_status("g", GlobalStatus::Submitted, &finish("stale"))
-            .await
-            .unwrap());
-        assert!(store
-            .change_status("g", GlobalStatus::Submitted, &finish("t1"))
-            .await
-            .unwrap());
-        let t = store.find("g").await.unwrap().unwrap();
-        assert_eq!(
-            (t.status, t.finish_time, t.owner.as_str(), t.lease_expire),
-            (GlobalStatus::Succeeded, Some(3_000), "", 0)
-        );
-        let abort = StatusChange {
-            to: GlobalStatus::Aborting,
-            now: 4_000,
-            rollback_reason: Some("why".into()),
-            next_cron_time: 4_000,
-            lease: LeaseWrite::Keep,
-            fence: None,
-            new_branches: Vec::new(),
-            enqueue_steps: None,
-        };
-        store
-            .insert_global(&txn("h", GlobalStatus::Prepared, 1_000), &[])
-            .await
-            .unwrap();
-        assert!(store
-            .change_status("h", GlobalStatus::Prepared, &abort)
-            .await
-            .unwrap());
-        let h = store.find("h").await.unwrap().unwrap();
-        assert_eq!(
-            (h.rollback_reason.as_str(), h.rollback_time),
-            ("why", Some(4_000))
-        );
-    }
-);
+on_both!(submit_takes_the_lease_and_finish_needs_it, |store| {
+    insert(&store, txn("g", GlobalStatus::Prepared, 1_000), vec![]).await;
+    let t = txn("g", GlobalStatus::Submitted, 2_000);
+    let l = lease("a", "t1", 9_000);
+    let submitted = store
+        .write("g", move |c| txn::submit::submit(c, &t, &[], &l, 2_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        submitted.current.txn.as_ref().map(|t| t.status),
+        Some(GlobalStatus::Submitted),
+        "the answer carries the state after the change"
+    );
+    let t = store.find("g").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            t.status,
+            t.owner.as_str(),
+            t.lease_token.as_str(),
+            t.lease_expire,
+            t.next_cron_time
+        ),
+        (GlobalStatus::Submitted, "a", "t1", 9_000, 9_000)
+    );
+    let err = store
+        .write("g", |c| txn::finish::finish(c, "stale", vec![], 3_000))
+        .await
+        .unwrap_err();
+    assert!(err.is_lease_lost(), "{err}");
+    store
+        .write("g", |c| txn::finish::finish(c, "t1", vec![], 3_000))
+        .await
+        .unwrap();
+    let t = store.find("g").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            t.status,
+            t.finish_time,
+            t.owner.as_str(),
+            t.lease_expire,
+            t.next_cron_time
+        ),
+        (GlobalStatus::Succeeded, Some(3_000), "", 0, NEVER)
+    );
+    insert(&store, txn("h", GlobalStatus::Prepared, 1_000), vec![]).await;
+    let l = lease("a", "t2", 9_000);
+    store
+        .write("h", move |c| txn::abort::abort(c, "why", &l, 4_000))
+        .await
+        .unwrap();
+    let h = store.find("h").await.unwrap().unwrap();
+    assert_eq!(
+        (h.status, h.rollback_reason.as_str(), h.rollback_time),
+        (GlobalStatus::Aborting, "why", Some(4_000))
+    );
+});
 
 on_both!(branches_register_only_while_prepared, |store| {
-    store
-        .insert_global(&txn("g", GlobalStatus::Prepared, 1_000), &[])
-        .await
-        .unwrap();
-    let ops = [branch("01", Op::Cancel), branch("01", Op::Confirm)];
-    store
-        .register_branches("g", TransType::Tcc, &ops, 1_100)
-        .await
-        .unwrap();
-    store
-        .register_branches("g", TransType::Tcc, &ops, 1_200)
-        .await
-        .unwrap();
+    insert(&store, txn("g", GlobalStatus::Prepared, 1_000), vec![]).await;
+    let ops = branch_ops("01", "{}", "http://127.0.0.1:1/c", "http://127.0.0.1:1/x").to_vec();
+    let register = |gid: &'static str| {
+        let ops = ops.clone();
+        let store = store.clone();
+        async move {
+            store
+                .write(gid, move |c| {
+                    txn::register::register(c, TransType::Tcc, &ops, 1_100)
+                })
+                .await
+        }
+    };
+    assert!(!register("g").await.unwrap().duplicate);
+    assert!(register("g").await.unwrap().duplicate);
     assert_eq!(
         store.find_branches("g").await.unwrap().len(),
         2,
         "a repeated registration is ignored"
     );
-    store
-        .insert_global(&txn("s", GlobalStatus::Submitted, 1_000), &[])
-        .await
-        .unwrap();
-    let err = store
-        .register_branches("s", TransType::Tcc, &ops, 1_300)
-        .await
-        .unwrap_err();
+    insert(&store, txn("s", GlobalStatus::Submitted, 1_000), vec![]).await;
+    let err = register("s").await.unwrap_err();
     assert!(
         matches!(err, StoreError::Txn(TxnError::Conflict { .. })),
         "{err}"
     );
     assert!(store.find_branches("s").await.unwrap().is_empty());
-    let err = store
-        .register_branches("missing", TransType::Tcc, &ops, 1_300)
-        .await
-        .unwrap_err();
+    let err = register("missing").await.unwrap_err();
     assert!(
         matches!(err, StoreError::Txn(TxnError::NotFound { .. })),
         "{err}"
@@ -256,41 +245,131 @@ on_both!(branches_register_only_while_prepared, |store| {
     assert!(store.find_branches("missing").await.unwrap().is_empty());
 });
 
+on_both!(
+    one_illegal_operation_fails_only_itself_in_its_batch,
+    |store| {
+        insert(&store, txn("done", GlobalStatus::Submitted, 1_000), vec![]).await;
+        let ops = branch_ops("01", "{}", "http://127.0.0.1:1/c", "http://127.0.0.1:1/x").to_vec();
+        // Many commands at once land in the same batches: new transactions, registrations,
+        // and one registration after submit.
+        let mut writes = Vec::new();
+        for i in 0..40 {
+            let store = store.clone();
+            let ops = ops.clone();
+            writes.push(tokio::spawn(async move {
+                let gid = format!("b{i}");
+                let t = txn(&gid, GlobalStatus::Prepared, 1_000);
+                store
+                    .write(&gid, move |c| txn::prepare::prepare(c, &t, &[]))
+                    .await?;
+                store
+                    .write(&gid, move |c| {
+                        txn::register::register(c, TransType::Tcc, &ops, 1_100)
+                    })
+                    .await
+            }));
+        }
+        let late = {
+            let store = store.clone();
+            let ops = ops.clone();
+            tokio::spawn(async move {
+                store
+                    .write("done", move |c| {
+                        txn::register::register(c, TransType::Tcc, &ops, 1_100)
+                    })
+                    .await
+            })
+        };
+        for w in writes {
+            w.await.unwrap().unwrap();
+        }
+        let err = late.await.unwrap().unwrap_err();
+        assert!(
+            matches!(err, StoreError::Txn(TxnError::Conflict { .. })),
+            "{err}"
+        );
+        for i in 0..40 {
+            assert_eq!(
+                store.find_branches(&format!("b{i}")).await.unwrap().len(),
+                2
+            );
+        }
+        assert!(store.find_branches("done").await.unwrap().is_empty());
+    }
+);
+
+on_both!(a_stale_lease_cannot_write_through_a_batch, |store| {
+    let mut t = txn("g", GlobalStatus::Submitted, 1_000);
+    t.owner = "b".into();
+    t.lease_token = "new".into();
+    t.lease_expire = 50_000;
+    insert(&store, t, vec![branch("01", Op::Confirm)]).await;
+    insert(&store, txn("other", GlobalStatus::Prepared, 1_000), vec![]).await;
+    // The old owner's finish and an unrelated change go in together.
+    let (stale, fine) = tokio::join!(
+        store.write("g", |c| {
+            txn::finish::finish(c, "old", vec![("01".into(), Op::Confirm)], 2_000)
+        }),
+        store.write("other", |c| txn::force_stop::force_stop(c, 2_000)),
+    );
+    assert!(stale.unwrap_err().is_lease_lost());
+    fine.unwrap();
+    let t = store.find("g").await.unwrap().unwrap();
+    assert_eq!(
+        (t.status, t.lease_token.as_str()),
+        (GlobalStatus::Submitted, "new")
+    );
+    assert_eq!(
+        store.find_branches("g").await.unwrap()[0].status,
+        BranchStatus::Prepared,
+        "nothing written"
+    );
+    assert_eq!(
+        store.find("other").await.unwrap().unwrap().status,
+        GlobalStatus::Failed
+    );
+});
+
 on_both!(claims_take_due_unleased_work_in_batches, |store| {
     for i in 0..5 {
-        store
-            .insert_global(
-                &txn(&format!("due{i}"), GlobalStatus::Submitted, 1_000 + i),
-                &[],
-            )
-            .await
-            .unwrap();
+        insert(
+            &store,
+            txn(&format!("due{i}"), GlobalStatus::Submitted, 1_000 + i),
+            vec![branch("01", Op::Confirm)],
+        )
+        .await;
     }
     let mut later = txn("later", GlobalStatus::Submitted, 1_000);
     later.next_cron_time = 50_000;
-    store.insert_global(&later, &[]).await.unwrap();
+    insert(&store, later, vec![]).await;
     let mut leased = txn("leased", GlobalStatus::Aborting, 1_000);
     leased.owner = "other".into();
     leased.lease_token = "their-token".into();
     leased.lease_expire = 20_000;
-    store.insert_global(&leased, &[]).await.unwrap();
+    insert(&store, leased, vec![]).await;
     let mut done = txn("done", GlobalStatus::Succeeded, 1_000);
     done.next_cron_time = 0;
-    store.insert_global(&done, &[]).await.unwrap();
+    insert(&store, done, vec![]).await;
 
     let first = store
         .claim_due("me", "tok1", 10_000, 15_000, 3)
         .await
         .unwrap();
     assert_eq!(first.len(), 3);
-    assert!(first
-        .iter()
-        .all(|t| t.owner == "me" && t.lease_token == "tok1" && t.lease_expire == 15_000));
+    assert!(first.iter().all(|c| c.txn.owner == "me"
+        && c.txn.lease_token == "tok1"
+        && c.txn.lease_expire == 15_000));
+    assert!(
+        first
+            .iter()
+            .all(|c| c.branches.len() == 1 && c.branches[0].gid == c.txn.gid),
+        "a claim comes with its branches"
+    );
     let second = store
         .claim_due("me", "tok2", 10_000, 15_000, 10)
         .await
         .unwrap();
-    let mut gids: Vec<_> = second.iter().map(|t| t.gid.as_str()).collect();
+    let mut gids: Vec<_> = second.iter().map(|c| c.txn.gid.as_str()).collect();
     gids.sort_unstable();
     assert_eq!(
         gids,
@@ -302,7 +381,7 @@ on_both!(claims_take_due_unleased_work_in_batches, |store| {
         .claim_due("me", "tok3", 20_000, 25_000, 10)
         .await
         .unwrap();
-    let gids: Vec<_> = takeover.iter().map(|t| t.gid.as_str()).collect();
+    let gids: Vec<_> = takeover.iter().map(|c| c.txn.gid.as_str()).collect();
     assert!(gids.contains(&"leased"), "{gids:?}");
     assert!(!gids.contains(&"done"));
 });
@@ -312,60 +391,49 @@ on_both!(lease_fenced_writes_fail_once_the_lease_is_lost, |store| {
     t.owner = "a".into();
     t.lease_token = "mine".into();
     t.lease_expire = 5_000;
-    store
-        .insert_global(&t, &[branch("01", Op::Confirm)])
-        .await
-        .unwrap();
+    insert(&store, t, vec![branch("01", Op::Confirm)]).await;
     let err = store
-        .complete_branch("g", "stale", "01", Op::Confirm, 2_000)
+        .write("g", |c| txn::lease::renew(c, "stale", 12_000, 2_000))
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::LeaseLost { .. }));
-    assert_eq!(
-        store.find_branches("g").await.unwrap()[0].status,
-        BranchStatus::Prepared,
-        "nothing written"
-    );
+    assert!(err.is_lease_lost());
     store
-        .complete_branch("g", "mine", "01", Op::Confirm, 2_000)
+        .write("g", |c| txn::lease::renew(c, "mine", 12_000, 2_000))
         .await
         .unwrap();
-    let b = &store.find_branches("g").await.unwrap()[0];
-    assert_eq!(
-        (b.status, b.finish_time),
-        (BranchStatus::Succeeded, Some(2_000))
-    );
-    // Recording it again is refused: it is already done.
-    assert!(matches!(
-        store
-            .complete_branch("g", "mine", "01", Op::Confirm, 2_500)
-            .await,
-        Err(StoreError::LeaseLost { .. })
-    ));
-    store.renew_lease("g", "mine", 12_000).await.unwrap();
     let t = store.find("g").await.unwrap().unwrap();
     assert_eq!(
         (t.lease_expire, t.next_cron_time),
         (12_000, 12_000),
         "renewed, and due again only when the lease runs out"
     );
-    assert!(matches!(
-        store.renew_lease("g", "stale", 12_000).await,
-        Err(StoreError::LeaseLost { .. })
-    ));
-
-    let schedule = RetrySchedule {
+    let left = RoundLeft {
+        done: vec![("01".into(), Op::Confirm)],
+        release_held: false,
         next_cron_time: 30_000,
-        next_cron_interval: 20,
-        retry_count: 2,
-        last_error: "HTTP 500".into(),
-        now: 3_000,
+        retry: RetryNote {
+            interval_s: 20,
+            count: 2,
+            last_error: "HTTP 500".into(),
+        },
     };
-    assert!(matches!(
-        store.schedule_retry("g", "stale", &schedule).await,
-        Err(StoreError::LeaseLost { .. })
-    ));
-    store.schedule_retry("g", "mine", &schedule).await.unwrap();
+    let l2 = left.clone();
+    assert!(store
+        .write("g", move |c| txn::lease::schedule_retry(
+            c,
+            "stale",
+            l2.clone(),
+            3_000
+        ))
+        .await
+        .unwrap_err()
+        .is_lease_lost());
+    store
+        .write("g", move |c| {
+            txn::lease::schedule_retry(c, "mine", left.clone(), 3_000)
+        })
+        .await
+        .unwrap();
     let t = store.find("g").await.unwrap().unwrap();
     assert_eq!(
         (
@@ -377,11 +445,140 @@ on_both!(lease_fenced_writes_fail_once_the_lease_is_lost, |store| {
         ),
         (30_000, 2, "HTTP 500", "", "")
     );
+    let b = &store.find_branches("g").await.unwrap()[0];
+    assert_eq!(
+        (b.status, b.finish_time),
+        (BranchStatus::Succeeded, Some(3_000)),
+        "what succeeded in the round is recorded with its retry"
+    );
     // An operator makes it due now.
     assert_eq!(store.reset_cron(Some("g"), 4_000).await.unwrap(), 1);
     let t = store.find("g").await.unwrap().unwrap();
     assert_eq!((t.next_cron_time, t.retry_count), (4_000, 0));
 });
+
+on_both!(
+    force_stop_fails_pending_branches_and_drops_held_messages,
+    |store| {
+        let t = txn("g", GlobalStatus::Submitted, 1_000);
+        enqueue(
+            &store,
+            t,
+            vec![branch("01", Op::Confirm), rocketmq_step("m1", "hk", 1)],
+            OutboxState::Held,
+        )
+        .await;
+        enqueue(
+            &store,
+            txn("later", GlobalStatus::Submitted, 1_000),
+            vec![rocketmq_step("m1", "hk", 2)],
+            OutboxState::Pending,
+        )
+        .await;
+        assert!(
+            store
+                .claim_outbox_heads("me/1", 2_000, 60_000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "the held message holds its key back"
+        );
+        store
+            .write("g", |c| txn::force_stop::force_stop(c, 3_000))
+            .await
+            .unwrap();
+        let branches = store.find_branches("g").await.unwrap();
+        assert!(
+            branches.iter().all(|b| b.status == BranchStatus::Failed),
+            "{branches:?}"
+        );
+        let heads = store
+            .claim_outbox_heads("me/2", 4_000, 60_000, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            heads
+                .iter()
+                .map(|r| r.message_id.as_str())
+                .collect::<Vec<_>>(),
+            ["later-m1"],
+            "the dropped message no longer holds the key back"
+        );
+    }
+);
+
+on_both!(retention_deletes_only_what_finished_long_ago, |store| {
+    for (gid, status, finished) in [
+        ("old-ok", GlobalStatus::Succeeded, Some(1_000)),
+        ("old-failed", GlobalStatus::Failed, Some(2_000)),
+        ("recent", GlobalStatus::Succeeded, Some(9_000)),
+        ("open", GlobalStatus::Submitted, None),
+    ] {
+        let mut t = txn(gid, status, 500);
+        t.finish_time = finished;
+        enqueue(
+            &store,
+            t,
+            vec![branch("01", Op::Confirm), rocketmq_step("m1", gid, 1)],
+            OutboxState::Pending,
+        )
+        .await;
+    }
+    let purged = store.purge_finished(5_000, 10).await.unwrap();
+    assert_eq!(
+        (purged.transactions, purged.branches, purged.messages),
+        (2, 4, 2)
+    );
+    for gid in ["old-ok", "old-failed"] {
+        assert_eq!(store.find(gid).await.unwrap(), None);
+        assert!(store.find_branches(gid).await.unwrap().is_empty());
+    }
+    for gid in ["recent", "open"] {
+        assert!(store.find(gid).await.unwrap().is_some());
+        assert_eq!(store.find_branches(gid).await.unwrap().len(), 2);
+    }
+    let (backlog, _) = store.outbox_backlog().await.unwrap();
+    assert_eq!(backlog, 2);
+    assert_eq!(
+        store.purge_finished(5_000, 10).await.unwrap().transactions,
+        0,
+        "nothing more is due"
+    );
+});
+
+#[tokio::test]
+async fn a_value_the_database_refuses_fails_only_its_own_command() {
+    let db = TestDb::mysql().await.expect("MySQL is running");
+    let store = connect(&db.url).await;
+    // gid is VARCHAR(128): strict mode refuses a longer one instead of cutting it.
+    let long = "x".repeat(200);
+    let writes: Vec<_> = ["a", long.as_str(), "b"]
+        .iter()
+        .map(|gid| {
+            let store = store.clone();
+            let t = txn(gid, GlobalStatus::Prepared, 1_000);
+            tokio::spawn(async move {
+                let gid = t.gid.clone();
+                store
+                    .write(&gid, move |c| txn::prepare::prepare(c, &t, &[]))
+                    .await
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for w in writes {
+        results.push(w.await.unwrap());
+    }
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    let err = results[1].as_ref().unwrap_err().to_string();
+    assert!(
+        err.contains("Data too long") || err.contains("1406"),
+        "{err}"
+    );
+    assert!(store.find("a").await.unwrap().is_some());
+    assert!(store.find("b").await.unwrap().is_some());
+    assert_eq!(store.find(&long).await.unwrap(), None);
+}
 
 on_both!(listing_pages_newest_first_with_filters, |store| {
     for i in 0..5 {
@@ -390,10 +587,7 @@ on_both!(listing_pages_newest_first_with_filters, |store| {
         } else {
             GlobalStatus::Failed
         };
-        store
-            .insert_global(&txn(&format!("g{i}"), status, 1_000 + i), &[])
-            .await
-            .unwrap();
+        insert(&store, txn(&format!("g{i}"), status, 1_000 + i), vec![]).await;
     }
     let (page, next) = store
         .list(&ListFilter {
@@ -447,13 +641,9 @@ on_both!(listing_pages_newest_first_with_filters, |store| {
 
 #[tokio::test]
 async fn an_unsupported_database_url_is_named() {
-    let err = Store::connect(&ConnectOptions {
-        url: "postgres://u:secret@h/db".into(),
-        max_connections: 1,
-        acquire_timeout: Duration::from_secs(1),
-    })
-    .await
-    .unwrap_err();
+    let err = Store::connect(&ConnectOptions::new("postgres://u:secret@h/db"))
+        .await
+        .unwrap_err();
     let message = err.to_string();
     assert!(message.contains("unsupported database URL"), "{message}");
     assert!(
@@ -474,7 +664,6 @@ fn rocketmq_step(id: &str, key: &str, n: i64) -> NewBranch {
 on_both!(
     the_outbox_hands_out_each_keys_messages_in_commit_order,
     |store| {
-        use settle_coordinator::store::OutboxState;
         // Three committed transactions: two for key k1, one for k2, one keyless step.
         for (gid, steps) in [
             (
@@ -488,22 +677,17 @@ on_both!(
         ] {
             let mut t = txn(gid, GlobalStatus::Submitted, 1_000);
             t.trans_type = TransType::Msg;
-            assert!(store
-                .insert_global_enqueue(&t, &steps, Some(OutboxState::Pending))
-                .await
-                .unwrap());
+            enqueue(&store, t, steps, OutboxState::Pending).await;
         }
         // A TCC's message for k2 waits for its confirms and holds k2 back... behind t1's.
-        let mut t3 = txn("t3", GlobalStatus::Submitted, 1_000);
-        t3.steps = vec![];
-        assert!(store
-            .insert_global_enqueue(
-                &t3,
-                &[rocketmq_step("m01", "k2", 2)],
-                Some(OutboxState::Held)
-            )
-            .await
-            .unwrap());
+        let t3 = txn("t3", GlobalStatus::Submitted, 1_000);
+        enqueue(
+            &store,
+            t3,
+            vec![rocketmq_step("m01", "k2", 2)],
+            OutboxState::Held,
+        )
+        .await;
 
         let first = store
             .claim_outbox_heads("me/1", 2_000, 60_000, 10)
@@ -548,7 +732,14 @@ on_both!(
                 .is_none(),
             "held"
         );
-        assert_eq!(store.release_held("t3", 2_500).await.unwrap(), 1);
+        store
+            .write("t3", |_| {
+                let mut c = Change::at(2_500);
+                c.release_held = true;
+                Ok(Decision::Apply(c))
+            })
+            .await
+            .unwrap();
         let released = store
             .claim_next_for_key("k2", "me/1", 2_600, 60_000)
             .await

@@ -9,9 +9,8 @@ use tracing::info;
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::{validate, AppState};
-use crate::clock::now_ms;
 use crate::telemetry::ApiOp;
-use crate::txn::register::tcc_branch_ops;
+use crate::txn::tcc::branch_ops;
 use crate::txn::TransType;
 
 fn field<'a>(req: &'a RegisterBranchRequest, name: &'static str) -> &'a str {
@@ -50,12 +49,8 @@ pub async fn register_branch(
         state.metrics.request(ApiOp::Rejected);
     })?;
     state.metrics.request(ApiOp::RegisterBranch);
-    let data = field(&req, "data");
-    let ops = tcc_branch_ops(branch_id, data, confirm, cancel);
-    state
-        .store
-        .register_branches(gid, trans_type, &ops, now_ms())
-        .await?;
+    let ops = branch_ops(branch_id, field(&req, "data"), confirm, cancel).to_vec();
+    state.apply.register(gid, trans_type, ops).await?;
     info!(gid = %gid, branch_id = %branch_id, "branch registered");
     Ok(Json(DtmResult::success()))
 }

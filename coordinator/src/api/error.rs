@@ -67,6 +67,7 @@ impl ApiError {
             Self::Txn(TxnError::TypeMismatch { .. }) => (StatusCode::CONFLICT, "wrong_trans_type"),
             Self::Txn(TxnError::Unsupported { .. }) => (StatusCode::CONFLICT, "unsupported"),
             Self::Txn(TxnError::UnknownCode { .. }) => (StatusCode::BAD_REQUEST, "unknown_code"),
+            Self::Txn(TxnError::LeaseLost { .. }) => (StatusCode::CONFLICT, "lease_lost"),
             Self::Ongoing(_) => (StatusCode::TOO_EARLY, "ongoing"),
             Self::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

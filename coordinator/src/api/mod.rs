@@ -1,8 +1,8 @@
 //! The HTTP API: DTM's routes under `/api/dtmsvr`, plus `/api/metrics`.
 //!
-//! Handlers validate their input completely, ask the state machine what to do, and apply
-//! that through the store, conditioned on the state the decision was made from. Work that
-//! follows (phase 2) is handed to the driver.
+//! Handlers validate their input completely and hand the command to the orchestration layer
+//! ([`crate::apply`]), which decides and writes it; they answer once it is durable. Work that
+//! follows (phase 2) is handed to the driver with the state in memory.
 //!
 //! # Layout
 //! - [`global`]: `prepare`, `submit`, `abort`, `forceStop`.
@@ -24,6 +24,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use settle_protocol::API_PREFIX;
 
+use crate::apply::Orchestrator;
 use crate::config::Config;
 use crate::driver::Driver;
 use crate::store::Store;
@@ -32,18 +33,16 @@ use crate::telemetry::Metrics;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    /// The store.
+    /// The store (reads).
     pub store: Store,
+    /// Carries out every transition.
+    pub apply: Orchestrator,
     /// Runs phase 2.
     pub driver: Driver,
     /// Resolved configuration (option defaults, lease).
     pub config: Arc<Config>,
-    /// This instance's id, written into the leases it takes.
-    pub instance_id: Arc<str>,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// Wakes the delivery dispatcher when a commit put messages in the outbox.
-    pub dispatch: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {

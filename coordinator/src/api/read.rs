@@ -13,9 +13,9 @@ use settle_protocol::{names, DtmResult, QueryAnswer, TransBranchView, TransGloba
 use super::body::{JsonBody, QueryParams};
 use super::error::ApiError;
 use super::{validate, AppState};
-use crate::clock::now_ms;
-use crate::store::{format_time, ListFilter, NEVER};
+use crate::store::{format_time, ListFilter};
 use crate::telemetry::ApiOp;
+use crate::txn::NEVER;
 use crate::txn::{BranchOp, GlobalStatus, GlobalTxn, TransType};
 
 /// The view `query` and `all` show of a transaction.
@@ -189,7 +189,10 @@ pub async fn reset_cron_time(
     if let Some(g) = &gid {
         validate::id("gid", g)?;
     }
-    let n = state.store.reset_cron(gid.as_deref(), now_ms()).await?;
+    let n = state
+        .store
+        .reset_cron(gid.as_deref(), state.apply.clock().now_ms())
+        .await?;
     Ok(Json(
         json!({"dtm_result": names::RESULT_SUCCESS, "succeed_count": n}),
     ))
@@ -204,7 +207,10 @@ pub async fn reset_next_cron_time(
     JsonBody(p): JsonBody<GidParam>,
 ) -> Result<Json<DtmResult>, ApiError> {
     validate::id("gid", &p.gid)?;
-    state.store.reset_cron(Some(&p.gid), now_ms()).await?;
+    state
+        .store
+        .reset_cron(Some(&p.gid), state.apply.clock().now_ms())
+        .await?;
     Ok(Json(DtmResult::success()))
 }
 

@@ -5,7 +5,7 @@ use settle_protocol::GlobalRequest;
 
 use super::error::ApiError;
 use crate::config::Config;
-use crate::delivery::Target;
+use crate::txn::target::Target;
 use crate::txn::{NewBranch, Op, TransOptions, TransType};
 
 /// Longest gid or branch id, in bytes.
@@ -72,7 +72,7 @@ pub fn trans_type(value: &str) -> Result<TransType, ApiError> {
             ),
         )
     })?;
-    if !t.is_supported() {
+    if crate::txn::policy::policy(t).is_none() {
         return Err(ApiError::bad(
             "unsupported_trans_type",
             format!("trans_type '{t}' is not supported by this Settle server (tcc and msg are)"),

@@ -15,8 +15,8 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{watch, Notify, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::clock::now_ms;
-use crate::scheduler::new_token;
+use crate::apply::new_token;
+use crate::clock::Clock;
 use crate::store::{OutboxRow, Store};
 use crate::txn::retry::retry_delay_ms;
 
@@ -39,6 +39,8 @@ pub struct DispatchSettings {
     pub max_inflight: usize,
     /// Longest pause between attempts at one message, in seconds.
     pub retry_cap_s: i64,
+    /// The clock.
+    pub clock: Clock,
 }
 
 /// Delivers the outbox.
@@ -96,7 +98,7 @@ impl Dispatcher {
         if free == 0 {
             return Ok(0);
         }
-        let now = now_ms();
+        let now = self.settings.clock.now_ms();
         let owner = format!("{}/{}", self.settings.instance_id, new_token());
         let claimed = self
             .store
@@ -128,7 +130,7 @@ impl Dispatcher {
         loop {
             match self.sink.publish(&row).await {
                 Ok(()) => {
-                    let now = now_ms();
+                    let now = self.settings.clock.now_ms();
                     if let Err(e) = self.store.outbox_sent(&row, now).await {
                         warn!(message_id = %row.message_id, error = %e, "could not record a delivery; it may be published again");
                         return;
@@ -165,7 +167,7 @@ impl Dispatcher {
                     info!(message_id = %row.message_id, key = %row.sharding_key, attempts = row.attempts + 1, error = %error, "delivery failed; will retry");
                     if let Err(e) = self
                         .store
-                        .outbox_retry(&row, now_ms() + delay, &error)
+                        .outbox_retry(&row, self.settings.clock.now_ms() + delay, &error)
                         .await
                     {
                         warn!(message_id = %row.message_id, error = %e, "could not record a failed delivery");

@@ -7,13 +7,11 @@
 //! per sharding key.
 //!
 //! # Layout
-//! - [`target`]: parsing and checking step URLs.
 //! - [`dispatcher`]: delivering the outbox, per key in order, with retries.
 //! - [`rocketmq`]: the RocketMQ sink.
 
 pub mod dispatcher;
 pub mod rocketmq;
-pub mod target;
 
+pub use crate::txn::target::Target;
 pub use dispatcher::{DispatchSettings, Dispatcher, Sink};
-pub use target::Target;

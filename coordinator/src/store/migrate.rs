@@ -38,6 +38,11 @@ pub fn mysql() -> Migrator {
             "outbox",
             include_str!("../../migrations/mysql/0002_outbox.sql"),
         ),
+        (
+            3,
+            "batch",
+            include_str!("../../migrations/mysql/0003_batch.sql"),
+        ),
     ])
 }
 
@@ -53,6 +58,11 @@ pub fn sqlite() -> Migrator {
             2,
             "outbox",
             include_str!("../../migrations/sqlite/0002_outbox.sql"),
+        ),
+        (
+            3,
+            "batch",
+            include_str!("../../migrations/sqlite/0003_batch.sql"),
         ),
     ])
 }

@@ -9,31 +9,10 @@
 
 use sqlx::Row;
 
-use super::{Dialect, Result, Store, StoreError};
-use crate::delivery::Target;
-use crate::txn::{self, NewBranch, Op};
+use super::{Result, Store};
+use crate::txn::{self, Op, TxnError};
 
-/// Status of an outbox message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutboxState {
-    /// Waiting for its transaction's confirms; holds back later messages of its key.
-    Held,
-    /// To deliver.
-    Pending,
-    /// Acknowledged by the broker.
-    Sent,
-}
-
-impl OutboxState {
-    /// The stored code.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Held => "held",
-            Self::Pending => "pending",
-            Self::Sent => "sent",
-        }
-    }
-}
+pub use crate::txn::{OutboxMessage, OutboxState};
 
 /// A message in the outbox, claimed for delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,46 +41,6 @@ pub struct OutboxRow {
     pub owner: String,
 }
 
-/// A committed step bound for a broker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxMessage {
-    /// Its step.
-    pub branch_id: String,
-    /// Topic.
-    pub topic: String,
-    /// Tag.
-    pub tag: String,
-    /// Sharding key.
-    pub sharding_key: String,
-    /// Body.
-    pub body: String,
-}
-
-impl OutboxMessage {
-    /// The broker-bound messages among a transaction's steps.
-    pub fn from_steps(steps: &[NewBranch]) -> Vec<Self> {
-        steps
-            .iter()
-            .filter(|b| b.op == Op::Action)
-            .filter_map(|b| match Target::parse(&b.url) {
-                Ok(Target::RocketMq(t)) => Some(Self {
-                    branch_id: b.branch_id.clone(),
-                    topic: t.topic,
-                    tag: t.tag,
-                    sharding_key: t.key,
-                    body: b.data.clone(),
-                }),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-/// Whether a step URL goes to a broker (through the outbox) rather than over HTTP.
-pub fn is_broker_url(url: &str) -> bool {
-    url.starts_with("rocketmq://")
-}
-
 const OUTBOX_COLUMNS: &str =
     "id, gid, branch_id, topic, tag, sharding_key, seq, message_id, body, attempts, owner";
 
@@ -128,62 +67,6 @@ where
     })
 }
 
-/// SQL that takes the next sequence number of a key (the upsert locks the key's row until
-/// the enclosing transaction ends).
-pub(super) fn next_seq_sql(dialect: Dialect) -> &'static str {
-    match dialect {
-        Dialect::MySql => "INSERT INTO outbox_key_seq (sharding_key, last_seq) VALUES (?, 1) ON DUPLICATE KEY UPDATE last_seq = last_seq + 1",
-        Dialect::Sqlite => "INSERT INTO outbox_key_seq (sharding_key, last_seq) VALUES (?, 1) ON CONFLICT (sharding_key) DO UPDATE SET last_seq = last_seq + 1",
-    }
-}
-
-/// SQL that inserts one outbox message (ignored if its step is already there).
-pub(super) fn insert_sql(dialect: Dialect) -> String {
-    format!(
-        "{} INTO outbox (gid, branch_id, topic, tag, sharding_key, seq, message_id, body, status, \
-         next_attempt_time, create_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        dialect.insert_ignore()
-    )
-}
-
-/// Enqueues messages inside an open database transaction `$tx` (of either backend).
-macro_rules! enqueue_in_tx {
-    ($tx:ident, $dialect:expr, $gid:expr, $messages:expr, $state:expr, $now:expr) => {{
-        let seq_sql = $crate::store::outbox::next_seq_sql($dialect);
-        let insert = $crate::store::outbox::insert_sql($dialect);
-        for m in $messages {
-            let seq: Option<i64> = if m.sharding_key.is_empty() {
-                None
-            } else {
-                sqlx::query(seq_sql)
-                    .bind(&m.sharding_key)
-                    .execute(&mut *$tx)
-                    .await?;
-                let row = sqlx::query("SELECT last_seq FROM outbox_key_seq WHERE sharding_key = ?")
-                    .bind(&m.sharding_key)
-                    .fetch_one(&mut *$tx)
-                    .await?;
-                Some(row.try_get::<i64, _>(0)?)
-            };
-            sqlx::query(&insert)
-                .bind($gid)
-                .bind(&m.branch_id)
-                .bind(&m.topic)
-                .bind(&m.tag)
-                .bind(&m.sharding_key)
-                .bind(seq)
-                .bind(format!("{}-{}", $gid, m.branch_id))
-                .bind(&m.body)
-                .bind($state.as_str())
-                .bind($now)
-                .bind($now)
-                .execute(&mut *$tx)
-                .await?;
-        }
-    }};
-}
-pub(super) use enqueue_in_tx;
-
 impl Store {
     /// Claims up to `limit` messages that may be delivered now: for each sharding key, its
     /// lowest sequence not yet sent, if that one is pending, due and not leased; plus due
@@ -206,7 +89,7 @@ impl Store {
         let keyless = "SELECT id FROM outbox WHERE sharding_key = '' AND status = 'pending' \
                        AND next_attempt_time <= ? AND lease_expire <= ? ORDER BY id LIMIT ?";
         let fetch = format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE owner = ? ORDER BY id");
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
             let mut ids: Vec<i64> = Vec::new();
             for sql in [heads, keyless] {
                 let rows = sqlx::query(sql).bind(now).bind(now).bind(limit).fetch_all(pool).await?;
@@ -247,7 +130,7 @@ impl Store {
                     WHERE sharding_key = ? AND status IN ('held', 'pending') ORDER BY seq LIMIT 1";
         let claim = "UPDATE outbox SET owner = ?, lease_expire = ? WHERE id = ? AND status = 'pending' AND lease_expire <= ?";
         let fetch = format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = ? AND owner = ?");
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
             let Some(row) = sqlx::query(head).bind(sharding_key).fetch_optional(pool).await? else {
                 return Ok(None);
             };
@@ -271,8 +154,12 @@ impl Store {
     /// transaction is due now so it can finish.
     ///
     /// # Errors
-    /// [`StoreError::LeaseLost`] if the claim is no longer `owner`'s; a database error.
+    /// [`TxnError::LeaseLost`] if the claim is no longer `owner`'s; a database error.
     pub async fn outbox_sent(&self, row: &OutboxRow, now: i64) -> Result<()> {
+        let lock = format!(
+            "SELECT status FROM trans_global WHERE gid = ?{}",
+            self.dialect().for_update()
+        );
         let sent =
             "UPDATE outbox SET status = 'sent', sent_time = ?, owner = '', lease_expire = 0 \
                     WHERE id = ? AND owner = ? AND status = 'pending'";
@@ -281,12 +168,14 @@ impl Store {
         let poke =
             "UPDATE trans_global SET next_cron_time = ? WHERE gid = ? AND status = 'submitted' \
                     AND lease_expire <= ? AND next_cron_time > ?";
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
             let mut tx = pool.begin().await?;
+            // The transaction's row first, as every batch locks it first: no lock cycles.
+            sqlx::query(&lock).bind(&row.gid).fetch_optional(&mut *tx).await?;
             let n = sqlx::query(sent).bind(now).bind(row.id).bind(&row.owner).execute(&mut *tx).await?.rows_affected();
             if n != 1 {
                 tx.rollback().await?;
-                return Err(StoreError::LeaseLost { gid: row.gid.clone() });
+                return Err(TxnError::LeaseLost { gid: row.gid.clone() }.into());
             }
             sqlx::query(step)
                 .bind(txn::BranchStatus::Succeeded.as_str())
@@ -324,23 +213,12 @@ impl Store {
         super::truncate_utf8(&mut error, 1900);
         let error = &error;
         let shown = &format!("delivery of step {}: {error}", row.branch_id);
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
             sqlx::query(sql).bind(next_attempt_time).bind(error).bind(row.id).bind(&row.owner).execute(pool).await?;
             if !error.is_empty() {
                 sqlx::query(visible).bind(shown).bind(&row.gid).execute(pool).await?;
             }
             Ok(())
-        })
-    }
-
-    /// Releases a TCC's held messages for delivery, once every confirm succeeded.
-    ///
-    /// # Errors
-    /// A database error.
-    pub async fn release_held(&self, gid: &str, now: i64) -> Result<u64> {
-        let sql = "UPDATE outbox SET status = 'pending', next_attempt_time = ? WHERE gid = ? AND status = 'held'";
-        on_pool!(self, pool => {
-            Ok(sqlx::query(sql).bind(now).bind(gid).execute(pool).await?.rows_affected())
         })
     }
 
@@ -351,7 +229,7 @@ impl Store {
     /// A database error.
     pub async fn outbox_backlog(&self) -> Result<(i64, String)> {
         let sql = "SELECT COUNT(*), COALESCE(MAX(last_error), '') FROM outbox WHERE status IN ('held', 'pending')";
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
             let row = sqlx::query(sql).fetch_one(pool).await?;
             Ok((row.try_get::<i64, _>(0)?, row.try_get_unchecked::<String, _>(1)?))
         })

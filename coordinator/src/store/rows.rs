@@ -9,7 +9,7 @@ use super::{Result, StoreError};
 use crate::txn::{BranchOp, GlobalTxn, TransOptions, TxnError};
 
 /// The JSON-encoded columns of a global transaction.
-pub(super) struct EncodedGlobal {
+pub(crate) struct EncodedGlobal {
     pub steps: String,
     pub payloads: String,
     pub options: String,
@@ -54,7 +54,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(gid: &str, column: &str, text: &st
 }
 
 /// Reads a `trans_global` row.
-pub(super) fn decode_global<R>(row: &R) -> Result<GlobalTxn>
+pub(crate) fn decode_global<R>(row: &R) -> Result<GlobalTxn>
 where
     R: Row,
     for<'c> &'c str: ColumnIndex<R>,
@@ -93,7 +93,7 @@ where
 }
 
 /// Reads a `trans_branch_op` row.
-pub(super) fn decode_branch<R>(row: &R) -> Result<BranchOp>
+pub(crate) fn decode_branch<R>(row: &R) -> Result<BranchOp>
 where
     R: Row,
     for<'c> &'c str: ColumnIndex<R>,

@@ -1,33 +1,41 @@
 //! `abort`: roll a prepared global transaction back, starting phase 2 (cancel every branch).
 
-use super::{Decision, GlobalStatus, TransType, TxnError};
+use super::change::{Change, Current, Lease, LeaseWrite};
+use super::policy::require;
+use super::{Decision, GlobalStatus, TxnError};
 
-/// Decides an `abort` of an existing transaction. Aborting a transaction that is already
-/// rolling back or rolled back is a duplicate.
+/// Decides an `abort`, recording `reason`; the aborting instance takes `lease` to run phase 2
+/// at once. Aborting a transaction that is already rolling back or rolled back is a
+/// duplicate.
 ///
 /// # Errors
 /// [`TxnError::NotFound`] if it does not exist; [`TxnError::Conflict`] once it is submitted;
-/// [`TxnError::Unsupported`] for a saga.
+/// [`TxnError::Unsupported`] for a type that cannot be aborted.
 pub fn abort(
-    gid: &str,
-    existing: Option<(GlobalStatus, TransType)>,
-) -> Result<Decision<()>, TxnError> {
-    let Some((status, trans_type)) = existing else {
-        return Err(TxnError::NotFound {
-            gid: gid.to_owned(),
-        });
-    };
-    if trans_type == TransType::Saga {
+    current: &Current,
+    reason: &str,
+    lease: &Lease,
+    now: i64,
+) -> Result<Decision<Change>, TxnError> {
+    let t = current.existing()?;
+    let policy = require(t.trans_type)?;
+    if !policy.can_abort() {
         return Err(TxnError::Unsupported {
-            trans_type,
+            trans_type: t.trans_type,
             action: "be aborted",
         });
     }
-    match status {
-        GlobalStatus::Prepared => Ok(Decision::Apply(())),
+    match t.status {
+        GlobalStatus::Prepared => Ok(Decision::Apply(
+            Change::at(now)
+                .to(GlobalStatus::Aborting)
+                .reason(reason)
+                .due(lease.expire)
+                .lease(LeaseWrite::Acquire(lease.clone())),
+        )),
         GlobalStatus::Aborting | GlobalStatus::Failed => Ok(Decision::AlreadyDone),
-        GlobalStatus::Submitted | GlobalStatus::Succeeded => Err(TxnError::Conflict {
-            gid: gid.to_owned(),
+        status @ (GlobalStatus::Submitted | GlobalStatus::Succeeded) => Err(TxnError::Conflict {
+            gid: t.gid.clone(),
             status,
             action: "abort",
         }),
@@ -37,12 +45,35 @@ pub fn abort(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::txn::model::sample;
+    use crate::txn::TransType;
     use GlobalStatus::*;
+
+    fn lease() -> Lease {
+        Lease {
+            owner: "me".into(),
+            token: "t".into(),
+            expire: 9,
+        }
+    }
+
+    fn stored(trans_type: TransType, status: GlobalStatus) -> Current {
+        Current {
+            gid: "g".into(),
+            txn: Some(sample(trans_type, status)),
+            branches: vec![],
+        }
+    }
 
     #[test]
     fn abort_moves_a_prepared_transaction_to_aborting() {
         for t in [TransType::Tcc, TransType::Msg] {
-            assert_eq!(abort("g", Some((Prepared, t))), Ok(Decision::Apply(())));
+            let Ok(Decision::Apply(change)) = abort(&stored(t, Prepared), "why", &lease(), 5)
+            else {
+                panic!("aborts");
+            };
+            assert_eq!(change.to, Some(Aborting));
+            assert_eq!(change.rollback_reason.as_deref(), Some("why"));
         }
     }
 
@@ -50,7 +81,7 @@ mod tests {
     fn abort_again_is_a_duplicate() {
         for status in [Aborting, Failed] {
             assert_eq!(
-                abort("g", Some((status, TransType::Tcc))),
+                abort(&stored(TransType::Tcc, status), "", &lease(), 5),
                 Ok(Decision::AlreadyDone)
             );
         }
@@ -59,7 +90,7 @@ mod tests {
     #[test]
     fn abort_after_submit_is_a_conflict() {
         for status in [Submitted, Succeeded] {
-            let err = abort("g", Some((status, TransType::Tcc))).unwrap_err();
+            let err = abort(&stored(TransType::Tcc, status), "", &lease(), 5).unwrap_err();
             assert!(matches!(
                 err,
                 TxnError::Conflict {
@@ -72,12 +103,15 @@ mod tests {
 
     #[test]
     fn abort_of_an_unknown_transaction_is_not_found() {
-        assert!(matches!(abort("g", None), Err(TxnError::NotFound { .. })));
+        assert!(matches!(
+            abort(&Current::default(), "", &lease(), 5),
+            Err(TxnError::NotFound { .. })
+        ));
     }
 
     #[test]
-    fn a_saga_cannot_be_aborted() {
-        let err = abort("g", Some((Prepared, TransType::Saga))).unwrap_err();
+    fn a_saga_is_not_driven() {
+        let err = abort(&stored(TransType::Saga, Prepared), "", &lease(), 5).unwrap_err();
         assert!(matches!(err, TxnError::Unsupported { .. }));
     }
 }

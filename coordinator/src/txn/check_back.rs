@@ -3,6 +3,13 @@
 
 use settle_protocol::{classify_answer, BranchOutcome};
 
+use super::change::{Change, Current, LeaseWrite};
+use super::policy::require;
+use super::{Decision, GlobalStatus, TxnError, NEVER};
+
+/// Why a message whose check-back said "rolled back" ended.
+pub const ROLLBACK_REASON: &str = "check-back: the local transaction did not commit";
+
 /// What a check-back answer decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckBack {
@@ -61,9 +68,73 @@ pub fn after_check_back(status: u16, body: &str) -> CheckBack {
     }
 }
 
+/// Decides what a check-back answer does to the prepared msg whose lease this instance
+/// holds under `token`: a commit submits it (its steps enter the outbox, and this instance
+/// keeps the lease to deliver them); a rollback drops it for good. Anything else is no
+/// change (the driver schedules another check-back).
+///
+/// # Errors
+/// [`TxnError::LeaseLost`] if another instance, or the initiator's own submit, took it over.
+pub fn decide(
+    current: &Current,
+    token: &str,
+    answer: &CheckBack,
+    now: i64,
+) -> Result<Decision<Change>, TxnError> {
+    let t = current.fenced(token)?;
+    if t.status != GlobalStatus::Prepared {
+        return Ok(Decision::AlreadyDone);
+    }
+    match answer {
+        CheckBack::Commit => {
+            let mut change = Change::at(now).to(GlobalStatus::Submitted);
+            change.enqueue = Some(require(t.trans_type)?.outbox_at_commit());
+            Ok(Decision::Apply(change))
+        }
+        CheckBack::Rollback => Ok(Decision::Apply(
+            Change::at(now)
+                .to(GlobalStatus::Failed)
+                .reason(ROLLBACK_REASON)
+                .due(NEVER)
+                .lease(LeaseWrite::Release),
+        )),
+        CheckBack::AskAgain { .. } => Ok(Decision::AlreadyDone),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::txn::model::sample;
+    use crate::txn::TransType;
+
+    fn leased() -> Current {
+        let mut t = sample(TransType::Msg, GlobalStatus::Prepared);
+        t.lease_token = "mine".into();
+        Current {
+            gid: "g".into(),
+            txn: Some(t),
+            branches: vec![],
+        }
+    }
+
+    #[test]
+    fn a_commit_submits_and_a_rollback_fails_the_message() {
+        let Ok(Decision::Apply(commit)) = decide(&leased(), "mine", &CheckBack::Commit, 5) else {
+            panic!("commits");
+        };
+        assert_eq!(commit.to, Some(GlobalStatus::Submitted));
+        assert!(commit.enqueue.is_some());
+        let Ok(Decision::Apply(rollback)) = decide(&leased(), "mine", &CheckBack::Rollback, 5)
+        else {
+            panic!("rolls back");
+        };
+        assert_eq!(rollback.to, Some(GlobalStatus::Failed));
+        assert!(matches!(
+            decide(&leased(), "theirs", &CheckBack::Commit, 5),
+            Err(TxnError::LeaseLost { .. })
+        ));
+    }
 
     #[test]
     fn success_commits_and_failure_rolls_back() {

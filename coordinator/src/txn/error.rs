@@ -31,7 +31,7 @@ pub enum TxnError {
         /// The type in the request.
         requested: TransType,
     },
-    /// The transaction type has no such operation (a msg cannot be aborted).
+    /// The transaction type has no such operation (a saga cannot be aborted).
     #[error("a {trans_type} transaction cannot {action}")]
     Unsupported {
         /// The type.
@@ -46,5 +46,12 @@ pub enum TxnError {
         what: &'static str,
         /// The code.
         code: String,
+    },
+    /// Another instance took the transaction over (its lease token changed): this instance
+    /// must stop driving it.
+    #[error("lease on transaction '{gid}' was lost")]
+    LeaseLost {
+        /// The transaction.
+        gid: String,
     },
 }

@@ -1,25 +1,34 @@
 //! `forceStop`: an operator ends a transaction that must not be driven any further.
 
-use super::{Decision, GlobalStatus, TxnError};
+use super::change::{Change, Current, LeaseWrite};
+use super::{Decision, GlobalStatus, TxnError, NEVER};
 
-/// Decides a force stop: any unfinished transaction becomes `failed`.
+/// Why a force-stopped transaction ended.
+pub const REASON: &str = "stopped by an operator (forceStop)";
+
+/// Decides a force stop: any unfinished transaction becomes `failed` (its pending branches
+/// fail and its held messages are dropped, as on every path to `failed`).
 ///
 /// # Errors
 /// [`TxnError::NotFound`] if the transaction does not exist; [`TxnError::Conflict`] if it
 /// already succeeded.
-pub fn force_stop(gid: &str, status: Option<GlobalStatus>) -> Result<Decision<()>, TxnError> {
-    match status {
-        None => Err(TxnError::NotFound {
-            gid: gid.to_owned(),
-        }),
-        Some(GlobalStatus::Failed) => Ok(Decision::AlreadyDone),
-        Some(status @ GlobalStatus::Succeeded) => Err(TxnError::Conflict {
-            gid: gid.to_owned(),
+pub fn force_stop(current: &Current, now: i64) -> Result<Decision<Change>, TxnError> {
+    let t = current.existing()?;
+    match t.status {
+        GlobalStatus::Failed => Ok(Decision::AlreadyDone),
+        status @ GlobalStatus::Succeeded => Err(TxnError::Conflict {
+            gid: t.gid.clone(),
             status,
             action: "force stop",
         }),
-        Some(GlobalStatus::Prepared | GlobalStatus::Submitted | GlobalStatus::Aborting) => {
-            Ok(Decision::Apply(()))
+        GlobalStatus::Prepared | GlobalStatus::Submitted | GlobalStatus::Aborting => {
+            Ok(Decision::Apply(
+                Change::at(now)
+                    .to(GlobalStatus::Failed)
+                    .reason(REASON)
+                    .due(NEVER)
+                    .lease(LeaseWrite::Release),
+            ))
         }
     }
 }
@@ -27,24 +36,38 @@ pub fn force_stop(gid: &str, status: Option<GlobalStatus>) -> Result<Decision<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::txn::model::sample;
+    use crate::txn::TransType;
     use GlobalStatus::*;
+
+    fn stored(status: GlobalStatus) -> Current {
+        Current {
+            gid: "g".into(),
+            txn: Some(sample(TransType::Tcc, status)),
+            branches: vec![],
+        }
+    }
 
     #[test]
     fn an_unfinished_transaction_can_be_stopped() {
         for s in [Prepared, Submitted, Aborting] {
-            assert_eq!(force_stop("g", Some(s)), Ok(Decision::Apply(())));
+            let Ok(Decision::Apply(change)) = force_stop(&stored(s), 5) else {
+                panic!("stops {s}");
+            };
+            assert_eq!(change.to, Some(Failed));
+            assert_eq!(change.lease, LeaseWrite::Release);
         }
     }
 
     #[test]
     fn stopping_a_failed_transaction_is_a_duplicate_and_a_succeeded_one_a_conflict() {
-        assert_eq!(force_stop("g", Some(Failed)), Ok(Decision::AlreadyDone));
+        assert_eq!(force_stop(&stored(Failed), 5), Ok(Decision::AlreadyDone));
         assert!(matches!(
-            force_stop("g", Some(Succeeded)),
+            force_stop(&stored(Succeeded), 5),
             Err(TxnError::Conflict { .. })
         ));
         assert!(matches!(
-            force_stop("g", None),
+            force_stop(&Current::default(), 5),
             Err(TxnError::NotFound { .. })
         ));
     }

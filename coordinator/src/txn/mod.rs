@@ -1,37 +1,54 @@
-//! The state machine of global transactions and their branches.
+//! The state machine of global transactions and their branches: where every transition is
+//! decided.
 //!
-//! Everything here is pure: a transition takes the current state (and the command's inputs)
-//! and returns what must change, or an error for an illegal transition. Nothing here reads a
-//! clock, a database or a network; the API and the driver apply the decisions through the
-//! store, conditioned on the state they were made from.
+//! Everything here is pure: a transition takes the [`Current`] state of a transaction (read
+//! under lock by the store) and the command's inputs, and returns the [`Change`] it wants, or
+//! an error for an illegal transition. Nothing here reads a clock, a database or a network;
+//! [`crate::apply`] carries the decisions out through the store.
 //!
 //! Global statuses move `prepared → submitted → succeed` and `prepared → aborting → failed`;
 //! branch operations move `prepared → succeed | failed`. Re-applying a transition that already
 //! happened is [`Decision::AlreadyDone`], never an error.
 //!
 //! # Layout
-//! One transition per file: [`prepare`], [`submit`], [`abort`], [`register`], [`timeout`],
-//! [`check_back`] (a msg's check-back), [`branch`] (recording a branch call's outcome),
-//! [`finish`] and [`force_stop`]; the types
-//! they share live in [`status`] and [`model`], and [`retry`] computes retry schedules.
+//! - One transition per file: [`prepare`], [`register`], [`submit`], [`abort`],
+//!   [`force_stop`], [`timeout`] (a prepared TCC timed out), [`check_back`] (a msg's
+//!   check-back answer), [`branch`] (what a branch call's answer means), [`finish`], and
+//!   [`lease`] (renewing, releasing, and the retry schedule of an unfinished round).
+//! - One file per transaction type behind [`policy`]: [`tcc`], [`msg`].
+//! - The types they share: [`change`] (the intent a transition returns), [`model`],
+//!   [`status`], [`outbox`], [`target`] (where a step goes), [`error`]; [`retry`] computes
+//!   backoff.
 
 pub mod abort;
 pub mod branch;
+pub mod change;
 pub mod check_back;
 pub mod error;
 pub mod finish;
 pub mod force_stop;
+pub mod lease;
 pub mod model;
+pub mod msg;
+pub mod outbox;
+pub mod policy;
 pub mod prepare;
 pub mod register;
 pub mod retry;
 pub mod status;
 pub mod submit;
+pub mod target;
+pub mod tcc;
 pub mod timeout;
 
+pub use change::{Change, Current, Lease, LeaseWrite};
 pub use error::TxnError;
 pub use model::{BranchOp, GlobalTxn, NewBranch, TransOptions};
+pub use outbox::{OutboxMessage, OutboxState};
 pub use status::{BranchStatus, GlobalStatus, Op, TransType};
+
+/// `next_cron_time` of a transaction that needs no more work: never due.
+pub const NEVER: i64 = i64::MAX / 4;
 
 /// What a transition decided.
 #[derive(Debug, Clone, PartialEq, Eq)]

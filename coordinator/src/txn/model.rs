@@ -116,3 +116,79 @@ pub struct NewBranch {
     /// Body to send.
     pub data: String,
 }
+
+impl GlobalTxn {
+    /// A new transaction created at `now` in `status`, with nothing stored about it yet: no
+    /// steps, no lease, due when it would time out.
+    pub fn new(
+        gid: impl Into<String>,
+        trans_type: TransType,
+        status: GlobalStatus,
+        options: TransOptions,
+        now: i64,
+    ) -> Self {
+        Self {
+            gid: gid.into(),
+            trans_type,
+            status,
+            custom_data: String::new(),
+            steps: Vec::new(),
+            payloads: Vec::new(),
+            query_prepared: String::new(),
+            protocol: "http".to_owned(),
+            next_cron_time: super::timeout::timeout_deadline(now, options.timeout_to_fail),
+            next_cron_interval: options.retry_interval,
+            options,
+            rollback_reason: String::new(),
+            create_time: now,
+            update_time: now,
+            finish_time: None,
+            rollback_time: None,
+            owner: String::new(),
+            lease_token: String::new(),
+            lease_expire: 0,
+            retry_count: 0,
+            last_error: String::new(),
+        }
+    }
+}
+
+impl BranchOp {
+    /// A branch operation registered at `now`, not yet stored (`id` 0) and not yet done.
+    pub fn new(gid: &str, b: NewBranch, now: i64) -> Self {
+        Self {
+            id: 0,
+            gid: gid.to_owned(),
+            branch_id: b.branch_id,
+            op: b.op,
+            url: b.url,
+            data: b.data,
+            status: BranchStatus::Prepared,
+            create_time: now,
+            update_time: now,
+            finish_time: None,
+        }
+    }
+
+    /// Ends the operation with `status` at `now`.
+    pub fn finish(&mut self, status: BranchStatus, now: i64) {
+        self.status = status;
+        self.update_time = now;
+        self.finish_time = Some(now);
+    }
+}
+
+/// A transaction with DTM's default options, created at 1,000,000 ms, for tests.
+#[cfg(test)]
+pub(crate) fn sample(trans_type: TransType, status: GlobalStatus) -> GlobalTxn {
+    let options = TransOptions {
+        timeout_to_fail: 35,
+        request_timeout: 3,
+        retry_interval: 10,
+        branch_headers: Default::default(),
+        concurrent: false,
+        wait_result: false,
+        retry_limit: 0,
+    };
+    GlobalTxn::new("g", trans_type, status, options, 1_000_000)
+}

@@ -1,57 +1,74 @@
 //! `registerBranch`: add a branch to a prepared global transaction.
 
-use super::{GlobalStatus, NewBranch, Op, TransType, TxnError};
+use super::change::{Change, Current};
+use super::{Decision, GlobalStatus, NewBranch, TransType, TxnError};
 
-/// Checks that a branch may register with the transaction. Registering the same branch twice
-/// is harmless: the store ignores the second copy.
+/// Decides registering `branches` with the transaction. Registering the same operations
+/// again is a duplicate (the first registration is kept).
 ///
 /// # Errors
 /// [`TxnError::NotFound`] if the transaction does not exist; [`TxnError::Conflict`] once it
 /// has left `prepared`; [`TxnError::TypeMismatch`] if it is not of the branch's type.
 pub fn register(
-    gid: &str,
+    current: &Current,
     requested: TransType,
-    existing: Option<(GlobalStatus, TransType)>,
-) -> Result<(), TxnError> {
-    match existing {
-        None => Err(TxnError::NotFound {
-            gid: gid.to_owned(),
-        }),
-        Some((_, t)) if t != requested => Err(TxnError::TypeMismatch {
-            gid: gid.to_owned(),
-            existing: t,
+    branches: &[NewBranch],
+    now: i64,
+) -> Result<Decision<Change>, TxnError> {
+    let t = current.existing()?;
+    if t.trans_type != requested {
+        return Err(TxnError::TypeMismatch {
+            gid: t.gid.clone(),
+            existing: t.trans_type,
             requested,
-        }),
-        Some((GlobalStatus::Prepared, _)) => Ok(()),
-        Some((status, _)) => Err(TxnError::Conflict {
-            gid: gid.to_owned(),
-            status,
-            action: "register a branch",
-        }),
+        });
     }
-}
-
-/// The two operations a TCC branch registers, in DTM's order: cancel, then confirm.
-pub fn tcc_branch_ops(branch_id: &str, data: &str, confirm: &str, cancel: &str) -> [NewBranch; 2] {
-    let op = |op, url: &str| NewBranch {
-        branch_id: branch_id.to_owned(),
-        op,
-        url: url.to_owned(),
-        data: data.to_owned(),
-    };
-    [op(Op::Cancel, cancel), op(Op::Confirm, confirm)]
+    if t.status != GlobalStatus::Prepared {
+        return Err(TxnError::Conflict {
+            gid: t.gid.clone(),
+            status: t.status,
+            action: "register a branch",
+        });
+    }
+    let new: Vec<NewBranch> = branches
+        .iter()
+        .filter(|b| {
+            !current
+                .branches
+                .iter()
+                .any(|o| o.branch_id == b.branch_id && o.op == b.op)
+        })
+        .cloned()
+        .collect();
+    if new.is_empty() {
+        return Ok(Decision::AlreadyDone);
+    }
+    let mut change = Change::at(now);
+    change.add_branches = new;
+    Ok(Decision::Apply(change))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::txn::model::sample;
+    use crate::txn::tcc::branch_ops;
+
+    fn stored(status: GlobalStatus) -> Current {
+        Current {
+            gid: "g".into(),
+            txn: Some(sample(TransType::Tcc, status)),
+            branches: vec![],
+        }
+    }
 
     #[test]
     fn a_branch_registers_only_while_prepared() {
+        let ops = branch_ops("01", "{}", "http://c/confirm", "http://c/cancel");
         for status in GlobalStatus::ALL {
-            let r = register("g", TransType::Tcc, Some((*status, TransType::Tcc)));
+            let r = register(&stored(*status), TransType::Tcc, &ops, 5);
             if *status == GlobalStatus::Prepared {
-                assert_eq!(r, Ok(()));
+                assert!(matches!(r, Ok(Decision::Apply(c)) if c.add_branches.len() == 2));
             } else {
                 assert!(matches!(
                     r,
@@ -65,17 +82,24 @@ mod tests {
     }
 
     #[test]
-    fn a_branch_of_an_unknown_transaction_is_not_found() {
-        assert!(matches!(
-            register("g", TransType::Tcc, None),
-            Err(TxnError::NotFound { .. })
-        ));
+    fn a_branch_registered_again_is_a_duplicate() {
+        let ops = branch_ops("01", "{}", "http://c/confirm", "http://c/cancel");
+        let mut c = stored(GlobalStatus::Prepared);
+        let Ok(Decision::Apply(change)) = register(&c, TransType::Tcc, &ops, 5) else {
+            panic!("registers");
+        };
+        c.apply(change).unwrap();
+        assert_eq!(
+            register(&c, TransType::Tcc, &ops, 6),
+            Ok(Decision::AlreadyDone)
+        );
     }
 
     #[test]
-    fn a_tcc_branch_registers_cancel_then_confirm() {
-        let [a, b] = tcc_branch_ops("01", "{}", "http://c/confirm", "http://c/cancel");
-        assert_eq!((a.op, a.url.as_str()), (Op::Cancel, "http://c/cancel"));
-        assert_eq!((b.op, b.url.as_str()), (Op::Confirm, "http://c/confirm"));
+    fn a_branch_of_an_unknown_transaction_is_not_found() {
+        assert!(matches!(
+            register(&Current::default(), TransType::Tcc, &[], 1),
+            Err(TxnError::NotFound { .. })
+        ));
     }
 }

@@ -114,23 +114,6 @@ impl GlobalStatus {
     pub fn is_final(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed)
     }
-
-    /// The branch operation phase 2 runs in this status, for a transaction type.
-    pub fn phase_two_op(self, trans_type: TransType) -> Option<Op> {
-        match (self, trans_type) {
-            (Self::Submitted, TransType::Tcc) => Some(Op::Confirm),
-            (Self::Aborting, TransType::Tcc) => Some(Op::Cancel),
-            (Self::Submitted, TransType::Msg) => Some(Op::Action),
-            _ => None,
-        }
-    }
-}
-
-impl TransType {
-    /// Whether Settle drives transactions of this type.
-    pub fn is_supported(self) -> bool {
-        matches!(self, Self::Tcc | Self::Msg)
-    }
 }
 
 #[cfg(test)]
@@ -165,16 +148,5 @@ mod tests {
     fn an_unknown_code_is_an_error_naming_it() {
         let err = "tcx".parse::<TransType>().unwrap_err();
         assert!(err.to_string().contains("tcx"), "{err}");
-    }
-
-    #[test]
-    fn phase_two_confirms_after_submit_and_cancels_after_abort() {
-        use GlobalStatus::*;
-        assert_eq!(Submitted.phase_two_op(TransType::Tcc), Some(Op::Confirm));
-        assert_eq!(Aborting.phase_two_op(TransType::Tcc), Some(Op::Cancel));
-        assert_eq!(Prepared.phase_two_op(TransType::Tcc), None);
-        assert_eq!(Succeeded.phase_two_op(TransType::Tcc), None);
-        assert_eq!(Submitted.phase_two_op(TransType::Msg), Some(Op::Action));
-        assert_eq!(Aborting.phase_two_op(TransType::Msg), None);
     }
 }

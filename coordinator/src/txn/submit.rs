@@ -1,88 +1,155 @@
-//! `submit`: commit a global transaction, starting phase 2 (confirm every branch).
+//! `submit`: commit a global transaction, starting phase 2 (confirm every branch, deliver
+//! every step).
 
-use super::{Decision, GlobalStatus, TransType, TxnError};
+use super::change::{Change, Current, Lease, LeaseWrite};
+use super::policy::require;
+use super::{Decision, GlobalStatus, GlobalTxn, NewBranch, TxnError};
 
-/// How a submit changes the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubmitChange {
-    /// The transaction was never prepared: create it as submitted (as DTM does for msg, and
-    /// for a TCC with no branches).
-    Create,
-    /// Move the prepared transaction to submitted.
-    FromPrepared,
-}
-
-/// Decides a `submit`. Submitting a transaction that is already submitted or succeeded is a
-/// duplicate.
+/// Decides a `submit`. `txn` is the transaction as it would be created if it was never
+/// prepared (as DTM does for a msg, and for a TCC with no branches); `carried` are the steps
+/// the request carries. The submitting instance takes `lease` to run phase 2 at once.
+/// Submitting a transaction that is already submitted or succeeded is a duplicate.
 ///
 /// # Errors
 /// [`TxnError::Conflict`] if it is rolling back or rolled back;
-/// [`TxnError::TypeMismatch`] if it exists with another type.
+/// [`TxnError::TypeMismatch`] if it exists with another type;
+/// [`TxnError::Unsupported`] for a type Settle does not drive.
 pub fn submit(
-    gid: &str,
-    requested: TransType,
-    existing: Option<(GlobalStatus, TransType)>,
-) -> Result<Decision<SubmitChange>, TxnError> {
-    match existing {
-        None => Ok(Decision::Apply(SubmitChange::Create)),
-        Some((_, t)) if t != requested => Err(TxnError::TypeMismatch {
-            gid: gid.to_owned(),
-            existing: t,
-            requested,
+    current: &Current,
+    txn: &GlobalTxn,
+    carried: &[NewBranch],
+    lease: &Lease,
+    now: i64,
+) -> Result<Decision<Change>, TxnError> {
+    let policy = require(txn.trans_type)?;
+    let commit = |mut change: Change| {
+        change.enqueue = Some(policy.outbox_at_commit());
+        change
+            .to(GlobalStatus::Submitted)
+            .due(lease.expire)
+            .lease(LeaseWrite::Acquire(lease.clone()))
+    };
+    match &current.txn {
+        None => {
+            let mut change = Change::at(now);
+            let mut created = txn.clone();
+            created.status = GlobalStatus::Submitted;
+            change.create = Some(created);
+            change.add_branches = carried.to_vec();
+            Ok(Decision::Apply(commit(change)))
+        }
+        Some(t) if t.trans_type != txn.trans_type => Err(TxnError::TypeMismatch {
+            gid: t.gid.clone(),
+            existing: t.trans_type,
+            requested: txn.trans_type,
         }),
-        Some((GlobalStatus::Prepared, _)) => Ok(Decision::Apply(SubmitChange::FromPrepared)),
-        Some((GlobalStatus::Submitted | GlobalStatus::Succeeded, _)) => Ok(Decision::AlreadyDone),
-        Some((status @ (GlobalStatus::Aborting | GlobalStatus::Failed), _)) => {
-            Err(TxnError::Conflict {
-                gid: gid.to_owned(),
+        Some(t) => match t.status {
+            GlobalStatus::Prepared => {
+                let mut change = Change::at(now);
+                if policy.steps_at_submit() {
+                    change.add_branches = carried.to_vec();
+                }
+                Ok(Decision::Apply(commit(change)))
+            }
+            GlobalStatus::Submitted | GlobalStatus::Succeeded => Ok(Decision::AlreadyDone),
+            status @ (GlobalStatus::Aborting | GlobalStatus::Failed) => Err(TxnError::Conflict {
+                gid: t.gid.clone(),
                 status,
                 action: "submit",
-            })
-        }
+            }),
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::txn::model::sample;
+    use crate::txn::outbox::OutboxState;
+    use crate::txn::{Op, TransType};
     use GlobalStatus::*;
 
-    fn tcc(status: GlobalStatus) -> Option<(GlobalStatus, TransType)> {
-        Some((status, TransType::Tcc))
+    fn lease() -> Lease {
+        Lease {
+            owner: "me".into(),
+            token: "t1".into(),
+            expire: 2_000_000,
+        }
+    }
+
+    fn stored(trans_type: TransType, status: GlobalStatus) -> Current {
+        Current {
+            gid: "g".into(),
+            txn: Some(sample(trans_type, status)),
+            branches: vec![],
+        }
+    }
+
+    fn message() -> NewBranch {
+        NewBranch {
+            branch_id: "m1".into(),
+            op: Op::Action,
+            url: "rocketmq://t?key=k".into(),
+            data: "{}".into(),
+        }
     }
 
     #[test]
-    fn submit_of_an_unknown_transaction_creates_it_submitted() {
-        assert_eq!(
-            submit("g", TransType::Msg, None),
-            Ok(Decision::Apply(SubmitChange::Create))
-        );
+    fn submit_of_an_unknown_transaction_creates_it_submitted_and_leased() {
+        let t = sample(TransType::Msg, Prepared);
+        let Ok(Decision::Apply(change)) =
+            submit(&Current::default(), &t, &[message()], &lease(), 7)
+        else {
+            panic!("created");
+        };
+        let mut c = Current::default();
+        let effect = c.apply(change).unwrap();
+        let created = c.txn.unwrap();
+        assert_eq!(created.status, Submitted);
+        assert_eq!(created.lease_token, "t1");
+        assert_eq!(created.next_cron_time, 2_000_000);
+        assert_eq!(effect.enqueue.unwrap().0, OutboxState::Pending);
     }
 
     #[test]
-    fn submit_moves_a_prepared_transaction_to_submitted() {
-        assert_eq!(
-            submit("g", TransType::Tcc, tcc(Prepared)),
-            Ok(Decision::Apply(SubmitChange::FromPrepared))
-        );
+    fn submit_moves_a_prepared_tcc_to_submitted_with_its_messages_held() {
+        let mut c = stored(TransType::Tcc, Prepared);
+        let t = sample(TransType::Tcc, Prepared);
+        let Ok(Decision::Apply(change)) = submit(&c, &t, &[message()], &lease(), 7) else {
+            panic!("submitted");
+        };
+        let effect = c.apply(change).unwrap();
+        assert_eq!(c.txn.unwrap().status, Submitted);
+        assert_eq!(c.branches.len(), 1);
+        assert_eq!(effect.enqueue.unwrap().0, OutboxState::Held);
+    }
+
+    #[test]
+    fn a_prepared_msg_keeps_the_steps_it_was_prepared_with() {
+        let c = stored(TransType::Msg, Prepared);
+        let t = sample(TransType::Msg, Prepared);
+        let Ok(Decision::Apply(change)) = submit(&c, &t, &[message()], &lease(), 7) else {
+            panic!("submitted");
+        };
+        assert!(change.add_branches.is_empty());
     }
 
     #[test]
     fn submit_again_is_a_duplicate() {
-        assert_eq!(
-            submit("g", TransType::Tcc, tcc(Submitted)),
-            Ok(Decision::AlreadyDone)
-        );
-        assert_eq!(
-            submit("g", TransType::Tcc, tcc(Succeeded)),
-            Ok(Decision::AlreadyDone)
-        );
+        let t = sample(TransType::Tcc, Prepared);
+        for status in [Submitted, Succeeded] {
+            assert_eq!(
+                submit(&stored(TransType::Tcc, status), &t, &[], &lease(), 7),
+                Ok(Decision::AlreadyDone)
+            );
+        }
     }
 
     #[test]
     fn submit_after_abort_is_a_conflict() {
+        let t = sample(TransType::Tcc, Prepared);
         for status in [Aborting, Failed] {
-            let err = submit("g", TransType::Tcc, tcc(status)).unwrap_err();
+            let err = submit(&stored(TransType::Tcc, status), &t, &[], &lease(), 7).unwrap_err();
             assert!(matches!(
                 err,
                 TxnError::Conflict {
@@ -96,7 +163,8 @@ mod tests {
 
     #[test]
     fn submit_with_another_type_is_rejected() {
-        let err = submit("g", TransType::Msg, tcc(Prepared)).unwrap_err();
-        assert!(matches!(err, TxnError::TypeMismatch { .. }));
+        let t = sample(TransType::Msg, Prepared);
+        let err = submit(&stored(TransType::Tcc, Prepared), &t, &[], &lease(), 7);
+        assert!(matches!(err, Err(TxnError::TypeMismatch { .. })));
     }
 }

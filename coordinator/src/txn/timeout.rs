@@ -1,99 +1,65 @@
-//! What happens when a prepared transaction comes due: a TCC past `timeout_to_fail` rolls
-//! back; a msg is checked back.
+//! What happens when a prepared transaction comes due: past `timeout_to_fail`, a TCC rolls
+//! back and a msg is checked back (see each type's policy). This file carries out the
+//! rollback.
 
-use super::{GlobalTxn, TransType};
-
-/// What to do with a transaction the scheduler found due while it is still `prepared`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DuePrepared {
-    /// Not timed out yet: due again at this time (ms).
-    NotYet(i64),
-    /// Roll back, with this reason.
-    Abort(String),
-    /// Ask the initiator whether its local transaction committed.
-    CheckBack,
-}
-
-/// Decides what a due prepared transaction needs at `now` (ms since the epoch).
-pub fn on_due_prepared(txn: &GlobalTxn, now: i64) -> DuePrepared {
-    let deadline = timeout_deadline(txn.create_time, txn.options.timeout_to_fail);
-    if now < deadline {
-        return DuePrepared::NotYet(deadline);
-    }
-    match txn.trans_type {
-        TransType::Msg => DuePrepared::CheckBack,
-        _ => DuePrepared::Abort(format!(
-            "Timeout after {} seconds",
-            txn.options.timeout_to_fail
-        )),
-    }
-}
+use super::change::{Change, Current};
+use super::{Decision, GlobalStatus, TxnError};
 
 /// When a transaction created at `create_time` (ms) times out.
 pub fn timeout_deadline(create_time: i64, timeout_to_fail_s: i64) -> i64 {
     create_time.saturating_add(timeout_to_fail_s.saturating_mul(1000))
 }
 
+/// Decides rolling back a prepared transaction that timed out, with `reason`, by the
+/// instance holding its lease under `token` (which keeps it to cancel the branches).
+///
+/// # Errors
+/// [`TxnError::LeaseLost`] if another instance (or a client's submit or abort) took the
+/// transaction over.
+pub fn time_out(
+    current: &Current,
+    token: &str,
+    reason: &str,
+    now: i64,
+) -> Result<Decision<Change>, TxnError> {
+    let t = current.fenced(token)?;
+    if t.status != GlobalStatus::Prepared {
+        return Ok(Decision::AlreadyDone);
+    }
+    Ok(Decision::Apply(
+        Change::at(now).to(GlobalStatus::Aborting).reason(reason),
+    ))
+}
+
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::txn::{GlobalStatus, TransOptions};
+    use crate::txn::model::sample;
+    use crate::txn::TransType;
 
-    pub(crate) fn txn(trans_type: TransType, status: GlobalStatus) -> GlobalTxn {
-        GlobalTxn {
+    #[test]
+    fn a_timed_out_transaction_rolls_back_under_its_lease() {
+        let mut t = sample(TransType::Tcc, GlobalStatus::Prepared);
+        t.lease_token = "mine".into();
+        let c = Current {
             gid: "g".into(),
-            trans_type,
-            status,
-            custom_data: String::new(),
-            steps: vec![],
-            payloads: vec![],
-            query_prepared: String::new(),
-            protocol: "http".into(),
-            options: TransOptions {
-                timeout_to_fail: 35,
-                request_timeout: 3,
-                retry_interval: 10,
-                branch_headers: Default::default(),
-                concurrent: false,
-                wait_result: false,
-                retry_limit: 0,
-            },
-            rollback_reason: String::new(),
-            create_time: 1_000_000,
-            update_time: 1_000_000,
-            finish_time: None,
-            rollback_time: None,
-            next_cron_time: 1_035_000,
-            next_cron_interval: 10,
-            owner: String::new(),
-            lease_token: String::new(),
-            lease_expire: 0,
-            retry_count: 0,
-            last_error: String::new(),
-        }
+            txn: Some(t),
+            branches: vec![],
+        };
+        let Ok(Decision::Apply(change)) = time_out(&c, "mine", "Timeout after 35 seconds", 5)
+        else {
+            panic!("rolls back");
+        };
+        assert_eq!(change.to, Some(GlobalStatus::Aborting));
+        assert!(matches!(
+            time_out(&c, "other", "x", 5),
+            Err(TxnError::LeaseLost { .. })
+        ));
     }
 
     #[test]
-    fn a_tcc_is_left_alone_until_it_times_out() {
-        let t = txn(TransType::Tcc, GlobalStatus::Prepared);
-        assert_eq!(
-            on_due_prepared(&t, 1_034_999),
-            DuePrepared::NotYet(1_035_000)
-        );
-    }
-
-    #[test]
-    fn a_tcc_that_timed_out_rolls_back_with_dtms_reason() {
-        let t = txn(TransType::Tcc, GlobalStatus::Prepared);
-        assert_eq!(
-            on_due_prepared(&t, 1_035_000),
-            DuePrepared::Abort("Timeout after 35 seconds".into())
-        );
-    }
-
-    #[test]
-    fn a_msg_that_timed_out_is_checked_back() {
-        let t = txn(TransType::Msg, GlobalStatus::Prepared);
-        assert_eq!(on_due_prepared(&t, 2_000_000), DuePrepared::CheckBack);
+    fn the_deadline_is_the_creation_plus_the_timeout() {
+        assert_eq!(timeout_deadline(1_000, 35), 36_000);
+        assert_eq!(timeout_deadline(i64::MAX - 1, 35), i64::MAX);
     }
 }

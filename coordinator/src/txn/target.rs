@@ -123,9 +123,20 @@ impl Target {
     }
 }
 
+/// Whether a step URL goes to a broker (through the outbox) rather than over HTTP. The
+/// scheme is matched without regard to case, as URL schemes are.
+pub fn is_broker(url: &str) -> bool {
+    url.get(..ROCKETMQ_SCHEME.len())
+        .is_some_and(|s| s.eq_ignore_ascii_case(ROCKETMQ_SCHEME))
+}
+
+const ROCKETMQ_SCHEME: &str = "rocketmq://";
+
 /// The topic as written in the URL (URL parsing lowercases host names).
 fn original_topic(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("rocketmq://")?;
+    let rest = url
+        .get(ROCKETMQ_SCHEME.len()..)
+        .filter(|_| is_broker(url))?;
     let end = rest.find(['?', '/', '#']).unwrap_or(rest.len());
     Some(rest[..end].to_owned())
 }

@@ -1,0 +1,114 @@
+//! Calling participants over HTTP: a branch operation, and a msg's check-back.
+//!
+//! A call is made as DTM makes it (query parameters `gid`, `trans_type`, `branch_id`, `op`,
+//! the registered body, `branch_headers`) with the transaction's `request_timeout`, and its
+//! answer classified: success, failure, ongoing, or an error to retry.
+
+use std::time::Duration;
+
+use settle_protocol::{classify_answer, BranchOutcome};
+
+use super::{error_chain, Driver};
+use crate::txn::check_back::{after_check_back, CheckBack};
+use crate::txn::{BranchOp, GlobalTxn};
+
+/// The answer of one branch call.
+#[derive(Debug, Clone)]
+pub struct CallResult {
+    /// How the answer is classified.
+    pub outcome: BranchOutcome,
+    /// What was answered, for operators.
+    pub detail: String,
+}
+
+fn request_timeout(txn: &GlobalTxn) -> Duration {
+    Duration::from_secs(u64::try_from(txn.options.request_timeout).unwrap_or(3))
+}
+
+impl Driver {
+    /// Calls one branch operation and classifies the answer.
+    pub async fn call(&self, txn: &GlobalTxn, branch: &BranchOp) -> CallResult {
+        let timeout = request_timeout(txn);
+        let params = [
+            ("gid", txn.gid.as_str()),
+            ("trans_type", txn.trans_type.as_str()),
+            ("branch_id", branch.branch_id.as_str()),
+            ("op", branch.op.as_str()),
+        ];
+        let http = &self.inner.http;
+        let mut request = if branch.data.is_empty() {
+            http.get(&branch.url)
+        } else {
+            http.post(&branch.url).body(branch.data.clone())
+        };
+        request = request
+            .query(&params)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .timeout(timeout);
+        for (k, v) in &txn.options.branch_headers {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        let result = match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.text().await.unwrap_or_default();
+                let outcome = classify_answer(status, &body);
+                let mut detail = format!("HTTP {status} {}", body.trim());
+                crate::store::truncate_utf8(&mut detail, 500);
+                CallResult { outcome, detail }
+            }
+            Err(e) => CallResult {
+                outcome: BranchOutcome::Error,
+                detail: if e.is_timeout() {
+                    format!("no answer within {}s", timeout.as_secs())
+                } else {
+                    error_chain(&e)
+                },
+            },
+        };
+        self.inner.apply.metrics().branch_called(result.outcome);
+        result
+    }
+
+    /// Asks a prepared msg's initiator whether its local transaction committed: GET
+    /// `query_prepared` with `branch_id=00` and `op=msg`.
+    pub async fn check_back(&self, txn: &GlobalTxn) -> CheckBack {
+        if txn.query_prepared.is_empty() {
+            return CheckBack::AskAgain {
+                ongoing: false,
+                detail: "the message has no query_prepared URL to check back".to_owned(),
+            };
+        }
+        let timeout = request_timeout(txn);
+        let params = [
+            ("gid", txn.gid.as_str()),
+            ("trans_type", txn.trans_type.as_str()),
+            ("branch_id", "00"),
+            ("op", settle_protocol::names::OP_MSG),
+        ];
+        let mut request = self
+            .inner
+            .http
+            .get(&txn.query_prepared)
+            .query(&params)
+            .timeout(timeout);
+        for (k, v) in &txn.options.branch_headers {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.text().await.unwrap_or_default();
+                after_check_back(status, &body)
+            }
+            Err(e) => CheckBack::AskAgain {
+                ongoing: false,
+                detail: if e.is_timeout() {
+                    format!("check-back: no answer within {}s", timeout.as_secs())
+                } else {
+                    format!("check-back: {}", error_chain(&e))
+                },
+            },
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The driver: runs rounds of work on transactions this instance holds the lease of.
+//!
+//! A round drives a [`Claimed`] transaction as far as it can go now: a prepared one that came
+//! due is rolled back or checked back ([`round`]); then phase 2 confirms, cancels or delivers
+//! its branch operations stage by stage ([`phase_two`]), calling each over HTTP
+//! ([`call`]). A round that cannot finish schedules a retry by capped exponential backoff
+//! with jitter and gives the lease up, so any instance can take the next round; a confirm or
+//! cancel is never given up on.
+//!
+//! Every change goes through the orchestration layer ([`crate::apply`]) and presents the
+//! lease token it was claimed with, so if another instance has taken the transaction over,
+//! the write fails and this round stops.
+
+pub mod call;
+pub mod phase_two;
+pub mod round;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::apply::Orchestrator;
+use crate::store::Claimed;
+
+/// Settings of the driver.
+#[derive(Debug, Clone)]
+pub struct DriverSettings {
+    /// How long a lease lasts after it is taken or renewed.
+    pub lease: Duration,
+    /// Longest interval between retries, in seconds.
+    pub retry_cap_s: i64,
+    /// Most rounds running at once on this instance.
+    pub max_inflight: usize,
+}
+
+/// Runs rounds of work on transactions.
+#[derive(Clone)]
+pub struct Driver {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    apply: Orchestrator,
+    http: reqwest::Client,
+    settings: DriverSettings,
+    inflight: Arc<Semaphore>,
+}
+
+/// How a round ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoundEnd {
+    /// The transaction reached this final status.
+    Finished(crate::txn::GlobalStatus),
+    /// Work remains; a retry is scheduled.
+    Retrying,
+    /// Not due yet, or another instance took it over.
+    Left,
+}
+
+impl Driver {
+    /// A driver carrying out its changes through `apply`, calling branches with `http`.
+    pub fn new(apply: Orchestrator, http: reqwest::Client, settings: DriverSettings) -> Self {
+        let inflight = Arc::new(Semaphore::new(settings.max_inflight.max(1)));
+        Self {
+            inner: Arc::new(Inner {
+                apply,
+                http,
+                settings,
+                inflight,
+            }),
+        }
+    }
+
+    /// How many more rounds may start now.
+    pub fn free_slots(&self) -> usize {
+        self.inner.inflight.available_permits()
+    }
+
+    /// How long a lease lasts.
+    pub fn lease(&self) -> Duration {
+        self.inner.settings.lease
+    }
+
+    /// Starts a round on `claimed` in the background, waiting for a free slot first. The
+    /// handle yields how the round ended.
+    pub fn spawn(&self, claimed: Claimed) -> tokio::task::JoinHandle<RoundEnd> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = this.inner.inflight.clone().acquire_owned().await else {
+                return RoundEnd::Left;
+            };
+            let gid = claimed.txn.gid.clone();
+            match this.round(claimed).await {
+                Ok(end) => end,
+                Err(e) if e.is_lease_lost() => {
+                    info!(gid = %gid, "lease lost to another instance; leaving the transaction");
+                    RoundEnd::Left
+                }
+                Err(e) => {
+                    warn!(gid = %gid, error = %error_chain(&e), "round failed; the transaction is retried when its lease runs out");
+                    RoundEnd::Left
+                }
+            }
+        })
+    }
+}
+
+/// Formats an error with its causes.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}

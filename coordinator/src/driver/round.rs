@@ -1,0 +1,119 @@
+//! One round on a claimed transaction: a prepared one that came due is first rolled back (a
+//! TCC) or checked back (a msg), as its type's policy says; then phase 2 runs.
+
+use tracing::info;
+
+use super::{Driver, RoundEnd};
+use crate::store::{Claimed, StoreError};
+use crate::txn::change::RetryNote;
+use crate::txn::check_back::CheckBack;
+use crate::txn::policy::{policy, DuePrepared};
+use crate::txn::retry::retry_delay_ms;
+use crate::txn::{GlobalStatus, GlobalTxn, Op, NEVER};
+
+impl Driver {
+    /// Runs one round of work on a transaction whose lease this instance holds.
+    ///
+    /// # Errors
+    /// A lost lease if another instance took the transaction over; a database error.
+    #[tracing::instrument(skip_all, fields(gid = %c.txn.gid))]
+    pub async fn round(&self, mut c: Claimed) -> Result<RoundEnd, StoreError> {
+        let apply = &self.inner.apply;
+        let Some(policy) = policy(c.txn.trans_type) else {
+            // A type accepted on the wire that Settle does not drive.
+            apply.release(&c, NEVER).await?;
+            return Ok(RoundEnd::Left);
+        };
+        if c.txn.status == GlobalStatus::Prepared {
+            match policy.on_due_prepared(&c.txn, apply.clock().now_ms()) {
+                DuePrepared::NotYet(due) => {
+                    apply.release(&c, due).await?;
+                    return Ok(RoundEnd::Left);
+                }
+                DuePrepared::Abort(reason) => {
+                    info!(status = "aborting", reason = %reason, "transaction timed out");
+                    c = apply.time_out(&c, reason).await?;
+                }
+                DuePrepared::CheckBack => match self.check_back(&c.txn).await {
+                    CheckBack::AskAgain { ongoing, detail } => {
+                        info!(detail = %detail, "check-back undecided; will ask again");
+                        self.retry(&c, Vec::new(), false, false, ongoing, detail)
+                            .await?;
+                        return Ok(RoundEnd::Retrying);
+                    }
+                    answer => {
+                        c = apply.check_back(&c, answer).await?;
+                        info!(status = %c.txn.status, "check-back answered");
+                    }
+                },
+            }
+        }
+        match c.txn.status {
+            GlobalStatus::Prepared => {
+                apply.release(&c, c.txn.next_cron_time).await?;
+                Ok(RoundEnd::Left)
+            }
+            status if status.is_final() => {
+                if c.txn.lease_token.is_empty() {
+                    return Ok(RoundEnd::Finished(status));
+                }
+                apply.release(&c, NEVER).await?;
+                Ok(RoundEnd::Finished(status))
+            }
+            _ => self.phase_two(c, policy).await,
+        }
+    }
+
+    /// Ends a round that did not finish: records what succeeded (`done`) and schedules the
+    /// next attempt. `progressed` restarts the backoff; `ongoing` (the participant said "not
+    /// yet", or messages await the broker) keeps the interval fixed.
+    pub(super) async fn retry(
+        &self,
+        c: &Claimed,
+        done: Vec<(String, Op)>,
+        release_held: bool,
+        progressed: bool,
+        ongoing: bool,
+        last_error: String,
+    ) -> Result<(), StoreError> {
+        let now = self.inner.apply.clock().now_ms();
+        let (next, note) = self.schedule(&c.txn, progressed, ongoing, last_error, now);
+        self.inner
+            .apply
+            .schedule_retry(c, done, release_held, next, note)
+            .await
+    }
+
+    fn schedule(
+        &self,
+        txn: &GlobalTxn,
+        progressed: bool,
+        ongoing: bool,
+        last_error: String,
+        now: i64,
+    ) -> (i64, RetryNote) {
+        let failures = if progressed { 0 } else { txn.retry_count };
+        let (exponent, count) = if ongoing {
+            (0, failures)
+        } else {
+            (failures, failures + 1)
+        };
+        let delay = retry_delay_ms(
+            txn.options.retry_interval,
+            self.inner.settings.retry_cap_s,
+            exponent,
+            rand::random::<f64>(),
+        );
+        let limit_reached = txn.options.retry_limit > 0 && count >= txn.options.retry_limit;
+        let mut last_error = last_error;
+        crate::store::truncate_utf8(&mut last_error, 2000);
+        (
+            if limit_reached { NEVER } else { now + delay },
+            RetryNote {
+                interval_s: (delay + 999) / 1000,
+                count,
+                last_error,
+            },
+        )
+    }
+}

@@ -1,0 +1,84 @@
+//! Claiming due work: transactions whose next attempt is due, or whose owner died.
+//!
+//! A claim is one conditional UPDATE that writes this instance's id, a fresh fencing token
+//! and a lease expiry on a batch of due, unleased transactions; a transaction whose owner
+//! died becomes claimable again once its lease runs out. Every later write made while
+//! driving a claimed transaction goes through the batched writer and presents the token.
+
+use super::connect::Dialect;
+use super::{rows, Result, Store, GLOBAL_COLUMNS};
+use crate::txn::{BranchOp, GlobalTxn};
+
+/// A transaction this instance holds the lease of, with its branch operations: what the
+/// driver may drive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The transaction (its lease fields are this instance's).
+    pub txn: GlobalTxn,
+    /// Its branch operations, in registration order.
+    pub branches: Vec<BranchOp>,
+}
+
+impl Store {
+    /// Claims up to `limit` transactions that are due at `now` and not leased by a live
+    /// instance, and returns them with their branch operations. Each gets `owner`, `token`
+    /// and a lease until `lease_expire`, and is due again then, in case this instance dies.
+    ///
+    /// # Errors
+    /// A database error, or a stored row Settle cannot read.
+    pub async fn claim_due(
+        &self,
+        owner: &str,
+        token: &str,
+        now: i64,
+        lease_expire: i64,
+        limit: i64,
+    ) -> Result<Vec<Claimed>> {
+        let due = "status IN ('prepared', 'submitted', 'aborting') AND next_cron_time <= ? \
+                   AND lease_expire <= ?";
+        let claim = match self.dialect() {
+            Dialect::MySql => format!(
+                "UPDATE trans_global SET owner = ?, lease_token = ?, lease_expire = ?, \
+                 next_cron_time = ? WHERE {due} ORDER BY next_cron_time LIMIT ?"
+            ),
+            Dialect::Sqlite => format!(
+                "UPDATE trans_global SET owner = ?, lease_token = ?, lease_expire = ?, \
+                 next_cron_time = ? WHERE id IN (SELECT id FROM trans_global WHERE {due} \
+                 ORDER BY next_cron_time LIMIT ?)"
+            ),
+        };
+        let fetch = format!("SELECT {GLOBAL_COLUMNS} FROM trans_global WHERE lease_token = ?");
+        let txns: Vec<GlobalTxn> = on_writer!(self, pool => {
+            let claimed = sqlx::query(&claim)
+                .bind(owner)
+                .bind(token)
+                .bind(lease_expire)
+                .bind(lease_expire)
+                .bind(now)
+                .bind(now)
+                .bind(limit)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            if claimed == 0 {
+                return Ok(Vec::new());
+            }
+            let rows = sqlx::query(&fetch).bind(token).fetch_all(pool).await?;
+            rows.iter().map(rows::decode_global).collect()
+        })?;
+        let gids: Vec<&str> = txns.iter().map(|t| t.gid.as_str()).collect();
+        let mut branches = self.find_branches_of(&gids).await?;
+        Ok(txns
+            .into_iter()
+            .map(|txn| {
+                let (mine, rest): (Vec<BranchOp>, Vec<BranchOp>) =
+                    branches.drain(..).partition(|b| b.gid == txn.gid);
+                branches = rest;
+                Claimed {
+                    txn,
+                    branches: mine,
+                }
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,353 @@
+//! Changes: what a transition wants done to one transaction, as intent.
+//!
+//! A transition (one file each beside this one) looks at the [`Current`] state of a
+//! transaction and returns a [`Change`]. The store carries changes out: it reads the current
+//! state under a lock, lets the transition decide, applies the change to that state with
+//! [`Current::apply`] and writes the difference, many transactions' changes in one database
+//! transaction. Nothing here writes anything.
+//!
+//! Some consequences are part of a status and not left to each transition: reaching `failed`
+//! always fails the branches still pending and drops the messages still held, whichever path
+//! got there (rollback, check-back, force stop).
+
+use super::outbox::{OutboxMessage, OutboxState};
+use super::{BranchOp, BranchStatus, GlobalStatus, GlobalTxn, NewBranch, Op, TxnError};
+
+/// A transaction as read under lock, with its branch operations in registration order.
+/// `txn` is `None` when no transaction has the gid.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Current {
+    /// The gid asked for.
+    pub gid: String,
+    /// The stored transaction, if any.
+    pub txn: Option<GlobalTxn>,
+    /// Its branch operations (read only when the transition needs them).
+    pub branches: Vec<BranchOp>,
+}
+
+/// A lease on a transaction: which instance drives it, until when, under which fencing token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Instance id.
+    pub owner: String,
+    /// Fencing token: writes made while driving the transaction must present it.
+    pub token: String,
+    /// Expiry, ms.
+    pub expire: i64,
+}
+
+/// What a change does to the lease.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LeaseWrite {
+    /// Leave it as it is.
+    #[default]
+    Keep,
+    /// Take it: this instance drives the transaction now.
+    Acquire(Lease),
+    /// Extend it until this time, ms.
+    Renew(i64),
+    /// Give it up: any instance may take the transaction when it is due.
+    Release,
+}
+
+/// The retry bookkeeping of a round that did not finish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryNote {
+    /// The interval used, s.
+    pub interval_s: i64,
+    /// Failed attempts in a row.
+    pub count: i64,
+    /// What went wrong.
+    pub last_error: String,
+}
+
+/// What a transition wants done to one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// When, ms.
+    pub now: i64,
+    /// Create this transaction (there is none with its gid).
+    pub create: Option<GlobalTxn>,
+    /// Move to this status.
+    pub to: Option<GlobalStatus>,
+    /// Record why it rolls back.
+    pub rollback_reason: Option<String>,
+    /// When it is next due, ms.
+    pub next_cron_time: Option<i64>,
+    /// Retry bookkeeping.
+    pub retry: Option<RetryNote>,
+    /// What happens to the lease.
+    pub lease: LeaseWrite,
+    /// Branch operations to add (those already registered are skipped).
+    pub add_branches: Vec<NewBranch>,
+    /// Branch operations done: they become `succeed`.
+    pub complete: Vec<(String, Op)>,
+    /// Commit the transaction's broker-bound steps to the outbox, in this state.
+    pub enqueue: Option<OutboxState>,
+    /// Let the transaction's held messages go out.
+    pub release_held: bool,
+}
+
+impl Change {
+    /// A change made at `now` that does nothing yet.
+    pub fn at(now: i64) -> Self {
+        Self {
+            now,
+            create: None,
+            to: None,
+            rollback_reason: None,
+            next_cron_time: None,
+            retry: None,
+            lease: LeaseWrite::Keep,
+            add_branches: Vec::new(),
+            complete: Vec::new(),
+            enqueue: None,
+            release_held: false,
+        }
+    }
+
+    /// Moves to `status`.
+    pub fn to(mut self, status: GlobalStatus) -> Self {
+        self.to = Some(status);
+        self
+    }
+
+    /// Sets when the transaction is next due.
+    pub fn due(mut self, next_cron_time: i64) -> Self {
+        self.next_cron_time = Some(next_cron_time);
+        self
+    }
+
+    /// Writes the lease.
+    pub fn lease(mut self, lease: LeaseWrite) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Records a rollback reason.
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.rollback_reason = Some(reason.into());
+        self
+    }
+}
+
+/// What a change does to the outbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxEffect {
+    /// Messages committed now, in step order, and the state they enter in.
+    pub enqueue: Option<(OutboxState, Vec<OutboxMessage>)>,
+    /// Held messages go out now.
+    pub release_held: bool,
+    /// Held messages will never go out.
+    pub drop_held: bool,
+}
+
+impl Current {
+    /// Applies `change` to this state and returns what it does to the outbox.
+    ///
+    /// # Errors
+    /// [`TxnError::NotFound`] for a change to a transaction that does not exist.
+    pub fn apply(&mut self, change: Change) -> Result<OutboxEffect, TxnError> {
+        let now = change.now;
+        let mut effect = OutboxEffect::default();
+        if let Some(created) = change.create {
+            self.txn = Some(created);
+            self.branches.clear();
+        }
+        let Some(txn) = self.txn.as_mut() else {
+            return Err(TxnError::NotFound {
+                gid: self.gid.clone(),
+            });
+        };
+        txn.update_time = now;
+        if let Some(reason) = change.rollback_reason {
+            txn.rollback_reason = reason;
+            txn.rollback_time = Some(now);
+        }
+        if let Some(t) = change.next_cron_time {
+            txn.next_cron_time = t;
+        }
+        if let Some(r) = change.retry {
+            txn.next_cron_interval = r.interval_s;
+            txn.retry_count = r.count;
+            txn.last_error = r.last_error;
+        }
+        match change.lease {
+            LeaseWrite::Keep => {}
+            LeaseWrite::Acquire(lease) => {
+                txn.owner = lease.owner;
+                txn.lease_token = lease.token;
+                txn.lease_expire = lease.expire;
+            }
+            LeaseWrite::Renew(expire) => txn.lease_expire = expire,
+            LeaseWrite::Release => {
+                txn.owner.clear();
+                txn.lease_token.clear();
+                txn.lease_expire = 0;
+            }
+        }
+        for b in change.add_branches {
+            let known = self
+                .branches
+                .iter()
+                .any(|o| o.branch_id == b.branch_id && o.op == b.op);
+            if !known {
+                self.branches.push(BranchOp::new(&self.gid, b, now));
+            }
+        }
+        for (branch_id, op) in &change.complete {
+            if let Some(b) = self.branches.iter_mut().find(|b| {
+                &b.branch_id == branch_id && b.op == *op && b.status == BranchStatus::Prepared
+            }) {
+                b.finish(BranchStatus::Succeeded, now);
+            }
+        }
+        if let Some(to) = change.to {
+            txn.status = to;
+            if to.is_final() {
+                txn.finish_time = Some(now);
+            }
+            if to == GlobalStatus::Failed {
+                for b in &mut self.branches {
+                    if b.status == BranchStatus::Prepared {
+                        b.finish(BranchStatus::Failed, now);
+                    }
+                }
+                effect.drop_held = true;
+            }
+        }
+        if let Some(state) = change.enqueue {
+            let messages = OutboxMessage::from_branches(&self.branches);
+            if !messages.is_empty() {
+                effect.enqueue = Some((state, messages));
+            }
+        }
+        effect.release_held = change.release_held;
+        Ok(effect)
+    }
+
+    /// The stored transaction, or [`TxnError::NotFound`].
+    ///
+    /// # Errors
+    /// [`TxnError::NotFound`] if there is none.
+    pub fn existing(&self) -> Result<&GlobalTxn, TxnError> {
+        self.txn.as_ref().ok_or_else(|| TxnError::NotFound {
+            gid: self.gid.clone(),
+        })
+    }
+
+    /// The stored transaction, if this instance still holds its lease under `token`.
+    ///
+    /// # Errors
+    /// [`TxnError::LeaseLost`] if the transaction is gone or another lease replaced ours.
+    pub fn fenced(&self, token: &str) -> Result<&GlobalTxn, TxnError> {
+        match &self.txn {
+            Some(t) if !token.is_empty() && t.lease_token == token => Ok(t),
+            _ => Err(TxnError::LeaseLost {
+                gid: self.gid.clone(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::txn::model::sample;
+    use crate::txn::TransType;
+
+    fn current(status: GlobalStatus) -> Current {
+        let txn = sample(TransType::Tcc, status);
+        let branches = ["01", "02"]
+            .iter()
+            .flat_map(|id| {
+                [Op::Cancel, Op::Confirm].map(|op| {
+                    BranchOp::new(
+                        "g",
+                        NewBranch {
+                            branch_id: (*id).into(),
+                            op,
+                            url: "http://127.0.0.1:1/x".into(),
+                            data: String::new(),
+                        },
+                        1,
+                    )
+                })
+            })
+            .collect();
+        Current {
+            gid: "g".into(),
+            txn: Some(txn),
+            branches,
+        }
+    }
+
+    #[test]
+    fn failing_fails_pending_branches_and_drops_held_messages() {
+        let mut c = current(GlobalStatus::Submitted);
+        c.branches[1].finish(BranchStatus::Succeeded, 5);
+        let effect = c.apply(Change::at(9).to(GlobalStatus::Failed)).unwrap();
+        assert!(effect.drop_held);
+        let statuses: Vec<_> = c.branches.iter().map(|b| b.status).collect();
+        assert_eq!(
+            statuses,
+            [
+                BranchStatus::Failed,
+                BranchStatus::Succeeded,
+                BranchStatus::Failed,
+                BranchStatus::Failed
+            ]
+        );
+        assert_eq!(c.txn.as_ref().unwrap().finish_time, Some(9));
+    }
+
+    #[test]
+    fn a_branch_registered_twice_is_kept_once() {
+        let mut c = current(GlobalStatus::Prepared);
+        let mut change = Change::at(3);
+        change.add_branches = vec![NewBranch {
+            branch_id: "01".into(),
+            op: Op::Confirm,
+            url: "http://127.0.0.1:1/other".into(),
+            data: String::new(),
+        }];
+        c.apply(change).unwrap();
+        assert_eq!(c.branches.len(), 4);
+        assert_eq!(c.branches[1].url, "http://127.0.0.1:1/x");
+    }
+
+    #[test]
+    fn only_broker_bound_steps_are_enqueued() {
+        let mut c = current(GlobalStatus::Prepared);
+        let mut change = Change::at(3).to(GlobalStatus::Submitted);
+        change.add_branches = vec![
+            NewBranch {
+                branch_id: "m1".into(),
+                op: Op::Action,
+                url: "rocketmq://Orders?key=o-1".into(),
+                data: "{}".into(),
+            },
+            NewBranch {
+                branch_id: "m2".into(),
+                op: Op::Action,
+                url: "http://127.0.0.1:1/hook".into(),
+                data: "{}".into(),
+            },
+        ];
+        change.enqueue = Some(OutboxState::Held);
+        let effect = c.apply(change).unwrap();
+        let (state, messages) = effect.enqueue.unwrap();
+        assert_eq!(state, OutboxState::Held);
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].sharding_key, "o-1");
+    }
+
+    #[test]
+    fn a_stale_token_is_a_lost_lease() {
+        let mut c = current(GlobalStatus::Submitted);
+        c.txn.as_mut().unwrap().lease_token = "mine".into();
+        assert!(c.fenced("mine").is_ok());
+        assert!(matches!(c.fenced("old"), Err(TxnError::LeaseLost { .. })));
+        assert!(matches!(c.fenced(""), Err(TxnError::LeaseLost { .. })));
+    }
+}

@@ -1,0 +1,65 @@
+//! What a committed transaction sends to brokers: its outbox messages and their states.
+
+use super::target::Target;
+use super::{BranchOp, Op};
+
+/// Status of an outbox message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutboxState {
+    /// Waiting for its transaction's confirms; holds back later messages of its key.
+    Held,
+    /// To deliver.
+    Pending,
+    /// Acknowledged by the broker.
+    Sent,
+    /// Never to be delivered: its transaction failed or was stopped. Holds nothing back.
+    Dropped,
+}
+
+impl OutboxState {
+    /// The stored code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Held => "held",
+            Self::Pending => "pending",
+            Self::Sent => "sent",
+            Self::Dropped => "dropped",
+        }
+    }
+}
+
+/// A committed step bound for a broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    /// Its step.
+    pub branch_id: String,
+    /// Topic.
+    pub topic: String,
+    /// Tag.
+    pub tag: String,
+    /// Sharding key.
+    pub sharding_key: String,
+    /// Body.
+    pub body: String,
+}
+
+impl OutboxMessage {
+    /// The broker-bound messages among a transaction's steps (its `action` operations whose
+    /// URL is a RocketMQ target), in step order.
+    pub fn from_branches(branches: &[BranchOp]) -> Vec<Self> {
+        branches
+            .iter()
+            .filter(|b| b.op == Op::Action)
+            .filter_map(|b| match Target::parse(&b.url) {
+                Ok(Target::RocketMq(t)) => Some(Self {
+                    branch_id: b.branch_id.clone(),
+                    topic: t.topic,
+                    tag: t.tag,
+                    sharding_key: t.key,
+                    body: b.data.clone(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+}
