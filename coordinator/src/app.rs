@@ -94,6 +94,7 @@ impl Application {
             acquire_timeout: Duration::from_secs(10),
             writers: config.store_writers,
             max_batch: config.max_batch,
+            clock,
         })
         .await
         .map_err(|source| StartError::Store {

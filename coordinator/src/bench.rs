@@ -168,7 +168,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ));
     }
     for (name, url) in &servers {
-        http.get(format!("{url}/version"))
+        http.get(format!("{url}/newGid"))
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)

@@ -50,7 +50,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SETTLE_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
     /// Batched writers, each with its own database connection (MySQL; SQLite has one)
-    /// [default: 2].
+    /// [default: 1].
     #[arg(long, env = "SETTLE_STORE_WRITERS")]
     pub store_writers: Option<usize>,
     /// Most commands written in one database transaction [default: 256].

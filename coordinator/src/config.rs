@@ -72,7 +72,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 36789)),
             database_url: "sqlite:settle.db".to_owned(),
             max_connections: 16,
-            store_writers: 2,
+            store_writers: 1,
             max_batch: 256,
             retention_s: 7 * 24 * 3600,
             instance_id: String::new(),

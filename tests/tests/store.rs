@@ -78,7 +78,7 @@ async fn insert(store: &Store, t: GlobalTxn, branches: Vec<NewBranch>) {
     let gid = t.gid.clone();
     let now = t.create_time;
     store
-        .write(&gid, move |_| {
+        .write(&gid, move |_, _| {
             let mut c = Change::at(now);
             c.create = Some(t.clone());
             c.add_branches = branches.clone();
@@ -93,7 +93,7 @@ async fn enqueue(store: &Store, t: GlobalTxn, steps: Vec<NewBranch>, state: Outb
     let gid = t.gid.clone();
     let now = t.create_time;
     store
-        .write(&gid, move |_| {
+        .write(&gid, move |_, _| {
             let mut c = Change::at(now);
             c.create = Some(t.clone());
             c.add_branches = steps.clone();
@@ -119,7 +119,7 @@ on_both!(
         let steps = vec![branch("01", Op::Cancel), branch("01", Op::Confirm)];
         let (t2, s2) = (t.clone(), steps.clone());
         let first = store
-            .write("Round-Trip", move |c| txn::prepare::prepare(c, &t2, &s2))
+            .write("Round-Trip", move |c, _| txn::prepare::prepare(c, &t2, &s2))
             .await
             .unwrap();
         assert!(!first.duplicate);
@@ -129,7 +129,7 @@ on_both!(
         let mut other = txn("Round-Trip", GlobalStatus::Prepared, 2_000);
         other.custom_data = "changed".into();
         let again = store
-            .write("Round-Trip", move |c| {
+            .write("Round-Trip", move |c, _| {
                 txn::prepare::prepare(c, &other, &[branch("02", Op::Confirm)])
             })
             .await
@@ -157,7 +157,7 @@ on_both!(submit_takes_the_lease_and_finish_needs_it, |store| {
     let t = txn("g", GlobalStatus::Submitted, 2_000);
     let l = lease("a", "t1", 9_000);
     let submitted = store
-        .write("g", move |c| txn::submit::submit(c, &t, &[], &l, 2_000))
+        .write("g", move |c, _| txn::submit::submit(c, &t, &[], &l, 2_000))
         .await
         .unwrap();
     assert_eq!(
@@ -177,12 +177,12 @@ on_both!(submit_takes_the_lease_and_finish_needs_it, |store| {
         (GlobalStatus::Submitted, "a", "t1", 9_000, 9_000)
     );
     let err = store
-        .write("g", |c| txn::finish::finish(c, "stale", vec![], 3_000))
+        .write("g", |c, _| txn::finish::finish(c, "stale", vec![], 3_000))
         .await
         .unwrap_err();
     assert!(err.is_lease_lost(), "{err}");
     store
-        .write("g", |c| txn::finish::finish(c, "t1", vec![], 3_000))
+        .write("g", |c, _| txn::finish::finish(c, "t1", vec![], 3_000))
         .await
         .unwrap();
     let t = store.find("g").await.unwrap().unwrap();
@@ -199,7 +199,7 @@ on_both!(submit_takes_the_lease_and_finish_needs_it, |store| {
     insert(&store, txn("h", GlobalStatus::Prepared, 1_000), vec![]).await;
     let l = lease("a", "t2", 9_000);
     store
-        .write("h", move |c| txn::abort::abort(c, "why", &l, 4_000))
+        .write("h", move |c, _| txn::abort::abort(c, "why", &l, 4_000))
         .await
         .unwrap();
     let h = store.find("h").await.unwrap().unwrap();
@@ -217,7 +217,7 @@ on_both!(branches_register_only_while_prepared, |store| {
         let store = store.clone();
         async move {
             store
-                .write(gid, move |c| {
+                .write(gid, move |c, _| {
                     txn::register::register(c, TransType::Tcc, &ops, 1_100)
                 })
                 .await
@@ -260,10 +260,10 @@ on_both!(
                 let gid = format!("b{i}");
                 let t = txn(&gid, GlobalStatus::Prepared, 1_000);
                 store
-                    .write(&gid, move |c| txn::prepare::prepare(c, &t, &[]))
+                    .write(&gid, move |c, _| txn::prepare::prepare(c, &t, &[]))
                     .await?;
                 store
-                    .write(&gid, move |c| {
+                    .write(&gid, move |c, _| {
                         txn::register::register(c, TransType::Tcc, &ops, 1_100)
                     })
                     .await
@@ -274,7 +274,7 @@ on_both!(
             let ops = ops.clone();
             tokio::spawn(async move {
                 store
-                    .write("done", move |c| {
+                    .write("done", move |c, _| {
                         txn::register::register(c, TransType::Tcc, &ops, 1_100)
                     })
                     .await
@@ -307,10 +307,10 @@ on_both!(a_stale_lease_cannot_write_through_a_batch, |store| {
     insert(&store, txn("other", GlobalStatus::Prepared, 1_000), vec![]).await;
     // The old owner's finish and an unrelated change go in together.
     let (stale, fine) = tokio::join!(
-        store.write("g", |c| {
+        store.write("g", |c, _| {
             txn::finish::finish(c, "old", vec![("01".into(), Op::Confirm)], 2_000)
         }),
-        store.write("other", |c| txn::force_stop::force_stop(c, 2_000)),
+        store.write("other", |c, _| txn::force_stop::force_stop(c, 2_000)),
     );
     assert!(stale.unwrap_err().is_lease_lost());
     fine.unwrap();
@@ -393,12 +393,12 @@ on_both!(lease_fenced_writes_fail_once_the_lease_is_lost, |store| {
     t.lease_expire = 5_000;
     insert(&store, t, vec![branch("01", Op::Confirm)]).await;
     let err = store
-        .write("g", |c| txn::lease::renew(c, "stale", 12_000, 2_000))
+        .write("g", |c, _| txn::lease::renew(c, "stale", 12_000, 2_000))
         .await
         .unwrap_err();
     assert!(err.is_lease_lost());
     store
-        .write("g", |c| txn::lease::renew(c, "mine", 12_000, 2_000))
+        .write("g", |c, _| txn::lease::renew(c, "mine", 12_000, 2_000))
         .await
         .unwrap();
     let t = store.find("g").await.unwrap().unwrap();
@@ -419,7 +419,7 @@ on_both!(lease_fenced_writes_fail_once_the_lease_is_lost, |store| {
     };
     let l2 = left.clone();
     assert!(store
-        .write("g", move |c| txn::lease::schedule_retry(
+        .write("g", move |c, _| txn::lease::schedule_retry(
             c,
             "stale",
             l2.clone(),
@@ -429,7 +429,7 @@ on_both!(lease_fenced_writes_fail_once_the_lease_is_lost, |store| {
         .unwrap_err()
         .is_lease_lost());
     store
-        .write("g", move |c| {
+        .write("g", move |c, _| {
             txn::lease::schedule_retry(c, "mine", left.clone(), 3_000)
         })
         .await
@@ -484,7 +484,7 @@ on_both!(
             "the held message holds its key back"
         );
         store
-            .write("g", |c| txn::force_stop::force_stop(c, 3_000))
+            .write("g", |c, _| txn::force_stop::force_stop(c, 3_000))
             .await
             .unwrap();
         let branches = store.find_branches("g").await.unwrap();
@@ -560,7 +560,7 @@ async fn a_value_the_database_refuses_fails_only_its_own_command() {
             tokio::spawn(async move {
                 let gid = t.gid.clone();
                 store
-                    .write(&gid, move |c| txn::prepare::prepare(c, &t, &[]))
+                    .write(&gid, move |c, _| txn::prepare::prepare(c, &t, &[]))
                     .await
             })
         })
@@ -733,7 +733,7 @@ on_both!(
             "held"
         );
         store
-            .write("t3", |_| {
+            .write("t3", |_, _| {
                 let mut c = Change::at(2_500);
                 c.release_held = true;
                 Ok(Decision::Apply(c))

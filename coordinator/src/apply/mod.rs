@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
-use crate::store::{Applied, Claimed, Result, Store};
+use crate::store::{Applied, Claimed, Result, Stamp, Store};
 use crate::telemetry::Metrics;
 use crate::txn::change::RetryNote;
 use crate::txn::check_back::CheckBack;
@@ -99,11 +99,12 @@ impl Orchestrator {
         self.lease_ms
     }
 
-    fn new_lease(&self, now: i64) -> Lease {
+    /// The lease a batch grants this instance (the batch's token, from the batch's time).
+    fn lease(owner: &str, lease_ms: i64, stamp: &Stamp) -> Lease {
         Lease {
-            owner: self.instance_id.to_string(),
-            token: new_token(),
-            expire: now.saturating_add(self.lease_ms),
+            owner: owner.to_owned(),
+            token: stamp.token.clone(),
+            expire: stamp.now.saturating_add(lease_ms),
         }
     }
 
@@ -115,6 +116,21 @@ impl Orchestrator {
         }
     }
 
+    /// Writes a change decided under the lease `c` was claimed with: `decide` gets the
+    /// current state, the lease token and the batch's time.
+    async fn under_lease<F>(&self, c: &Claimed, decide: F) -> Result<Applied>
+    where
+        F: Fn(&Current, &str, i64) -> Result<txn::Decision<txn::Change>, txn::TxnError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let token = c.txn.lease_token.clone();
+        self.store
+            .write(&c.txn.gid, move |cur, s| decide(cur, &token, s.now))
+            .await
+    }
+
     /// `prepare`: opens `txn` (built with [`GlobalTxn::new`]) with the steps it carries.
     ///
     /// # Errors
@@ -122,7 +138,7 @@ impl Orchestrator {
     pub async fn prepare(&self, txn: GlobalTxn, steps: Vec<NewBranch>) -> Result<Applied> {
         let gid = txn.gid.clone();
         self.store
-            .write(&gid, move |c| txn::prepare::prepare(c, &txn, &steps))
+            .write(&gid, move |c, _| txn::prepare::prepare(c, &txn, &steps))
             .await
     }
 
@@ -137,10 +153,9 @@ impl Orchestrator {
         trans_type: TransType,
         branches: Vec<NewBranch>,
     ) -> Result<Applied> {
-        let now = self.clock.now_ms();
         self.store
-            .write(gid, move |c| {
-                txn::register::register(c, trans_type, &branches, now)
+            .write(gid, move |c, s| {
+                txn::register::register(c, trans_type, &branches, s.now)
             })
             .await
     }
@@ -152,13 +167,13 @@ impl Orchestrator {
     /// # Errors
     /// [`crate::store::StoreError::Txn`] for an illegal submit; a database error.
     pub async fn submit(&self, txn: GlobalTxn, carried: Vec<NewBranch>) -> Result<Option<Claimed>> {
-        let now = self.clock.now_ms();
-        let lease = self.new_lease(now);
+        let (owner, lease_ms) = (self.instance_id.clone(), self.lease_ms);
         let gid = txn.gid.clone();
         let applied = self
             .store
-            .write(&gid, move |c| {
-                txn::submit::submit(c, &txn, &carried, &lease, now)
+            .write(&gid, move |c, s| {
+                let lease = Self::lease(&owner, lease_ms, s);
+                txn::submit::submit(c, &txn, &carried, &lease, s.now)
             })
             .await?;
         if applied.duplicate {
@@ -174,11 +189,13 @@ impl Orchestrator {
     /// # Errors
     /// [`crate::store::StoreError::Txn`] for an illegal abort; a database error.
     pub async fn abort(&self, gid: &str, reason: String) -> Result<Option<Claimed>> {
-        let now = self.clock.now_ms();
-        let lease = self.new_lease(now);
+        let (owner, lease_ms) = (self.instance_id.clone(), self.lease_ms);
         let applied = self
             .store
-            .write(gid, move |c| txn::abort::abort(c, &reason, &lease, now))
+            .write(gid, move |c, s| {
+                let lease = Self::lease(&owner, lease_ms, s);
+                txn::abort::abort(c, &reason, &lease, s.now)
+            })
             .await?;
         Ok(if applied.duplicate {
             None
@@ -193,10 +210,9 @@ impl Orchestrator {
     /// [`crate::store::StoreError::Txn`] for an unknown or succeeded transaction; a database
     /// error.
     pub async fn force_stop(&self, gid: &str) -> Result<Applied> {
-        let now = self.clock.now_ms();
         let applied = self
             .store
-            .write(gid, move |c| txn::force_stop::force_stop(c, now))
+            .write(gid, |c, s| txn::force_stop::force_stop(c, s.now))
             .await?;
         self.finished(&applied);
         Ok(applied)
@@ -208,12 +224,9 @@ impl Orchestrator {
     /// # Errors
     /// A lost lease; a database error.
     pub async fn time_out(&self, c: &Claimed, reason: String) -> Result<Claimed> {
-        let now = self.clock.now_ms();
-        let token = c.txn.lease_token.clone();
         let applied = self
-            .store
-            .write(&c.txn.gid, move |cur| {
-                txn::timeout::time_out(cur, &token, &reason, now)
+            .under_lease(c, move |cur, token, now| {
+                txn::timeout::time_out(cur, token, &reason, now)
             })
             .await?;
         Ok(claimed(applied.current).unwrap_or_else(|| c.clone()))
@@ -226,12 +239,9 @@ impl Orchestrator {
     /// # Errors
     /// A lost lease; a database error.
     pub async fn check_back(&self, c: &Claimed, answer: CheckBack) -> Result<Claimed> {
-        let now = self.clock.now_ms();
-        let token = c.txn.lease_token.clone();
         let applied = self
-            .store
-            .write(&c.txn.gid, move |cur| {
-                txn::check_back::decide(cur, &token, &answer, now)
+            .under_lease(c, move |cur, token, now| {
+                txn::check_back::decide(cur, token, &answer, now)
             })
             .await?;
         self.finished(&applied);
@@ -247,12 +257,9 @@ impl Orchestrator {
     /// # Errors
     /// A lost lease; a database error.
     pub async fn finish(&self, c: &Claimed, done: Vec<(String, Op)>) -> Result<GlobalStatus> {
-        let now = self.clock.now_ms();
-        let token = c.txn.lease_token.clone();
         let applied = self
-            .store
-            .write(&c.txn.gid, move |cur| {
-                txn::finish::finish(cur, &token, done.clone(), now)
+            .under_lease(c, move |cur, token, now| {
+                txn::finish::finish(cur, token, done.clone(), now)
             })
             .await?;
         self.finished(&applied);
@@ -276,19 +283,16 @@ impl Orchestrator {
         next_cron_time: i64,
         retry: RetryNote,
     ) -> Result<()> {
-        let now = self.clock.now_ms();
-        let token = c.txn.lease_token.clone();
         let left = RoundLeft {
             done,
             release_held,
             next_cron_time,
             retry,
         };
-        self.store
-            .write(&c.txn.gid, move |cur| {
-                txn::lease::schedule_retry(cur, &token, left.clone(), now)
-            })
-            .await?;
+        self.under_lease(c, move |cur, token, now| {
+            txn::lease::schedule_retry(cur, token, left.clone(), now)
+        })
+        .await?;
         if release_held {
             self.dispatch.notify_one();
         }
@@ -300,13 +304,10 @@ impl Orchestrator {
     /// # Errors
     /// A lost lease; a database error.
     pub async fn release(&self, c: &Claimed, next_cron_time: i64) -> Result<()> {
-        let now = self.clock.now_ms();
-        let token = c.txn.lease_token.clone();
-        self.store
-            .write(&c.txn.gid, move |cur| {
-                txn::lease::release(cur, &token, next_cron_time, now)
-            })
-            .await?;
+        self.under_lease(c, move |cur, token, now| {
+            txn::lease::release(cur, token, next_cron_time, now)
+        })
+        .await?;
         Ok(())
     }
 
@@ -315,13 +316,282 @@ impl Orchestrator {
     /// # Errors
     /// A lost lease; a database error.
     pub async fn renew(&self, c: &Claimed, expire: i64) -> Result<()> {
-        let now = self.clock.now_ms();
-        let token = c.txn.lease_token.clone();
-        self.store
-            .write(&c.txn.gid, move |cur| {
-                txn::lease::renew(cur, &token, expire, now)
-            })
-            .await?;
+        self.under_lease(c, move |cur, token, now| {
+            txn::lease::renew(cur, token, expire, now)
+        })
+        .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ConnectOptions, StoreError};
+    use crate::txn::tcc::branch_ops;
+    use crate::txn::{BranchStatus, TransOptions, TxnError};
+
+    /// An orchestrator on an in-memory SQLite store whose clock starts at 1,000,000 ms.
+    /// (sqlx's pool waits on a thread of its own, which tokio's paused clock cannot see, so
+    /// the tests pass times to the scheduler's claims instead of pausing.)
+    async fn orchestrator() -> Orchestrator {
+        let clock = Clock::starting_at(1_000_000);
+        let store = Store::connect(&ConnectOptions {
+            clock,
+            ..ConnectOptions::new("sqlite::memory:")
+        })
+        .await
+        .expect("in-memory store");
+        Orchestrator::new(
+            store,
+            clock,
+            "me".into(),
+            10_000,
+            Arc::new(Metrics::default()),
+            Arc::new(Notify::new()),
+        )
+    }
+
+    fn txn(gid: &str, trans_type: TransType, status: GlobalStatus) -> GlobalTxn {
+        let options = TransOptions {
+            timeout_to_fail: 35,
+            request_timeout: 3,
+            retry_interval: 10,
+            branch_headers: Default::default(),
+            concurrent: false,
+            wait_result: false,
+            retry_limit: 0,
+        };
+        GlobalTxn::new(gid, trans_type, status, options, 1_000_000)
+    }
+
+    fn message(id: &str, key: &str) -> NewBranch {
+        NewBranch {
+            branch_id: id.into(),
+            op: Op::Action,
+            url: format!("rocketmq://Events?key={key}"),
+            data: "{}".into(),
+        }
+    }
+
+    async fn prepared_tcc(o: &Orchestrator, gid: &str) {
+        o.prepare(txn(gid, TransType::Tcc, GlobalStatus::Prepared), vec![])
+            .await
+            .unwrap();
+        let ops = branch_ops("01", "{}", "http://127.0.0.1:1/c", "http://127.0.0.1:1/x");
+        o.register(gid, TransType::Tcc, ops.to_vec()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_tcc_is_prepared_registered_submitted_and_finished_once() {
+        let o = orchestrator().await;
+        prepared_tcc(&o, "g").await;
+        let c = o
+            .submit(txn("g", TransType::Tcc, GlobalStatus::Submitted), vec![])
+            .await
+            .unwrap()
+            .expect("submitted");
+        assert_eq!(c.txn.status, GlobalStatus::Submitted);
+        assert_eq!(c.txn.owner, "me");
+        assert!(!c.txn.lease_token.is_empty());
+        assert_eq!(c.branches.len(), 2, "phase 2 gets the branches in memory");
+        assert!(o
+            .submit(txn("g", TransType::Tcc, GlobalStatus::Submitted), vec![])
+            .await
+            .unwrap()
+            .is_none());
+        let status = o
+            .finish(&c, vec![("01".into(), Op::Confirm)])
+            .await
+            .unwrap();
+        assert_eq!(status, GlobalStatus::Succeeded);
+        let stored = o.store().find("g").await.unwrap().unwrap();
+        assert_eq!(
+            (stored.status, stored.owner.as_str()),
+            (GlobalStatus::Succeeded, "")
+        );
+        let branches = o.store().find_branches("g").await.unwrap();
+        let confirm = branches.iter().find(|b| b.op == Op::Confirm).unwrap();
+        assert_eq!(confirm.status, BranchStatus::Succeeded);
+    }
+
+    #[tokio::test]
+    async fn a_registration_after_submit_is_refused_and_writes_nothing() {
+        let o = orchestrator().await;
+        prepared_tcc(&o, "g").await;
+        o.submit(txn("g", TransType::Tcc, GlobalStatus::Submitted), vec![])
+            .await
+            .unwrap();
+        let late = branch_ops("02", "{}", "http://127.0.0.1:1/c", "http://127.0.0.1:1/x");
+        let err = o
+            .register("g", TransType::Tcc, late.to_vec())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Txn(TxnError::Conflict { .. })),
+            "{err}"
+        );
+        assert_eq!(o.store().find_branches("g").await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_abort_cancels_and_fails_every_pending_branch() {
+        let o = orchestrator().await;
+        prepared_tcc(&o, "g").await;
+        let c = o
+            .abort("g", "no stock".into())
+            .await
+            .unwrap()
+            .expect("aborting");
+        assert_eq!(c.txn.status, GlobalStatus::Aborting);
+        assert_eq!(c.txn.rollback_reason, "no stock");
+        let status = o.finish(&c, vec![("01".into(), Op::Cancel)]).await.unwrap();
+        assert_eq!(status, GlobalStatus::Failed);
+        let branches = o.store().find_branches("g").await.unwrap();
+        let statuses: Vec<_> = branches.iter().map(|b| (b.op, b.status)).collect();
+        assert_eq!(
+            statuses,
+            [
+                (Op::Cancel, BranchStatus::Succeeded),
+                (Op::Confirm, BranchStatus::Failed)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn force_stop_of_a_submitted_tcc_drops_its_held_messages() {
+        let o = orchestrator().await;
+        prepared_tcc(&o, "g").await;
+        o.submit(
+            txn("g", TransType::Tcc, GlobalStatus::Submitted),
+            vec![message("m1", "k")],
+        )
+        .await
+        .unwrap()
+        .expect("submitted");
+        // A later message of the same key waits behind the held one.
+        o.submit(
+            txn("next", TransType::Msg, GlobalStatus::Submitted),
+            vec![message("01", "k")],
+        )
+        .await
+        .unwrap();
+        let now = o.clock().now_ms();
+        assert!(o
+            .store()
+            .claim_outbox_heads("me/1", now, now + 10_000, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        let stopped = o.force_stop("g").await.unwrap();
+        assert_eq!(
+            stopped.current.txn.as_ref().map(|t| t.status),
+            Some(GlobalStatus::Failed)
+        );
+        assert!(stopped
+            .current
+            .branches
+            .iter()
+            .all(|b| b.status == BranchStatus::Failed));
+        let heads = o
+            .store()
+            .claim_outbox_heads("me/2", now, now + 10_000, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            heads
+                .iter()
+                .map(|r| r.message_id.as_str())
+                .collect::<Vec<_>>(),
+            ["next-01"],
+            "the key moves on"
+        );
+        assert!(o.force_stop("g").await.unwrap().duplicate);
+    }
+
+    #[tokio::test]
+    async fn a_claimed_transaction_times_out_retries_and_releases_under_its_lease() {
+        let o = orchestrator().await;
+        prepared_tcc(&o, "g").await;
+        let now = o.clock().now_ms() + 40_000;
+        let mut claimed = o
+            .store()
+            .claim_due("me", "tok", now, now + 10_000, 10)
+            .await
+            .unwrap();
+        let c = claimed.pop().expect("due after its timeout");
+        let c = o
+            .time_out(&c, "Timeout after 35 seconds".into())
+            .await
+            .unwrap();
+        assert_eq!(c.txn.status, GlobalStatus::Aborting);
+        o.renew(&c, now + 20_000).await.unwrap();
+        o.schedule_retry(
+            &c,
+            vec![("01".into(), Op::Cancel)],
+            false,
+            now + 30_000,
+            RetryNote {
+                interval_s: 10,
+                count: 1,
+                last_error: "HTTP 500".into(),
+            },
+        )
+        .await
+        .unwrap();
+        let stored = o.store().find("g").await.unwrap().unwrap();
+        assert_eq!(
+            (
+                stored.next_cron_time,
+                stored.retry_count,
+                stored.lease_token.as_str()
+            ),
+            (now + 30_000, 1, "")
+        );
+        // The round's token is spent: nothing more is written with it.
+        assert!(o.release(&c, now).await.unwrap_err().is_lease_lost());
+    }
+
+    #[tokio::test]
+    async fn a_check_back_commits_or_drops_a_message() {
+        let o = orchestrator().await;
+        for gid in ["yes", "no"] {
+            let mut t = txn(gid, TransType::Msg, GlobalStatus::Prepared);
+            t.query_prepared = "http://127.0.0.1:1/query".into();
+            o.prepare(t, vec![message("01", gid)]).await.unwrap();
+        }
+        let now = o.clock().now_ms() + 40_000;
+        let claimed = o
+            .store()
+            .claim_due("me", "tok", now, now + 10_000, 10)
+            .await
+            .unwrap();
+        for c in claimed {
+            let answer = if c.txn.gid == "yes" {
+                CheckBack::Commit
+            } else {
+                CheckBack::Rollback
+            };
+            let after = o.check_back(&c, answer).await.unwrap();
+            let want = if c.txn.gid == "yes" {
+                GlobalStatus::Submitted
+            } else {
+                GlobalStatus::Failed
+            };
+            assert_eq!(after.txn.status, want, "{}", c.txn.gid);
+        }
+        let heads = o
+            .store()
+            .claim_outbox_heads("me/1", now, now + 10_000, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            heads
+                .iter()
+                .map(|r| r.message_id.as_str())
+                .collect::<Vec<_>>(),
+            ["yes-01"],
+            "only the committed message goes out"
+        );
     }
 }

@@ -32,12 +32,23 @@ use tracing::warn;
 
 use super::connect::{is_transient, pause_before_retry, Dialect, TRANSIENT_RETRIES};
 use super::{marks, rows, Result, Store, StoreError, BRANCH_COLUMNS, GLOBAL_COLUMNS};
+use crate::clock::Clock;
 use crate::txn::change::OutboxEffect;
 use crate::txn::{BranchStatus, Change, Current, Decision, OutboxMessage, OutboxState, TxnError};
 
+/// What a batch gives every command it decides: one time and one fresh fencing token, so that
+/// the rows a batch changes the same way are written by one statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    /// The batch's time, ms.
+    pub now: i64,
+    /// A fencing token for the leases the batch grants.
+    pub token: String,
+}
+
 /// A transition deciding a command's change from the transaction's current state. It may be
 /// called more than once (a batch that deadlocked is run again).
-pub type Decide = Box<dyn Fn(&Current) -> Result<Decision<Change>, TxnError> + Send + Sync>;
+pub type Decide = Box<dyn Fn(&Current, &Stamp) -> Result<Decision<Change>, TxnError> + Send + Sync>;
 
 /// A committed command: whether it was a duplicate, and the transaction's state after it.
 #[derive(Debug, Clone)]
@@ -89,12 +100,12 @@ impl fmt::Debug for Writer {
 
 impl Writer {
     /// Starts one writer task per connection.
-    pub(crate) fn start(conns: Vec<Conn>, max_batch: usize) -> Self {
+    pub(crate) fn start(conns: Vec<Conn>, max_batch: usize, clock: Clock) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let tasks = conns
             .into_iter()
-            .map(|conn| tokio::spawn(run(rx.clone(), conn, max_batch)))
+            .map(|conn| tokio::spawn(run(rx.clone(), conn, max_batch, clock)))
             .collect();
         Self {
             queue: Arc::new(Mutex::new(Some(tx))),
@@ -129,15 +140,15 @@ impl Writer {
 impl Store {
     /// Carries out one transition on the transaction `gid` through the batched writer:
     /// `decide` is called with the transaction's state, read under lock in the batch's
-    /// database transaction, and its change is written in that transaction. Returns once
-    /// the batch committed.
+    /// database transaction, and the batch's [`Stamp`]; its change is written in that
+    /// transaction. Returns once the batch committed.
     ///
     /// # Errors
     /// [`StoreError::Txn`] when the transition refused (nothing was written); a database
     /// error when the command could not be written.
     pub async fn write<F>(&self, gid: &str, decide: F) -> Result<Applied>
     where
-        F: Fn(&Current) -> Result<Decision<Change>, TxnError> + Send + Sync + 'static,
+        F: Fn(&Current, &Stamp) -> Result<Decision<Change>, TxnError> + Send + Sync + 'static,
     {
         let (reply, answer) = oneshot::channel();
         self.writer.send(Command {
@@ -153,6 +164,7 @@ async fn run(
     rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Command>>>,
     mut conn: Conn,
     max_batch: usize,
+    clock: Clock,
 ) {
     loop {
         let batch = {
@@ -169,12 +181,12 @@ async fn run(
             }
             batch
         };
-        run_batch(&mut conn, batch).await;
+        run_batch(&mut conn, batch, &clock).await;
     }
 }
 
-async fn run_batch(conn: &mut Conn, batch: Vec<Command>) {
-    match attempt(conn, &batch).await {
+async fn run_batch(conn: &mut Conn, batch: Vec<Command>, clock: &Clock) {
+    match attempt(conn, &batch, clock).await {
         Ok(results) => {
             for (cmd, r) in batch.into_iter().zip(results) {
                 let _ = cmd.reply.send(r.map_err(StoreError::from));
@@ -183,7 +195,7 @@ async fn run_batch(conn: &mut Conn, batch: Vec<Command>) {
         Err(e) if batch.len() > 1 => {
             warn!(error = %crate::driver::error_chain(&e), commands = batch.len(), "a batch failed; running its commands one by one");
             for cmd in batch {
-                let r = match attempt(conn, std::slice::from_ref(&cmd)).await {
+                let r = match attempt(conn, std::slice::from_ref(&cmd), clock).await {
                     Ok(mut results) => results
                         .pop()
                         .unwrap_or(Err(TxnError::NotFound {
@@ -225,9 +237,13 @@ fn is_duplicate_key(e: &sqlx::Error) -> bool {
 
 type Outcomes = Vec<std::result::Result<Applied, TxnError>>;
 
-async fn attempt(conn: &mut Conn, cmds: &[Command]) -> Result<Outcomes> {
+async fn attempt(conn: &mut Conn, cmds: &[Command], clock: &Clock) -> Result<Outcomes> {
     let mut tries = 0_u32;
     loop {
+        let stamp = Stamp {
+            now: clock.now_ms(),
+            token: uuid::Uuid::new_v4().simple().to_string(),
+        };
         let r = match conn {
             Conn::MySql { pool, conn } => {
                 if conn.is_none() {
@@ -236,7 +252,7 @@ async fn attempt(conn: &mut Conn, cmds: &[Command]) -> Result<Outcomes> {
                 let Some(c) = conn.as_mut() else {
                     return Err(StoreError::Closed);
                 };
-                let r = exec_mysql(c, cmds).await;
+                let r = exec_mysql(c, cmds, &stamp).await;
                 if matches!(&r, Err(StoreError::Database(e)) if !matches!(e, sqlx::Error::Database(_)))
                 {
                     // The connection broke: open another for the next try.
@@ -246,7 +262,7 @@ async fn attempt(conn: &mut Conn, cmds: &[Command]) -> Result<Outcomes> {
             }
             Conn::SqlitePool(pool) => {
                 let mut c = pool.acquire().await?;
-                exec_sqlite(&mut c, cmds).await
+                exec_sqlite(&mut c, cmds, &stamp).await
             }
         };
         match r {
@@ -265,7 +281,10 @@ async fn attempt(conn: &mut Conn, cmds: &[Command]) -> Result<Outcomes> {
 struct Work {
     current: Current,
     existed: bool,
+    /// Something changed: its branches are compared with what was read.
     dirty: bool,
+    /// Its own row changed.
+    global_dirty: bool,
     /// Status of each stored branch operation (by id) when read.
     read_status: HashMap<i64, BranchStatus>,
 }
@@ -302,17 +321,23 @@ impl Plan {
 }
 
 /// Decides every command against the state read, in order.
-fn decide_all(cmds: &[Command], work: &mut HashMap<String, Work>, plan: &mut Plan) -> Outcomes {
+fn decide_all(
+    cmds: &[Command],
+    stamp: &Stamp,
+    work: &mut HashMap<String, Work>,
+    plan: &mut Plan,
+) -> Outcomes {
     cmds.iter()
         .map(|cmd| {
             let w = work.get_mut(&cmd.gid).ok_or_else(|| TxnError::NotFound {
                 gid: cmd.gid.clone(),
             })?;
-            match (cmd.decide)(&w.current)? {
+            match (cmd.decide)(&w.current, stamp)? {
                 Decision::Apply(change) => {
                     let now = change.now;
                     let effect = w.current.apply(change)?;
                     w.dirty = true;
+                    w.global_dirty |= effect.global_changed;
                     plan.add(&cmd.gid, now, effect);
                     Ok(Applied {
                         duplicate: false,
@@ -395,8 +420,9 @@ fn next_seq_sql(dialect: Dialect, keys: usize) -> String {
 
 /// The body of one batch, for either database: `$tx` is an open transaction.
 macro_rules! batch_body {
-    ($tx:ident, $dialect:expr, $cmds:expr) => {{
+    ($tx:ident, $dialect:expr, $cmds:expr, $stamp:expr) => {{
         let cmds: &[Command] = $cmds;
+        let stamp: &Stamp = $stamp;
         let dialect: Dialect = $dialect;
         // 1. Read and lock, in gid order.
         let gids: BTreeSet<&str> = cmds.iter().map(|c| c.gid.as_str()).collect();
@@ -413,6 +439,7 @@ macro_rules! batch_body {
                         },
                         existed: false,
                         dirty: false,
+                        global_dirty: false,
                         read_status: HashMap::new(),
                     },
                 )
@@ -460,7 +487,7 @@ macro_rules! batch_body {
 
         // 2. Decide.
         let mut plan = Plan::default();
-        let outcomes = decide_all(cmds, &mut work, &mut plan);
+        let outcomes = decide_all(cmds, stamp, &mut work, &mut plan);
 
         // 3. Write: new transactions, changed transactions, branches, outbox.
         let mut dirty: Vec<&Work> = work.values().filter(|w| w.dirty).collect();
@@ -507,7 +534,7 @@ macro_rules! batch_body {
             q.execute(&mut *$tx).await?;
         }
         let mut groups: HashMap<GlobalValues, Vec<&str>> = HashMap::new();
-        for w in dirty.iter().filter(|w| w.existed) {
+        for w in dirty.iter().filter(|w| w.existed && w.global_dirty) {
             if let Some(t) = &w.current.txn {
                 groups
                     .entry(GlobalValues {
@@ -697,9 +724,13 @@ macro_rules! batch_body {
     }};
 }
 
-async fn exec_mysql(conn: &mut MySqlConnection, cmds: &[Command]) -> Result<Outcomes> {
+async fn exec_mysql(
+    conn: &mut MySqlConnection,
+    cmds: &[Command],
+    stamp: &Stamp,
+) -> Result<Outcomes> {
     let mut tx = conn.begin().await?;
-    let result: Result<Outcomes> = async { Ok(batch_body!(tx, Dialect::MySql, cmds)) }.await;
+    let result: Result<Outcomes> = async { Ok(batch_body!(tx, Dialect::MySql, cmds, stamp)) }.await;
     finish(tx, result).await
 }
 
@@ -721,9 +752,14 @@ async fn finish<DB: sqlx::Database>(
     }
 }
 
-async fn exec_sqlite(conn: &mut sqlx::SqliteConnection, cmds: &[Command]) -> Result<Outcomes> {
+async fn exec_sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    cmds: &[Command],
+    stamp: &Stamp,
+) -> Result<Outcomes> {
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    let result: Result<Outcomes> = async { Ok(batch_body!(tx, Dialect::Sqlite, cmds)) }.await;
+    let result: Result<Outcomes> =
+        async { Ok(batch_body!(tx, Dialect::Sqlite, cmds, stamp)) }.await;
     finish(tx, result).await
 }
 

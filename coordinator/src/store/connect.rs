@@ -18,6 +18,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use crate::clock::Clock;
+
 use super::{batch, migrate, redact_url, Result, Store, StoreError};
 
 /// Options for connecting to the store.
@@ -35,18 +37,21 @@ pub struct ConnectOptions {
     pub writers: usize,
     /// Most commands in one batch.
     pub max_batch: usize,
+    /// The clock batches take their time from.
+    pub clock: Clock,
 }
 
 impl ConnectOptions {
-    /// Options for `url` with the defaults: 16 pooled connections, 2 writers, batches of up
+    /// Options for `url` with the defaults: 16 pooled connections, 1 writer, batches of up
     /// to 256 commands.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             max_connections: 16,
             acquire_timeout: Duration::from_secs(10),
-            writers: 2,
+            writers: 1,
             max_batch: 256,
+            clock: Clock::system(),
         }
     }
 }
@@ -163,7 +168,9 @@ impl Store {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
+            // No health check on checkout: the database is in this process.
             let write = SqlitePoolOptions::new()
+                .test_before_acquire(false)
                 .max_connections(1)
                 .min_connections(1)
                 .idle_timeout(None)
@@ -177,6 +184,7 @@ impl Store {
                 write.clone()
             } else {
                 SqlitePoolOptions::new()
+                    .test_before_acquire(false)
                     .max_connections(options.max_connections.clamp(1, 4))
                     .acquire_timeout(options.acquire_timeout)
                     .connect_with(connect.read_only(true))
@@ -192,7 +200,7 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(redact_url(url)));
         };
-        let writer = batch::Writer::start(writers, options.max_batch.max(1));
+        let writer = batch::Writer::start(writers, options.max_batch.max(1), options.clock);
         Ok(Self { backend, writer })
     }
 

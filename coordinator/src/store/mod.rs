@@ -81,7 +81,7 @@ mod rows;
 
 use crate::txn::TxnError;
 
-pub use batch::Applied;
+pub use batch::{Applied, Stamp};
 pub use connect::{ConnectOptions, Dialect};
 pub use globals::ListFilter;
 pub use leases::Claimed;

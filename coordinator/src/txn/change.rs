@@ -140,6 +140,8 @@ pub struct OutboxEffect {
     pub release_held: bool,
     /// Held messages will never go out.
     pub drop_held: bool,
+    /// The transaction's own row changed (not only its branches).
+    pub global_changed: bool,
 }
 
 impl Current {
@@ -149,7 +151,15 @@ impl Current {
     /// [`TxnError::NotFound`] for a change to a transaction that does not exist.
     pub fn apply(&mut self, change: Change) -> Result<OutboxEffect, TxnError> {
         let now = change.now;
-        let mut effect = OutboxEffect::default();
+        let mut effect = OutboxEffect {
+            global_changed: change.create.is_some()
+                || change.to.is_some()
+                || change.rollback_reason.is_some()
+                || change.next_cron_time.is_some()
+                || change.retry.is_some()
+                || change.lease != LeaseWrite::Keep,
+            ..OutboxEffect::default()
+        };
         if let Some(created) = change.create {
             self.txn = Some(created);
             self.branches.clear();
@@ -159,7 +169,9 @@ impl Current {
                 gid: self.gid.clone(),
             });
         };
-        txn.update_time = now;
+        if effect.global_changed {
+            txn.update_time = now;
+        }
         if let Some(reason) = change.rollback_reason {
             txn.rollback_reason = reason;
             txn.rollback_time = Some(now);
@@ -299,6 +311,23 @@ mod tests {
             ]
         );
         assert_eq!(c.txn.as_ref().unwrap().finish_time, Some(9));
+    }
+
+    #[test]
+    fn adding_branches_leaves_the_transactions_row_alone() {
+        let mut c = current(GlobalStatus::Prepared);
+        let before = c.txn.clone();
+        let mut change = Change::at(3);
+        change.add_branches = vec![NewBranch {
+            branch_id: "03".into(),
+            op: Op::Confirm,
+            url: "http://127.0.0.1:1/x".into(),
+            data: String::new(),
+        }];
+        let effect = c.apply(change).unwrap();
+        assert!(!effect.global_changed);
+        assert_eq!(c.txn, before);
+        assert_eq!(c.branches.len(), 5);
     }
 
     #[test]
