@@ -315,3 +315,80 @@ async fn wait_result_follows_retries_until_request_timeout() -> anyhow::Result<(
     app.stop().await;
     Ok(())
 }
+
+/// 200 TCCs at once, about one Try in seven failing: the batched writer takes their
+/// prepares, registrations, submits and aborts together, and every branch is confirmed or
+/// cancelled exactly once, as its transaction decided.
+async fn concurrent_tccs_settle_as_decided(database_url: &str) -> anyhow::Result<()> {
+    let app = spawn_coordinator(test_config(database_url)).await?;
+    let p = Participant::start().await?;
+    let tries: Vec<u16> = (0..400)
+        .map(|i| if i % 7 == 3 { 409 } else { 200 })
+        .collect();
+    p.script("try", &tries);
+    let client = SettleClient::new(app.api_url());
+    let mut runs = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let (client, p) = (client.clone(), p.clone());
+        runs.spawn(async move {
+            let gid = format!("many-{i}");
+            let outcome = two_branch_tcc(&client, &p, &gid).await;
+            (gid, outcome)
+        });
+    }
+    let mut decided = Vec::new();
+    while let Some(r) = runs.join_next().await {
+        let (gid, outcome) = r?;
+        if let Err(e) = &outcome {
+            assert!(e.is_failure(), "{gid}: {e}");
+        }
+        decided.push((gid, outcome.is_ok()));
+    }
+    let committed = decided.iter().filter(|(_, ok)| *ok).count();
+    assert!(
+        committed > 100 && committed < 200,
+        "some commit, some roll back: {committed}"
+    );
+    for (gid, ok) in &decided {
+        let want = if *ok { "succeed" } else { "failed" };
+        assert_eq!(client.wait_final(gid, SETTLE).await?, want, "{gid}");
+    }
+    let calls = p.calls();
+    for (gid, ok) in &decided {
+        let tried: Vec<String> = calls
+            .iter()
+            .filter(|c| &c.params.gid == gid && c.params.op == "try")
+            .map(|c| c.params.branch_id.clone())
+            .collect();
+        let (done, never) = if *ok {
+            ("confirm", "cancel")
+        } else {
+            ("cancel", "confirm")
+        };
+        let mut ids = branch_ids(&p, gid, done);
+        ids.sort();
+        let mut want = tried.clone();
+        want.sort();
+        assert_eq!(
+            ids, want,
+            "{gid}: each registered branch {done}ed exactly once"
+        );
+        assert!(branch_ids(&p, gid, never).is_empty(), "{gid}: no {never}");
+    }
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_tccs_with_try_failures_settle_as_decided_on_mysql(
+) -> anyhow::Result<()> {
+    let db = TestDb::mysql().await?;
+    concurrent_tccs_settle_as_decided(&db.url).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_tccs_with_try_failures_settle_as_decided_on_sqlite(
+) -> anyhow::Result<()> {
+    let db = TestSqlite::new();
+    concurrent_tccs_settle_as_decided(&db.url).await
+}
