@@ -175,3 +175,110 @@ async fn two_coordinators_on_one_database_confirm_each_branch_exactly_once() -> 
     b.stop().await;
     Ok(())
 }
+
+/// What one worker saw before the coordinator died.
+#[derive(Default)]
+struct Seen {
+    /// Prepares answered 200.
+    prepared: Vec<String>,
+    /// Submits answered 200.
+    submitted: Vec<String>,
+    /// Registrations after submit answered 409.
+    refused: Vec<String>,
+}
+
+async fn post(
+    http: &reqwest::Client,
+    api: &str,
+    route: &str,
+    body: &serde_json::Value,
+) -> Option<u16> {
+    let r = http
+        .post(format!("{api}/{route}"))
+        .json(body)
+        .send()
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    r.text().await.ok()?;
+    Some(status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coordinator_killed_with_batches_in_flight_keeps_exactly_what_it_answered(
+) -> anyhow::Result<()> {
+    settle_tests::init();
+    let db = TestDb::mysql().await?;
+    let fast = ["--lease-ms", "1500", "--poll-interval-ms", "100"];
+    let first = SettleProcess::start(BINARY, &db.url, &fast).await?;
+    let http = reqwest::Client::new();
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..32 {
+        let (http, api) = (http.clone(), first.api.clone());
+        workers.spawn(async move {
+            let mut seen = Seen::default();
+            for i in 0.. {
+                let gid = format!("kill-{w}-{i}");
+                let global = json!({"gid": gid, "trans_type": "tcc"});
+                match post(&http, &api, "prepare", &global).await {
+                    Some(200) => seen.prepared.push(gid.clone()),
+                    Some(_) => continue,
+                    None => break,
+                }
+                match post(&http, &api, "submit", &global).await {
+                    Some(200) => seen.submitted.push(gid.clone()),
+                    Some(_) => continue,
+                    None => break,
+                }
+                let late = json!({
+                    "gid": gid, "trans_type": "tcc", "branch_id": "01", "data": "{}",
+                    "confirm": "http://127.0.0.1:9/c", "cancel": "http://127.0.0.1:9/x",
+                });
+                match post(&http, &api, "registerBranch", &late).await {
+                    Some(409) => seen.refused.push(gid),
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            seen
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first.kill().await?;
+    let mut seen = Seen::default();
+    while let Some(r) = workers.join_next().await {
+        let s = r?;
+        seen.prepared.extend(s.prepared);
+        seen.submitted.extend(s.submitted);
+        seen.refused.extend(s.refused);
+    }
+    assert!(
+        seen.submitted.len() > 50,
+        "the load ran: {} submitted",
+        seen.submitted.len()
+    );
+
+    let second = SettleProcess::start(BINARY, &db.url, &fast).await?;
+    let client = SettleClient::new(second.api.clone());
+    for gid in &seen.prepared {
+        assert!(
+            client.status(gid).await?.is_some(),
+            "{gid} was answered 200 to prepare, so it is stored"
+        );
+    }
+    for gid in &seen.submitted {
+        assert_eq!(
+            client.wait_final(gid, Duration::from_secs(30)).await?,
+            "succeed",
+            "{gid} was answered 200 to submit"
+        );
+    }
+    for gid in &seen.refused {
+        assert!(
+            client.query(gid).await?.branches.is_empty(),
+            "{gid}: a refused registration wrote nothing"
+        );
+    }
+    second.kill().await?;
+    Ok(())
+}
