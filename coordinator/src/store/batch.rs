@@ -160,6 +160,11 @@ impl Store {
     }
 }
 
+/// The queue, locked by the writer whose turn it is: a writer takes the commands queued and
+/// keeps the turn until its batch has written everything but the commit, so that the next
+/// batch is read and written while this one waits for the disk.
+type Turn = tokio::sync::OwnedMutexGuard<mpsc::UnboundedReceiver<Command>>;
+
 async fn run(
     rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Command>>>,
     mut conn: Conn,
@@ -167,26 +172,25 @@ async fn run(
     clock: Clock,
 ) {
     loop {
-        let batch = {
-            let mut rx = rx.lock().await;
-            let Some(first) = rx.recv().await else {
-                return;
-            };
-            let mut batch = vec![first];
-            while batch.len() < max_batch {
-                match rx.try_recv() {
-                    Ok(c) => batch.push(c),
-                    Err(_) => break,
-                }
-            }
-            batch
+        let mut turn = rx.clone().lock_owned().await;
+        let Some(first) = turn.recv().await else {
+            return;
         };
-        run_batch(&mut conn, batch, &clock).await;
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match turn.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut conn, batch, &clock, Some(turn)).await;
     }
 }
 
-async fn run_batch(conn: &mut Conn, batch: Vec<Command>, clock: &Clock) {
-    match attempt(conn, &batch, clock).await {
+async fn run_batch(conn: &mut Conn, batch: Vec<Command>, clock: &Clock, mut turn: Option<Turn>) {
+    let first = attempt(conn, &batch, clock, &mut turn).await;
+    drop(turn);
+    match first {
         Ok(results) => {
             for (cmd, r) in batch.into_iter().zip(results) {
                 let _ = cmd.reply.send(r.map_err(StoreError::from));
@@ -195,7 +199,7 @@ async fn run_batch(conn: &mut Conn, batch: Vec<Command>, clock: &Clock) {
         Err(e) if batch.len() > 1 => {
             warn!(error = %crate::driver::error_chain(&e), commands = batch.len(), "a batch failed; running its commands one by one");
             for cmd in batch {
-                let r = match attempt(conn, std::slice::from_ref(&cmd), clock).await {
+                let r = match attempt(conn, std::slice::from_ref(&cmd), clock, &mut None).await {
                     Ok(mut results) => results
                         .pop()
                         .unwrap_or(Err(TxnError::NotFound {
@@ -237,7 +241,12 @@ fn is_duplicate_key(e: &sqlx::Error) -> bool {
 
 type Outcomes = Vec<std::result::Result<Applied, TxnError>>;
 
-async fn attempt(conn: &mut Conn, cmds: &[Command], clock: &Clock) -> Result<Outcomes> {
+async fn attempt(
+    conn: &mut Conn,
+    cmds: &[Command],
+    clock: &Clock,
+    turn: &mut Option<Turn>,
+) -> Result<Outcomes> {
     let mut tries = 0_u32;
     loop {
         let stamp = Stamp {
@@ -252,7 +261,7 @@ async fn attempt(conn: &mut Conn, cmds: &[Command], clock: &Clock) -> Result<Out
                 let Some(c) = conn.as_mut() else {
                     return Err(StoreError::Closed);
                 };
-                let r = exec_mysql(c, cmds, &stamp).await;
+                let r = exec_mysql(c, cmds, &stamp, turn).await;
                 if matches!(&r, Err(StoreError::Database(e)) if !matches!(e, sqlx::Error::Database(_)))
                 {
                     // The connection broke: open another for the next try.
@@ -262,7 +271,7 @@ async fn attempt(conn: &mut Conn, cmds: &[Command], clock: &Clock) -> Result<Out
             }
             Conn::SqlitePool(pool) => {
                 let mut c = pool.acquire().await?;
-                exec_sqlite(&mut c, cmds, &stamp).await
+                exec_sqlite(&mut c, cmds, &stamp, turn).await
             }
         };
         match r {
@@ -728,9 +737,12 @@ async fn exec_mysql(
     conn: &mut MySqlConnection,
     cmds: &[Command],
     stamp: &Stamp,
+    turn: &mut Option<Turn>,
 ) -> Result<Outcomes> {
     let mut tx = conn.begin().await?;
     let result: Result<Outcomes> = async { Ok(batch_body!(tx, Dialect::MySql, cmds, stamp)) }.await;
+    // The next batch may start now: this one only has its commit left.
+    turn.take();
     finish(tx, result).await
 }
 
@@ -756,10 +768,12 @@ async fn exec_sqlite(
     conn: &mut sqlx::SqliteConnection,
     cmds: &[Command],
     stamp: &Stamp,
+    turn: &mut Option<Turn>,
 ) -> Result<Outcomes> {
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     let result: Result<Outcomes> =
         async { Ok(batch_body!(tx, Dialect::Sqlite, cmds, stamp)) }.await;
+    turn.take();
     finish(tx, result).await
 }
 
