@@ -14,6 +14,19 @@ use tracing::{info, warn};
 use super::{marks, Result, Store};
 use crate::clock::Clock;
 
+/// The first column of each row, as text.
+fn first_strings<R>(rows: &[R]) -> Result<Vec<String>>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get_unchecked::<String, _>(0))
+        .collect::<std::result::Result<_, _>>()?)
+}
+
 /// What one purge deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
@@ -37,14 +50,11 @@ impl Store {
                     AND finish_time < ? ORDER BY finish_time LIMIT ?";
         let for_update = self.dialect().for_update();
         on_writer!(self, pool => {
-            let gids: Vec<String> = sqlx::query(find)
+            let gids = first_strings(&sqlx::query(find)
                 .bind(finished_before)
                 .bind(limit.max(1))
                 .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|r| r.try_get_unchecked::<String, _>(0))
-                .collect::<std::result::Result<_, _>>()?;
+                .await?)?;
             if gids.is_empty() {
                 return Ok(Purged::default());
             }
@@ -59,12 +69,9 @@ impl Store {
             for g in &gids {
                 q = q.bind(g);
             }
-            let gids: Vec<String> = q
+            let gids = first_strings(&q
                 .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| r.try_get_unchecked::<String, _>(0))
-                .collect::<std::result::Result<_, _>>()?;
+                .await?)?;
             if gids.is_empty() {
                 tx.rollback().await?;
                 return Ok(Purged::default());
@@ -75,12 +82,9 @@ impl Store {
             for g in &gids {
                 q = q.bind(g);
             }
-            let keys: Vec<String> = q
+            let keys = first_strings(&q
                 .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| r.try_get_unchecked::<String, _>(0))
-                .collect::<std::result::Result<_, _>>()?;
+                .await?)?;
             let mut purged = Purged::default();
             for (table, counter) in [("outbox", 0), ("trans_branch_op", 1), ("trans_global", 2)] {
                 let sql = format!("DELETE FROM {table} WHERE gid IN ({list})");
@@ -108,12 +112,9 @@ impl Store {
                 for k in &keys {
                     q = q.bind(k);
                 }
-                let used: Vec<String> = q
+                let used = first_strings(&q
                     .fetch_all(&mut *tx)
-                    .await?
-                    .iter()
-                    .map(|r| r.try_get_unchecked::<String, _>(0))
-                    .collect::<std::result::Result<_, _>>()?;
+                    .await?)?;
                 let free: Vec<&String> = keys.iter().filter(|k| !used.contains(k)).collect();
                 if !free.is_empty() {
                     let sql = format!("DELETE FROM outbox_key_seq WHERE sharding_key IN ({})", marks(free.len()));
