@@ -329,7 +329,7 @@ mod tests {
     use super::*;
     use crate::store::{ConnectOptions, StoreError};
     use crate::txn::tcc::branch_ops;
-    use crate::txn::{BranchStatus, TransOptions, TxnError};
+    use crate::txn::{BranchStatus, TxnError};
 
     /// An orchestrator on an in-memory SQLite store whose clock starts at 1,000,000 ms.
     /// (sqlx's pool waits on a thread of its own, which tokio's paused clock cannot see, so
@@ -353,16 +353,21 @@ mod tests {
     }
 
     fn txn(gid: &str, trans_type: TransType, status: GlobalStatus) -> GlobalTxn {
-        let options = TransOptions {
-            timeout_to_fail: 35,
-            request_timeout: 3,
-            retry_interval: 10,
-            branch_headers: Default::default(),
-            concurrent: false,
-            wait_result: false,
-            retry_limit: 0,
-        };
-        GlobalTxn::new(gid, trans_type, status, options, 1_000_000)
+        GlobalTxn {
+            gid: gid.into(),
+            ..crate::txn::model::sample(trans_type, status)
+        }
+    }
+
+    /// The ids of the messages the dispatcher may deliver at `now` (claimed by `owner`).
+    async fn deliverable(o: &Orchestrator, owner: &str, now: i64) -> Vec<String> {
+        o.store()
+            .claim_outbox_heads(owner, now, now + 10_000, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.message_id)
+            .collect()
     }
 
     fn message(id: &str, key: &str) -> NewBranch {
@@ -477,12 +482,7 @@ mod tests {
         .await
         .unwrap();
         let now = o.clock().now_ms();
-        assert!(o
-            .store()
-            .claim_outbox_heads("me/1", now, now + 10_000, 10)
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(deliverable(&o, "me/1", now).await.is_empty());
         let stopped = o.force_stop("g").await.unwrap();
         assert_eq!(
             stopped.current.txn.as_ref().map(|t| t.status),
@@ -493,16 +493,8 @@ mod tests {
             .branches
             .iter()
             .all(|b| b.status == BranchStatus::Failed));
-        let heads = o
-            .store()
-            .claim_outbox_heads("me/2", now, now + 10_000, 10)
-            .await
-            .unwrap();
         assert_eq!(
-            heads
-                .iter()
-                .map(|r| r.message_id.as_str())
-                .collect::<Vec<_>>(),
+            deliverable(&o, "me/2", now).await,
             ["next-01"],
             "the key moves on"
         );
@@ -580,16 +572,8 @@ mod tests {
             };
             assert_eq!(after.txn.status, want, "{}", c.txn.gid);
         }
-        let heads = o
-            .store()
-            .claim_outbox_heads("me/1", now, now + 10_000, 10)
-            .await
-            .unwrap();
         assert_eq!(
-            heads
-                .iter()
-                .map(|r| r.message_id.as_str())
-                .collect::<Vec<_>>(),
+            deliverable(&o, "me/1", now).await,
             ["yes-01"],
             "only the committed message goes out"
         );
