@@ -158,7 +158,7 @@ impl Application {
                 reason: e.to_string(),
             })?;
             let dispatcher = Arc::new(Dispatcher::new(
-                store.clone(),
+                apply.clone(),
                 Arc::new(sink),
                 DispatchSettings {
                     instance_id: instance_id.clone(),

@@ -3,14 +3,15 @@
 //!
 //! - [`Client`]: the client runtime (one per process).
 //! - [`Producer`]: publishes a message on the queue chosen by hashing its sharding key, so
-//!   messages with one key land on one queue, in the order they are sent.
+//!   messages with one key land on one queue, in the order they are sent; or many messages
+//!   at once, one batch per queue ([`Producer::send_ordered`]).
 //! - [`OrderlyConsumer`]: consumes a topic queue by queue, one message at a time, handing
 //!   each to an async handler; a handler error suspends the queue and retries the same
 //!   message, so order is kept.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use rocketmq_client_rust::{
@@ -20,6 +21,7 @@ use rocketmq_client_rust::{
 };
 use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
 use rocketmq_model::common::message::message_ext::MessageExt;
+use rocketmq_model::common::message::message_queue::MessageQueue;
 use rocketmq_model::common::message::message_single::Message;
 use rocketmq_observability::TelemetryHandle;
 use rocketmq_protocol::protocol::heartbeat::message_model::MessageModel;
@@ -101,11 +103,22 @@ pub struct Outgoing<'a> {
     pub body: &'a [u8],
 }
 
+/// Each topic's queues, as last fetched from the name server, and when.
+type QueueCache = HashMap<String, (Instant, Arc<Vec<MessageQueue>>)>;
+
 /// Publishes messages, in order per sharding key.
 pub struct Producer {
     inner: DefaultMQProducer,
     send_timeout: Duration,
+    queues: Mutex<QueueCache>,
 }
+
+/// Most messages sent to a queue in one request.
+pub const MAX_BATCH_MESSAGES: usize = 64;
+/// Most body bytes sent to a queue in one request (the broker's limit is 4 MiB).
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// How long a topic's queues are used before being fetched again.
+const QUEUES_TTL: Duration = Duration::from_secs(30);
 
 impl Producer {
     /// Starts a producer in `group` against the name server at `namesrv` (`host:port`).
@@ -126,6 +139,7 @@ impl Producer {
         Ok(Self {
             inner,
             send_timeout,
+            queues: Mutex::new(HashMap::new()),
         })
     }
 
@@ -147,20 +161,9 @@ impl Producer {
     /// # Errors
     /// Not acknowledged (broker down, refused, timed out).
     pub async fn send(&self, msg: &Outgoing<'_>) -> Result<String, Error> {
-        let mut builder = Message::builder()
-            .topic(msg.topic.to_owned())
-            .body_slice(msg.body)
-            .keys(vec![msg.message_id.to_owned()]);
-        if !msg.tag.is_empty() {
-            builder = builder.tags(msg.tag.to_owned());
-        }
-        let message = builder.build().map_err(client_error)?;
+        let message = build_message(msg)?;
         let timeout = u64::try_from(self.send_timeout.as_millis()).unwrap_or(3_000);
-        let key = if msg.sharding_key.is_empty() {
-            msg.message_id.to_owned()
-        } else {
-            msg.sharding_key.to_owned()
-        };
+        let key = queue_key(msg);
         let selector = SelectMessageQueueByHash;
         let sent = tokio::time::timeout(
             self.send_timeout + Duration::from_secs(1),
@@ -176,12 +179,8 @@ impl Producer {
         .map_err(client_error)?;
         match sent {
             Some(result) => {
-                let status = format!("{:?}", result.send_status);
-                if status.contains("SendOk") || status.contains("SEND_OK") {
-                    Ok(result.msg_id.map(|id| id.to_string()).unwrap_or_default())
-                } else {
-                    Err(Error::NotAcknowledged(status))
-                }
+                acknowledged(&result.send_status)?;
+                Ok(result.msg_id.map(|id| id.to_string()).unwrap_or_default())
             }
             None => Err(Error::NotAcknowledged(
                 "the client returned no send result".into(),
@@ -189,9 +188,213 @@ impl Producer {
         }
     }
 
+    /// Publishes `msgs`, keeping their order per sharding key, and returns each one's result
+    /// in the same order. Messages bound to one queue (the queue [`Producer::send`] would
+    /// pick) go out together, in batches sent one after the other; queues are sent to at once.
+    /// Once a batch of a queue fails, the queue's later messages are not sent (they fail
+    /// too), so that for each key the messages acknowledged are always a prefix of those
+    /// given.
+    pub async fn send_ordered(&self, msgs: &[Outgoing<'_>]) -> Vec<Result<(), Error>> {
+        let mut results: Vec<Option<Result<(), Error>>> = msgs.iter().map(|_| None).collect();
+        // Group by topic and queue, keeping the order given.
+        let mut groups: Vec<(MessageQueue, Vec<usize>)> = Vec::new();
+        let mut topics: HashMap<&str, Result<Arc<Vec<MessageQueue>>, String>> = HashMap::new();
+        for (i, m) in msgs.iter().enumerate() {
+            if !topics.contains_key(m.topic) {
+                let queues = self.queues_of(m.topic).await.map_err(|e| e.to_string());
+                topics.insert(m.topic, queues);
+            }
+            let queue = match &topics[m.topic] {
+                Ok(queues) => pick_queue(queues, &queue_key(m)),
+                Err(e) => {
+                    results[i] = Some(Err(Error::Client(e.clone())));
+                    continue;
+                }
+            };
+            let Some(queue) = queue else {
+                results[i] = Some(Err(Error::Client(format!(
+                    "topic {} has no queue",
+                    m.topic
+                ))));
+                continue;
+            };
+            match groups.iter_mut().find(|(q, _)| *q == queue) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((queue, vec![i])),
+            }
+        }
+        let sent = futures_util::future::join_all(
+            groups
+                .iter()
+                .map(|(queue, members)| self.send_to_queue(msgs, queue, members)),
+        )
+        .await;
+        let mut refreshed = false;
+        for ((_, members), outcome) in groups.iter().zip(sent) {
+            for (i, r) in members.iter().zip(outcome) {
+                if r.is_err() && !refreshed {
+                    // The route may have changed: fetch it again next time.
+                    self.forget_queues(msgs[*i].topic);
+                    refreshed = true;
+                }
+                results[*i] = Some(r);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::NotAcknowledged("not sent".into()))))
+            .collect()
+    }
+
+    /// Sends the messages `members` of `msgs` to `queue`, batch after batch, stopping at the
+    /// first failure. One result per member.
+    async fn send_to_queue(
+        &self,
+        msgs: &[Outgoing<'_>],
+        queue: &MessageQueue,
+        members: &[usize],
+    ) -> Vec<Result<(), Error>> {
+        let mut out = Vec::with_capacity(members.len());
+        let mut start = 0;
+        while start < members.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < members.len()
+                && end - start < MAX_BATCH_MESSAGES
+                && (end == start || bytes + msgs[members[end]].body.len() <= MAX_BATCH_BYTES)
+            {
+                bytes += msgs[members[end]].body.len();
+                end += 1;
+            }
+            let r = self.send_batch(msgs, queue, &members[start..end]).await;
+            let failed = r.is_err();
+            for _ in start..end {
+                out.push(match &r {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(Error::NotAcknowledged(e.to_string())),
+                });
+            }
+            start = end;
+            if failed {
+                while out.len() < members.len() {
+                    out.push(Err(Error::NotAcknowledged(
+                        "not sent: an earlier message of its queue was not acknowledged".into(),
+                    )));
+                }
+                break;
+            }
+        }
+        out
+    }
+
+    async fn send_batch(
+        &self,
+        msgs: &[Outgoing<'_>],
+        queue: &MessageQueue,
+        members: &[usize],
+    ) -> Result<(), Error> {
+        let timeout = u64::try_from(self.send_timeout.as_millis()).unwrap_or(3_000);
+        let within = self.send_timeout + Duration::from_secs(1);
+        let no_answer =
+            || Error::NotAcknowledged(format!("no answer within {:?}", self.send_timeout));
+        let result = if let [one] = members {
+            let message = build_message(&msgs[*one])?;
+            tokio::time::timeout(
+                within,
+                self.inner
+                    .send_to_queue_with_timeout(message, queue.clone(), timeout),
+            )
+            .await
+            .map_err(|_| no_answer())?
+            .map_err(client_error)?
+            .ok_or_else(|| Error::NotAcknowledged("the client returned no send result".into()))?
+        } else {
+            let batch = members
+                .iter()
+                .map(|i| build_message(&msgs[*i]))
+                .collect::<Result<Vec<_>, _>>()?;
+            tokio::time::timeout(
+                within,
+                self.inner
+                    .send_batch_to_queue_with_timeout(batch, queue.clone(), timeout),
+            )
+            .await
+            .map_err(|_| no_answer())?
+            .map_err(client_error)?
+        };
+        acknowledged(&result.send_status).map(drop)
+    }
+
+    async fn queues_of(&self, topic: &str) -> Result<Arc<Vec<MessageQueue>>, Error> {
+        if let Some((at, queues)) = self.lock_queues().get(topic) {
+            if at.elapsed() < QUEUES_TTL {
+                return Ok(queues.clone());
+            }
+        }
+        let mut inner = self.inner.clone();
+        // In the order of the topic's route, as `send` sees them: both pick one queue for a key.
+        let queues = inner
+            .fetch_publish_message_queues(topic)
+            .await
+            .map_err(client_error)?;
+        let queues = Arc::new(queues);
+        self.lock_queues()
+            .insert(topic.to_owned(), (Instant::now(), queues.clone()));
+        Ok(queues)
+    }
+
+    fn forget_queues(&self, topic: &str) {
+        self.lock_queues().remove(topic);
+    }
+
+    fn lock_queues(&self) -> std::sync::MutexGuard<'_, QueueCache> {
+        self.queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Stops the producer.
     pub async fn shutdown(&mut self) {
         self.inner.shutdown().await;
+    }
+}
+
+/// The key a message's queue is chosen by: its sharding key, or its id when it has none.
+fn queue_key(msg: &Outgoing<'_>) -> String {
+    if msg.sharding_key.is_empty() {
+        msg.message_id.to_owned()
+    } else {
+        msg.sharding_key.to_owned()
+    }
+}
+
+/// The queue [`SelectMessageQueueByHash`] picks for `key`.
+fn pick_queue(queues: &[MessageQueue], key: &String) -> Option<MessageQueue> {
+    let probe = Message::builder()
+        .topic("probe")
+        .body_slice(b"")
+        .build_unchecked();
+    SelectMessageQueueByHash.select(queues, &probe, key)
+}
+
+fn build_message(msg: &Outgoing<'_>) -> Result<Message, Error> {
+    let mut builder = Message::builder()
+        .topic(msg.topic.to_owned())
+        .body_slice(msg.body)
+        .keys(vec![msg.message_id.to_owned()]);
+    if !msg.tag.is_empty() {
+        builder = builder.tags(msg.tag.to_owned());
+    }
+    builder.build().map_err(client_error)
+}
+
+/// Whether the broker stored the message(s): `Ok` with the status text, or the error.
+fn acknowledged(status: &impl std::fmt::Debug) -> Result<String, Error> {
+    let status = format!("{status:?}");
+    if status.contains("SendOk") || status.contains("SEND_OK") {
+        Ok(status)
+    } else {
+        Err(Error::NotAcknowledged(status))
     }
 }
 

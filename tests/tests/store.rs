@@ -6,7 +6,7 @@
 // allowance does not reach them.
 #![allow(clippy::unwrap_used)]
 
-use settle_coordinator::store::{ConnectOptions, ListFilter, Store, StoreError};
+use settle_coordinator::store::{ConnectOptions, ListFilter, OutboxRow, Store, StoreError};
 use settle_coordinator::txn::change::RetryNote;
 use settle_coordinator::txn::lease::RoundLeft;
 use settle_coordinator::txn::tcc::branch_ops;
@@ -477,7 +477,7 @@ on_both!(
         .await;
         assert!(
             store
-                .claim_outbox_heads("me/1", 2_000, 60_000, 10)
+                .claim_outbox("me/1", 2_000, 60_000, 10, 64)
                 .await
                 .unwrap()
                 .is_empty(),
@@ -493,7 +493,7 @@ on_both!(
             "{branches:?}"
         );
         let heads = store
-            .claim_outbox_heads("me/2", 4_000, 60_000, 10)
+            .claim_outbox("me/2", 4_000, 60_000, 10, 64)
             .await
             .unwrap();
         assert_eq!(
@@ -690,48 +690,63 @@ on_both!(
         .await;
 
         let first = store
-            .claim_outbox_heads("me/1", 2_000, 60_000, 10)
+            .claim_outbox("me/1", 2_000, 60_000, 10, 64)
             .await
             .unwrap();
-        let mut heads: Vec<_> = first
-            .iter()
-            .map(|r| (r.sharding_key.clone(), r.message_id.clone()))
-            .collect();
-        heads.sort();
+        let ids = |rows: &[OutboxRow]| -> Vec<String> {
+            rows.iter().map(|r| r.message_id.clone()).collect()
+        };
         assert_eq!(
-            heads,
-            [
-                ("".to_owned(), "t2-02".to_owned()),
-                ("k1".to_owned(), "t1-01".to_owned()),
-                ("k2".to_owned(), "t1-02".to_owned())
-            ],
-            "one head per key, plus keyless messages"
+            ids(&first),
+            ["t2-02", "t1-01", "t2-01", "t1-02"],
+            "each key's run in order (k1's two, k2's first: the held one ends its run), plus keyless messages"
         );
-        // Nothing more while the heads are out.
+        // Nothing more while the runs are out.
         assert!(store
-            .claim_outbox_heads("me/2", 2_000, 60_000, 10)
+            .claim_outbox("me/2", 2_000, 60_000, 10, 64)
             .await
             .unwrap()
             .is_empty());
-        let k1 = first.iter().find(|r| r.sharding_key == "k1").unwrap();
-        store.outbox_sent(k1, 2_100).await.unwrap();
-        let next = store
-            .claim_next_for_key("k1", "me/1", 2_200, 60_000)
+        // The broker acknowledged t1's two messages: they are sent and t1, a msg, succeeds.
+        let sent = |rows: &[OutboxRow], gid: &str| -> Vec<txn::SentMessage> {
+            rows.iter()
+                .filter(|r| r.gid == gid)
+                .map(|r| txn::SentMessage {
+                    id: r.id,
+                    branch_id: r.branch_id.clone(),
+                    owner: r.owner.clone(),
+                })
+                .collect()
+        };
+        let t1 = sent(&first, "t1");
+        store
+            .write("t1", move |c, s| txn::delivered::delivered(c, &t1, s.now))
             .await
-            .unwrap()
-            .expect("k1's second message");
-        assert_eq!((next.message_id.as_str(), next.seq), ("t2-01", Some(2)));
-        // k2's next is held by its TCC until released.
-        let k2 = first.iter().find(|r| r.sharding_key == "k2").unwrap();
-        store.outbox_sent(k2, 2_300).await.unwrap();
-        assert!(
-            store
-                .claim_next_for_key("k2", "me/1", 2_400, 60_000)
-                .await
-                .unwrap()
-                .is_none(),
-            "held"
+            .unwrap();
+        assert_eq!(
+            store.find("t1").await.unwrap().unwrap().status,
+            GlobalStatus::Succeeded
         );
+        // k1's second message was not tried: given back, it is k1's head again.
+        let t2_01 = first.iter().find(|r| r.message_id == "t2-01").unwrap();
+        store.outbox_release("me/1", &[t2_01.id]).await.unwrap();
+        let again = store
+            .claim_outbox("me/3", 2_100, 60_000, 10, 64)
+            .await
+            .unwrap();
+        assert_eq!(ids(&again), ["t2-01"], "k2's next is held by its TCC");
+        // A claim that was taken over cannot record a delivery.
+        let stale = sent(&first, "t2")
+            .into_iter()
+            .filter(|m| m.branch_id == "01")
+            .collect::<Vec<_>>();
+        let lost = store
+            .write("t2", move |c, s| {
+                txn::delivered::delivered(c, &stale, s.now)
+            })
+            .await
+            .unwrap_err();
+        assert!(lost.is_lease_lost(), "{lost}");
         store
             .write("t3", |_, _| {
                 let mut c = Change::at(2_500);
@@ -741,29 +756,28 @@ on_both!(
             .await
             .unwrap();
         let released = store
-            .claim_next_for_key("k2", "me/1", 2_600, 60_000)
+            .claim_outbox("me/4", 2_600, 60_000, 10, 64)
             .await
-            .unwrap()
-            .expect("released");
-        assert_eq!(released.message_id, "t3-m01");
+            .unwrap();
+        assert_eq!(ids(&released), ["t3-m01"]);
         // A failed delivery goes back, due later, and keeps its place.
         store
-            .outbox_retry(&released, 9_000, "broker down")
+            .outbox_retry(&released[0], 9_000, "broker down")
             .await
             .unwrap();
         assert!(
             store
-                .claim_next_for_key("k2", "me/1", 3_000, 60_000)
+                .claim_outbox("me/5", 3_000, 60_000, 10, 64)
                 .await
                 .unwrap()
-                .is_none(),
+                .is_empty(),
             "not due yet"
         );
-        let again = store
-            .claim_outbox_heads("me/3", 9_000, 60_000, 10)
+        let later = store
+            .claim_outbox("me/6", 9_000, 60_000, 10, 64)
             .await
             .unwrap();
-        assert!(again
+        assert!(later
             .iter()
             .any(|r| r.message_id == "t3-m01" && r.attempts == 1));
         let (backlog, _) = store.outbox_backlog().await.unwrap();

@@ -13,7 +13,7 @@ use super::{validate, AppState};
 use crate::driver::RoundEnd;
 use crate::store::Claimed;
 use crate::telemetry::ApiOp;
-use crate::txn::policy::require;
+use crate::txn::policy::{only_deliveries_left, policy, require};
 use crate::txn::{self, GlobalStatus, GlobalTxn, NewBranch, TransOptions, TransType};
 
 /// A request that passed validation.
@@ -106,16 +106,25 @@ async fn start_phase_two(
     let submitting = claimed.txn.status == GlobalStatus::Submitted;
     let timeout =
         Duration::from_secs(u64::try_from(claimed.txn.options.request_timeout).unwrap_or(3));
-    let round = state.driver.spawn(claimed);
+    // A msg whose steps all go to brokers has nothing to call: the dispatcher delivers it and
+    // its last acknowledgement finishes it (if none comes, the lease taken at submit runs out
+    // and a round looks at it).
+    let round = match policy(claimed.txn.trans_type) {
+        Some(p) if only_deliveries_left(p, claimed.txn.status, &claimed.branches) => None,
+        _ => Some(state.driver.spawn(claimed)),
+    };
     if !wait {
         return Ok(Json(DtmResult::success()));
     }
     let deadline = tokio::time::Instant::now() + timeout;
     // The first round usually finishes it; if it ends waiting (a retry, or messages not yet
     // acknowledged by their broker), follow the stored status until the deadline.
-    let mut status = match tokio::time::timeout(timeout, round).await {
-        Ok(Ok(RoundEnd::Finished(status))) => Some(status),
-        _ => None,
+    let mut status = match round {
+        Some(round) => match tokio::time::timeout(timeout, round).await {
+            Ok(Ok(RoundEnd::Finished(status))) => Some(status),
+            _ => None,
+        },
+        None => None,
     };
     while status.is_none() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

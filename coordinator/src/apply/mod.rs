@@ -270,6 +270,32 @@ impl Orchestrator {
             .unwrap_or(c.txn.status))
     }
 
+    /// The broker acknowledged the messages `sent` of the transaction `gid`: they are
+    /// recorded as sent (while their claims hold) and their steps as done; a transaction that
+    /// waited only for them finishes in the same write. Returns whether it finished.
+    ///
+    /// # Errors
+    /// [`crate::store::StoreError::Txn`] with a lost lease when a claim no longer holds; a
+    /// database error.
+    pub async fn delivered(&self, gid: &str, sent: Vec<txn::SentMessage>) -> Result<bool> {
+        let finishes = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = finishes.clone();
+        let applied = self
+            .store
+            .write(gid, move |c, s| {
+                let d = txn::delivered::delivered(c, &sent, s.now)?;
+                let ends = matches!(&d, txn::Decision::Apply(change) if change.to.is_some());
+                flag.store(ends, std::sync::atomic::Ordering::Relaxed);
+                Ok(d)
+            })
+            .await?;
+        let finished = finishes.load(std::sync::atomic::Ordering::Relaxed);
+        if finished {
+            self.finished(&applied);
+        }
+        Ok(finished)
+    }
+
     /// A round on a claimed transaction ended without finishing: record what succeeded and
     /// when to try again, and give the lease up.
     ///
@@ -362,7 +388,7 @@ mod tests {
     /// The ids of the messages the dispatcher may deliver at `now` (claimed by `owner`).
     async fn deliverable(o: &Orchestrator, owner: &str, now: i64) -> Vec<String> {
         o.store()
-            .claim_outbox_heads(owner, now, now + 10_000, 10)
+            .claim_outbox(owner, now, now + 10_000, 10, 64)
             .await
             .unwrap()
             .into_iter()

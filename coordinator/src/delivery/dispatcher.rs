@@ -1,13 +1,19 @@
 //! The dispatcher: delivers the outbox to brokers, in order per sharding key.
 //!
-//! Each pass claims, for every key, the lowest message not yet sent (if it is due), plus
-//! due messages without a key, and delivers each claimed key on its own task: publish, wait
-//! for the broker's acknowledgement, record it, then go on with the key's next message. A
-//! failed publish gives the message back with a capped exponential backoff; its key waits,
-//! other keys do not. A claim is a lease: if this instance dies, another one takes the key
-//! over when it runs out (the message may then be published twice; consumers dedupe by its
-//! id, and order is kept).
+//! Each pass claims, for every key it has room for, the key's run of deliverable messages
+//! from its lowest not yet sent, plus due messages without a key, and hands them all to the
+//! sink at once (which sends them in batches, one per queue). The broker's acknowledgements
+//! are recorded through the orchestrator, all in one batched write: the messages are sent,
+//! their steps done, and a transaction that waited only for them finishes. Passes overlap: a
+//! new one starts while earlier ones publish, and never takes a key that is out (its head is
+//! leased).
+//!
+//! A failed publish gives the key's first failed message back with a capped exponential
+//! backoff and the key's later ones untouched; the key waits, other keys do not. A claim is a
+//! lease: if this instance dies, another one takes the key over when it runs out (the message
+//! may then be published twice; consumers dedupe by its id, and order is kept).
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,15 +21,21 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{watch, Notify, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::apply::new_token;
+use crate::apply::{new_token, Orchestrator};
 use crate::clock::Clock;
-use crate::store::{OutboxRow, Store};
+use crate::store::{OutboxRow, StoreError};
 use crate::txn::retry::retry_delay_ms;
+use crate::txn::SentMessage;
+
+/// Most messages of one key claimed in one pass.
+const RUN_PER_KEY: i64 = 64;
 
 /// Where messages are published.
 pub trait Sink: Send + Sync + 'static {
-    /// Publishes one message and resolves once the broker acknowledged it.
-    fn publish<'a>(&'a self, message: &'a OutboxRow) -> BoxFuture<'a, Result<(), String>>;
+    /// Publishes `messages` (each key's in sequence order) and resolves with each one's
+    /// result, once the broker answered. For every key, the messages acknowledged must be a
+    /// prefix of its messages given: once one fails, the key's later ones are not published.
+    fn publish<'a>(&'a self, messages: &'a [OutboxRow]) -> BoxFuture<'a, Vec<Result<(), String>>>;
 }
 
 /// Settings of the dispatcher.
@@ -35,7 +47,7 @@ pub struct DispatchSettings {
     pub poll_interval: Duration,
     /// Lease on a claimed message; longer than a publish can take.
     pub lease: Duration,
-    /// Most keys delivered at once.
+    /// Most keys (and messages without a key) out at once.
     pub max_inflight: usize,
     /// Longest pause between attempts at one message, in seconds.
     pub retry_cap_s: i64,
@@ -45,7 +57,7 @@ pub struct DispatchSettings {
 
 /// Delivers the outbox.
 pub struct Dispatcher {
-    store: Store,
+    apply: Orchestrator,
     sink: Arc<dyn Sink>,
     settings: DispatchSettings,
     wake: Arc<Notify>,
@@ -53,16 +65,17 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// A dispatcher publishing through `sink`, woken early by `wake`.
+    /// A dispatcher publishing through `sink`, recording through `apply`, woken early by
+    /// `wake`.
     pub fn new(
-        store: Store,
+        apply: Orchestrator,
         sink: Arc<dyn Sink>,
         settings: DispatchSettings,
         wake: Arc<Notify>,
     ) -> Self {
         let slots = Arc::new(Semaphore::new(settings.max_inflight.max(1)));
         Self {
-            store,
+            apply,
             sink,
             settings,
             wake,
@@ -77,8 +90,18 @@ impl Dispatcher {
     /// Runs passes until `shutdown` turns true.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         loop {
-            if let Err(e) = self.clone().pass().await {
-                warn!(error = %crate::driver::error_chain(&e), "delivery pass failed");
+            match self.clone().pass().await {
+                // More may be waiting behind what was just claimed.
+                Ok(n) if n > 0 => {
+                    if *shutdown.borrow() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %crate::driver::error_chain(&e), "delivery pass failed");
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.settings.poll_interval) => {}
@@ -93,88 +116,126 @@ impl Dispatcher {
     ///
     /// # Errors
     /// A database error.
-    pub async fn pass(self: Arc<Self>) -> Result<usize, crate::store::StoreError> {
+    pub async fn pass(self: Arc<Self>) -> Result<usize, StoreError> {
         let free = self.slots.available_permits();
         if free == 0 {
             return Ok(0);
         }
         let now = self.settings.clock.now_ms();
         let owner = format!("{}/{}", self.settings.instance_id, new_token());
+        let max_keys = i64::try_from(free).unwrap_or(1);
         let claimed = self
-            .store
-            .claim_outbox_heads(
-                &owner,
-                now,
-                now + self.lease_ms(),
-                i64::try_from(free).unwrap_or(1),
-            )
+            .apply
+            .store()
+            .claim_outbox(&owner, now, now + self.lease_ms(), max_keys, RUN_PER_KEY)
             .await?;
-        let n = claimed.len();
-        for row in claimed {
-            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-                // More claimed than slots (a race with running keys): give it back now.
-                let _ = self.store.outbox_retry(&row, now, "").await;
-                continue;
-            };
-            let this = self.clone();
-            tokio::spawn(async move {
-                this.deliver_key(row).await;
-                drop(permit);
-            });
+        if claimed.is_empty() {
+            return Ok(0);
         }
+        let n = claimed.len();
+        let keys = claimed.iter().map(key_of).collect::<HashSet<_>>().len();
+        let permits = u32::try_from(keys.min(free)).unwrap_or(1);
+        let Ok(permit) = self.slots.clone().try_acquire_many_owned(permits) else {
+            // Another pass took the room meanwhile: give these back for the next pass.
+            let ids: Vec<i64> = claimed.iter().map(|r| r.id).collect();
+            self.apply.store().outbox_release(&owner, &ids).await?;
+            return Ok(0);
+        };
+        tokio::spawn(async move {
+            self.deliver(claimed).await;
+            drop(permit);
+            // The keys delivered may have more, and room is free again.
+            self.wake.notify_one();
+        });
         Ok(n)
     }
 
-    /// Delivers `row`, then, while its key has more messages ready, the next ones.
-    async fn deliver_key(&self, mut row: OutboxRow) {
-        loop {
-            match self.sink.publish(&row).await {
-                Ok(()) => {
-                    let now = self.settings.clock.now_ms();
-                    if let Err(e) = self.store.outbox_sent(&row, now).await {
-                        warn!(message_id = %row.message_id, error = %e, "could not record a delivery; it may be published again");
-                        return;
-                    }
+    /// Publishes what one pass claimed and records the outcome.
+    async fn deliver(&self, claimed: Vec<OutboxRow>) {
+        let results = self.sink.publish(&claimed).await;
+        let mut sent: BTreeMap<&str, Vec<SentMessage>> = BTreeMap::new();
+        let mut failed_keys: HashSet<String> = HashSet::new();
+        let mut retry: Vec<(&OutboxRow, String)> = Vec::new();
+        let mut untouched: Vec<i64> = Vec::new();
+        for (row, result) in claimed.iter().zip(results) {
+            let key = key_of(row);
+            match result {
+                Ok(()) if !failed_keys.contains(&key) => {
                     debug!(message_id = %row.message_id, key = %row.sharding_key, seq = ?row.seq, "delivered");
-                    if row.sharding_key.is_empty() {
-                        return;
-                    }
-                    match self
-                        .store
-                        .claim_next_for_key(
-                            &row.sharding_key,
-                            &row.owner,
-                            now,
-                            now + self.lease_ms(),
-                        )
-                        .await
-                    {
-                        Ok(Some(next)) => row = next,
-                        Ok(None) => return,
-                        Err(e) => {
-                            warn!(key = %row.sharding_key, error = %e, "could not claim the key's next message; the next pass will");
-                            return;
-                        }
-                    }
+                    sent.entry(&row.gid).or_default().push(SentMessage {
+                        id: row.id,
+                        branch_id: row.branch_id.clone(),
+                        owner: row.owner.clone(),
+                    });
+                }
+                Ok(()) => {
+                    // Published after one of its key failed: the sink broke its promise.
+                    warn!(message_id = %row.message_id, key = %row.sharding_key, "published after an earlier message of its key failed");
+                    untouched.push(row.id);
                 }
                 Err(error) => {
-                    let delay = retry_delay_ms(
-                        1,
-                        self.settings.retry_cap_s,
-                        row.attempts,
-                        rand::random::<f64>(),
-                    );
-                    info!(message_id = %row.message_id, key = %row.sharding_key, attempts = row.attempts + 1, error = %error, "delivery failed; will retry");
-                    if let Err(e) = self
-                        .store
-                        .outbox_retry(&row, self.settings.clock.now_ms() + delay, &error)
-                        .await
-                    {
-                        warn!(message_id = %row.message_id, error = %e, "could not record a failed delivery");
+                    if failed_keys.insert(key) {
+                        retry.push((row, error));
+                    } else {
+                        untouched.push(row.id);
                     }
-                    return;
                 }
             }
         }
+        // One command per transaction; they meet in one batch.
+        let acks = sent.into_iter().map(|(gid, messages)| async move {
+            let n = messages.len();
+            match self.apply.delivered(gid, messages).await {
+                Ok(finished) => {
+                    if finished {
+                        debug!(gid, "every message delivered; transaction finished");
+                    }
+                }
+                Err(e) if e.is_lease_lost() => {
+                    info!(gid, messages = n, "a claim ran out before its delivery was recorded; it will be published again");
+                }
+                Err(e) => {
+                    warn!(gid, error = %crate::driver::error_chain(&e), "could not record a delivery; it may be published again");
+                }
+            }
+        });
+        futures_util::future::join_all(acks).await;
+        let now = self.settings.clock.now_ms();
+        for (row, error) in retry {
+            let delay = retry_delay_ms(
+                1,
+                self.settings.retry_cap_s,
+                row.attempts,
+                rand::random::<f64>(),
+            );
+            info!(message_id = %row.message_id, key = %row.sharding_key, attempts = row.attempts + 1, error = %error, "delivery failed; will retry");
+            if let Err(e) = self
+                .apply
+                .store()
+                .outbox_retry(row, now + delay, &error)
+                .await
+            {
+                warn!(message_id = %row.message_id, error = %e, "could not record a failed delivery");
+            }
+        }
+        if let Some(first) = claimed.first() {
+            if let Err(e) = self
+                .apply
+                .store()
+                .outbox_release(&first.owner, &untouched)
+                .await
+            {
+                warn!(error = %e, "could not give back messages not tried; their claims run out");
+            }
+        }
+    }
+}
+
+/// What orders a message: its sharding key, or itself when it has none.
+fn key_of(row: &OutboxRow) -> String {
+    if row.sharding_key.is_empty() {
+        format!("\u{0}{}", row.id)
+    } else {
+        row.sharding_key.clone()
     }
 }

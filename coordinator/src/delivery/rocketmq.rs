@@ -1,5 +1,6 @@
 //! The RocketMQ sink: publishes outbox messages through `settle-rocketmq`, on the queue
-//! chosen by hashing the sharding key, with `GID-BRANCH` as the message key.
+//! chosen by hashing the sharding key (one batch per queue), with `GID-BRANCH` as the
+//! message key.
 
 use std::time::Duration;
 
@@ -36,20 +37,24 @@ impl RocketMqSink {
 }
 
 impl Sink for RocketMqSink {
-    fn publish<'a>(&'a self, message: &'a OutboxRow) -> BoxFuture<'a, Result<(), String>> {
+    fn publish<'a>(&'a self, messages: &'a [OutboxRow]) -> BoxFuture<'a, Vec<Result<(), String>>> {
         async move {
-            let outgoing = Outgoing {
-                topic: &message.topic,
-                tag: &message.tag,
-                sharding_key: &message.sharding_key,
-                message_id: &message.message_id,
-                body: message.body.as_bytes(),
-            };
+            let outgoing: Vec<Outgoing<'_>> = messages
+                .iter()
+                .map(|m| Outgoing {
+                    topic: &m.topic,
+                    tag: &m.tag,
+                    sharding_key: &m.sharding_key,
+                    message_id: &m.message_id,
+                    body: m.body.as_bytes(),
+                })
+                .collect();
             self.producer
-                .send(&outgoing)
+                .send_ordered(&outgoing)
                 .await
-                .map(drop)
-                .map_err(|e| e.to_string())
+                .into_iter()
+                .map(|r| r.map_err(|e| e.to_string()))
+                .collect()
         }
         .boxed()
     }

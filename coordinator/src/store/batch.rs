@@ -307,6 +307,8 @@ struct Plan {
     release_held: BTreeMap<i64, BTreeSet<String>>,
     /// Transactions whose held messages are dropped, by the time they are.
     drop_held: BTreeMap<i64, BTreeSet<String>>,
+    /// Messages acknowledged by the broker, by time and claim: (row id, transaction).
+    sent: BTreeMap<(i64, String), Vec<(i64, String)>>,
 }
 
 impl Plan {
@@ -325,6 +327,12 @@ impl Plan {
                 .entry(now)
                 .or_default()
                 .insert(gid.to_owned());
+        }
+        for m in effect.sent {
+            self.sent
+                .entry((now, m.owner))
+                .or_default()
+                .push((m.id, gid.to_owned()));
         }
     }
 }
@@ -727,6 +735,25 @@ macro_rules! batch_body {
                     q = q.bind(g);
                 }
                 q.execute(&mut *$tx).await?;
+            }
+        }
+        for ((now, owner), messages) in &plan.sent {
+            // Only while the claim holds: a message another dispatcher took over is its.
+            let sql = format!(
+                "UPDATE outbox SET status = 'sent', sent_time = ?, owner = '', lease_expire = 0 \
+                 WHERE status = 'pending' AND owner = ? AND id IN ({})",
+                marks(messages.len())
+            );
+            let mut q = sqlx::query(&sql).bind(*now).bind(owner);
+            for (id, _) in messages {
+                q = q.bind(*id);
+            }
+            let n = q.execute(&mut *$tx).await?.rows_affected();
+            if n != messages.len() as u64 {
+                // Run alone, each command finds out whether it is the one that lost.
+                return Err(StoreError::Txn(TxnError::LeaseLost {
+                    gid: messages[0].1.clone(),
+                }));
             }
         }
         outcomes

@@ -3,14 +3,15 @@
 //! A message enters the outbox in the database transaction that commits it (a msg's submit
 //! or check-back, a TCC's submit), and takes the next sequence number of its sharding key
 //! there, under that key's row lock: for one key, sequence order is commit order. A TCC's
-//! messages wait as `held` until every confirm succeeded. The dispatcher delivers, per key,
-//! only the lowest sequence not yet sent, so a message never overtakes an earlier one of
-//! its key, while keys proceed independently.
+//! messages wait as `held` until every confirm succeeded. The dispatcher claims, per key, a
+//! run starting at the lowest sequence not yet sent and stopping before anything it may not
+//! send yet, so a message never overtakes an earlier one of its key, while keys proceed
+//! independently. Acknowledgements are recorded by the batched writer (see
+//! [`crate::txn::delivered`]).
 
 use sqlx::Row;
 
-use super::{Result, Store};
-use crate::txn::{self, Op, TxnError};
+use super::{marks, Result, Store};
 
 pub use crate::txn::{OutboxMessage, OutboxState};
 
@@ -68,42 +69,82 @@ where
 }
 
 impl Store {
-    /// Claims up to `limit` messages that may be delivered now: for each sharding key, its
-    /// lowest sequence not yet sent, if that one is pending, due and not leased; plus due
-    /// messages without a key. `owner` must be unique to this claim.
+    /// Claims what may be delivered now, for up to `max_keys` sharding keys: each key's run of
+    /// messages from its lowest not yet sent (at most `per_key` of them, one topic, pending,
+    /// due, not leased and with consecutive sequence numbers, so that nothing of the key is
+    /// skipped), plus up to `max_keys` due messages without a key. Returns the rows claimed for
+    /// `owner` (unique to this claim), each key's in sequence order.
     ///
     /// # Errors
     /// A database error.
-    pub async fn claim_outbox_heads(
+    pub async fn claim_outbox(
         &self,
         owner: &str,
         now: i64,
         lease_expire: i64,
-        limit: i64,
+        max_keys: i64,
+        per_key: i64,
     ) -> Result<Vec<OutboxRow>> {
-        let heads = "SELECT o.id FROM outbox o JOIN (SELECT sharding_key, MIN(seq) AS s FROM outbox \
-                     WHERE status IN ('held', 'pending') AND sharding_key <> '' GROUP BY sharding_key) h \
+        let heads = "SELECT o.sharding_key, o.seq FROM outbox o JOIN (SELECT sharding_key, MIN(seq) AS s \
+                     FROM outbox WHERE status IN ('held', 'pending') AND sharding_key <> '' GROUP BY sharding_key) h \
                      ON o.sharding_key = h.sharding_key AND o.seq = h.s \
                      WHERE o.status = 'pending' AND o.next_attempt_time <= ? AND o.lease_expire <= ? \
                      ORDER BY o.next_attempt_time LIMIT ?";
+        let runs = format!(
+            "SELECT o.id, o.sharding_key, o.seq, o.topic, o.status, o.next_attempt_time, o.lease_expire \
+             FROM outbox o JOIN ({heads}) h ON o.sharding_key = h.sharding_key \
+             AND o.seq >= h.seq AND o.seq < h.seq + ? \
+             WHERE o.status IN ('held', 'pending') ORDER BY o.sharding_key, o.seq"
+        );
         let keyless = "SELECT id FROM outbox WHERE sharding_key = '' AND status = 'pending' \
                        AND next_attempt_time <= ? AND lease_expire <= ? ORDER BY id LIMIT ?";
-        let fetch = format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE owner = ? ORDER BY id");
+        let fetch = format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE owner = ? ORDER BY sharding_key, seq, id"
+        );
         on_writer!(self, pool => {
             let mut ids: Vec<i64> = Vec::new();
-            for sql in [heads, keyless] {
-                let rows = sqlx::query(sql).bind(now).bind(now).bind(limit).fetch_all(pool).await?;
-                for r in rows {
-                    ids.push(r.try_get::<i64, _>(0)?);
-                }
+            let rows = sqlx::query(&runs)
+                .bind(now)
+                .bind(now)
+                .bind(max_keys)
+                .bind(per_key)
+                .fetch_all(pool)
+                .await?;
+            // The run being read: its key, the sequence it continues with (none once it
+            // ended) and its topic. A key's first row is its head.
+            let mut run: Option<(String, Option<i64>, String)> = None;
+            for r in &rows {
+                let key: String = r.try_get_unchecked(1)?;
+                let seq: Option<i64> = r.try_get_unchecked(2)?;
+                let topic: String = r.try_get_unchecked(3)?;
+                let status: String = r.try_get_unchecked(4)?;
+                let due: i64 = r.try_get(5)?;
+                let leased: i64 = r.try_get(6)?;
+                let Some(seq) = seq else { continue };
+                let (expected, run_topic) = match run.take() {
+                    Some((k, next, t)) if k == key => (next, t),
+                    _ => (Some(seq), topic.clone()),
+                };
+                let deliverable =
+                    status == OutboxState::Pending.as_str() && due <= now && leased <= now;
+                let next = if expected == Some(seq) && run_topic == topic && deliverable {
+                    ids.push(r.try_get(0)?);
+                    Some(seq + 1)
+                } else {
+                    None
+                };
+                run = Some((key, next, run_topic));
+            }
+            for r in sqlx::query(keyless).bind(now).bind(now).bind(max_keys).fetch_all(pool).await? {
+                ids.push(r.try_get::<i64, _>(0)?);
             }
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
-            let marks = vec!["?"; ids.len()].join(", ");
             let claim = format!(
-                "UPDATE outbox SET owner = ?, lease_expire = ? WHERE id IN ({marks}) \
-                 AND status = 'pending' AND lease_expire <= ?"
+                "UPDATE outbox SET owner = ?, lease_expire = ? WHERE id IN ({}) \
+                 AND status = 'pending' AND lease_expire <= ?",
+                marks(ids.len())
             );
             let mut q = sqlx::query(&claim).bind(owner).bind(lease_expire);
             for id in &ids {
@@ -115,80 +156,24 @@ impl Store {
         })
     }
 
-    /// Claims the next message of `sharding_key` if it is now the key's head and deliverable.
+    /// Gives claimed messages back untouched (they were not tried).
     ///
     /// # Errors
     /// A database error.
-    pub async fn claim_next_for_key(
-        &self,
-        sharding_key: &str,
-        owner: &str,
-        now: i64,
-        lease_expire: i64,
-    ) -> Result<Option<OutboxRow>> {
-        let head = "SELECT id, status, next_attempt_time, lease_expire FROM outbox \
-                    WHERE sharding_key = ? AND status IN ('held', 'pending') ORDER BY seq LIMIT 1";
-        let claim = "UPDATE outbox SET owner = ?, lease_expire = ? WHERE id = ? AND status = 'pending' AND lease_expire <= ?";
-        let fetch = format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = ? AND owner = ?");
-        on_writer!(self, pool => {
-            let Some(row) = sqlx::query(head).bind(sharding_key).fetch_optional(pool).await? else {
-                return Ok(None);
-            };
-            let id: i64 = row.try_get(0)?;
-            let status: String = row.try_get_unchecked(1)?;
-            let due: i64 = row.try_get(2)?;
-            let leased: i64 = row.try_get(3)?;
-            if status != OutboxState::Pending.as_str() || due > now || leased > now {
-                return Ok(None);
-            }
-            let n = sqlx::query(claim).bind(owner).bind(lease_expire).bind(id).bind(now).execute(pool).await?.rows_affected();
-            if n == 0 {
-                return Ok(None);
-            }
-            let row = sqlx::query(&fetch).bind(id).bind(owner).fetch_optional(pool).await?;
-            row.as_ref().map(decode).transpose()
-        })
-    }
-
-    /// Records that the broker acknowledged a message: it is sent, its step is done, and its
-    /// transaction is due now so it can finish.
-    ///
-    /// # Errors
-    /// [`TxnError::LeaseLost`] if the claim is no longer `owner`'s; a database error.
-    pub async fn outbox_sent(&self, row: &OutboxRow, now: i64) -> Result<()> {
-        let lock = format!(
-            "SELECT status FROM trans_global WHERE gid = ?{}",
-            self.dialect().for_update()
+    pub async fn outbox_release(&self, owner: &str, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "UPDATE outbox SET owner = '', lease_expire = 0 WHERE owner = ? AND id IN ({})",
+            marks(ids.len())
         );
-        let sent =
-            "UPDATE outbox SET status = 'sent', sent_time = ?, owner = '', lease_expire = 0 \
-                    WHERE id = ? AND owner = ? AND status = 'pending'";
-        let step = "UPDATE trans_branch_op SET status = ?, update_time = ?, finish_time = ? \
-                    WHERE gid = ? AND branch_id = ? AND op = ? AND status = ?";
-        let poke =
-            "UPDATE trans_global SET next_cron_time = ? WHERE gid = ? AND status = 'submitted' \
-                    AND lease_expire <= ? AND next_cron_time > ?";
         on_writer!(self, pool => {
-            let mut tx = pool.begin().await?;
-            // The transaction's row first, as every batch locks it first: no lock cycles.
-            sqlx::query(&lock).bind(&row.gid).fetch_optional(&mut *tx).await?;
-            let n = sqlx::query(sent).bind(now).bind(row.id).bind(&row.owner).execute(&mut *tx).await?.rows_affected();
-            if n != 1 {
-                tx.rollback().await?;
-                return Err(TxnError::LeaseLost { gid: row.gid.clone() }.into());
+            let mut q = sqlx::query(&sql).bind(owner);
+            for id in ids {
+                q = q.bind(*id);
             }
-            sqlx::query(step)
-                .bind(txn::BranchStatus::Succeeded.as_str())
-                .bind(now)
-                .bind(now)
-                .bind(&row.gid)
-                .bind(&row.branch_id)
-                .bind(Op::Action.as_str())
-                .bind(txn::BranchStatus::Prepared.as_str())
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(poke).bind(now).bind(&row.gid).bind(now).bind(now).execute(&mut *tx).await?;
-            tx.commit().await?;
+            q.execute(pool).await?;
             Ok(())
         })
     }

@@ -10,7 +10,7 @@
 //! always fails the branches still pending and drops the messages still held, whichever path
 //! got there (rollback, check-back, force stop).
 
-use super::outbox::{OutboxMessage, OutboxState};
+use super::outbox::{OutboxMessage, OutboxState, SentMessage};
 use super::{BranchOp, BranchStatus, GlobalStatus, GlobalTxn, NewBranch, Op, TxnError};
 
 /// A transaction as read under lock, with its branch operations in registration order.
@@ -86,6 +86,8 @@ pub struct Change {
     pub enqueue: Option<OutboxState>,
     /// Let the transaction's held messages go out.
     pub release_held: bool,
+    /// Messages the broker acknowledged: recorded as sent, if their claims still hold.
+    pub sent: Vec<SentMessage>,
 }
 
 impl Change {
@@ -103,6 +105,7 @@ impl Change {
             complete: Vec::new(),
             enqueue: None,
             release_held: false,
+            sent: Vec::new(),
         }
     }
 
@@ -140,6 +143,8 @@ pub struct OutboxEffect {
     pub release_held: bool,
     /// Held messages will never go out.
     pub drop_held: bool,
+    /// Messages acknowledged by the broker.
+    pub sent: Vec<SentMessage>,
     /// The transaction's own row changed (not only its branches).
     pub global_changed: bool,
 }
@@ -235,6 +240,7 @@ impl Current {
             }
         }
         effect.release_held = change.release_held;
+        effect.sent = change.sent;
         Ok(effect)
     }
 

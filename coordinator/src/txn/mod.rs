@@ -13,7 +13,8 @@
 //! # Layout
 //! - One transition per file: [`prepare`], [`register`], [`submit`], [`abort`],
 //!   [`force_stop`], [`timeout`] (a prepared TCC timed out), [`check_back`] (a msg's
-//!   check-back answer), [`branch`] (what a branch call's answer means), [`finish`], and
+//!   check-back answer), [`branch`] (what a branch call's answer means), [`delivered`] (the
+//!   broker acknowledged messages), [`finish`], and
 //!   [`lease`] (renewing, releasing, and the retry schedule of an unfinished round).
 //! - One file per transaction type behind [`policy`]: [`tcc`], [`msg`].
 //! - The types they share: [`change`] (the intent a transition returns), [`model`],
@@ -24,6 +25,7 @@ pub mod abort;
 pub mod branch;
 pub mod change;
 pub mod check_back;
+pub mod delivered;
 pub mod error;
 pub mod finish;
 pub mod force_stop;
@@ -44,7 +46,7 @@ pub mod timeout;
 pub use change::{Change, Current, Lease, LeaseWrite};
 pub use error::TxnError;
 pub use model::{BranchOp, GlobalTxn, NewBranch, TransOptions};
-pub use outbox::{OutboxMessage, OutboxState};
+pub use outbox::{OutboxMessage, OutboxState, SentMessage};
 pub use status::{BranchStatus, GlobalStatus, Op, TransType};
 
 /// `next_cron_time` of a transaction that needs no more work: never due.

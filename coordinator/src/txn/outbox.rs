@@ -28,6 +28,18 @@ impl OutboxState {
     }
 }
 
+/// A message a dispatcher claimed, as it presents it when the broker acknowledged it: the
+/// outbox row and the claim (the row is still this claim's only if nobody took it over).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentMessage {
+    /// Outbox row id.
+    pub id: i64,
+    /// Its step.
+    pub branch_id: String,
+    /// Who claimed it.
+    pub owner: String,
+}
+
 /// A committed step bound for a broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxMessage {

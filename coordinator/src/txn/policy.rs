@@ -5,7 +5,8 @@
 //! type, so a new type (saga) is one new file and one line here.
 
 use super::outbox::OutboxState;
-use super::{GlobalStatus, GlobalTxn, Op, TransType};
+use super::target::is_broker;
+use super::{BranchOp, BranchStatus, GlobalStatus, GlobalTxn, Op, TransType};
 
 /// What to do with a transaction found due while it is still `prepared`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +75,23 @@ pub trait Policy: Send + Sync {
 
     /// The stages of phase 2 in `status` (none in other statuses).
     fn phase_two(&self, status: GlobalStatus) -> &'static [Stage];
+}
+
+/// Whether phase 2 of a transaction in `status` with `branches` has nothing to call: every
+/// operation left is a message the dispatcher delivers (whose last acknowledgement finishes
+/// the transaction), and no stage lets held messages out.
+pub fn only_deliveries_left(
+    policy: &dyn Policy,
+    status: GlobalStatus,
+    branches: &[BranchOp],
+) -> bool {
+    policy.phase_two(status).iter().all(|stage| {
+        let mut pending = branches
+            .iter()
+            .filter(|b| b.op == stage.op && b.status == BranchStatus::Prepared)
+            .peekable();
+        pending.peek().is_none() || (!stage.releases_held && pending.all(|b| is_broker(&b.url)))
+    })
 }
 
 /// The policy of a type Settle drives, or `None` for a type it only accepts on the wire.
