@@ -12,6 +12,20 @@
 //! `--sweep 8,16,32,64` repeats the run at each concurrency; `--csv` writes every run as a
 //! row and `--svg` draws throughput and p99 latency against concurrency for each server.
 //!
+//! `--mode msg` runs transactional messages instead: each worker prepares and submits msgs
+//! whose one step publishes to RocketMQ (`rocketmq://TOPIC?key=K`), spread over `--keys`
+//! sharding keys, and the bench consumes the topic back in order (an orderly consumer on the
+//! name server `--rocketmq`). Each key is used by one worker at a time, in sequence, so its
+//! messages must arrive in the order they were submitted: the run fails if one arrives out
+//! of order or never arrives. Throughput counts messages consumed, from the first prepare to
+//! the last message received.
+//!
+//! `--mode recovery` measures a crash: the bench starts a coordinator itself (this binary's
+//! `serve` on `--database-url`, with `--serve-arg`s), runs `-n` TCCs whose confirms answer
+//! ONGOING so that they all stay in flight, reads the coordinator's resident memory, kills
+//! it with SIGKILL, lets the confirms succeed, starts a new coordinator on the same store and
+//! times until every one of those transactions is `succeed` in the store.
+//!
 //! With `--raw`, the run also performs single-row autocommitted INSERTs at the same
 //! concurrency on the database given by `--database-url`, so the transaction rate can be
 //! compared with what the database itself sustains.
@@ -31,9 +45,39 @@ use serde_json::json;
 use settle_protocol::{names, GlobalRequest};
 use sqlx::Connection;
 
+/// What each worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// TCC transactions with two branches.
+    Tcc,
+    /// Transactional messages to RocketMQ, consumed back in order.
+    Msg,
+    /// Crash recovery: start a coordinator, put `-n` TCCs in flight (their confirms answer
+    /// ONGOING), kill it with SIGKILL, start it again, and time until all have settled.
+    Recovery,
+}
+
 /// Options of `settle bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
+    /// What to run.
+    #[arg(long, value_enum, default_value_t = Mode::Tcc)]
+    pub mode: Mode,
+    /// msg: the RocketMQ name server the coordinator publishes to; the bench consumes there.
+    #[arg(long, env = "SETTLE_ROCKETMQ_NAMESRV")]
+    pub rocketmq: Option<String>,
+    /// msg: sharding keys the messages are spread over (at least the concurrency).
+    #[arg(long, default_value_t = 1000)]
+    pub keys: usize,
+    /// msg: queues of the topic the bench creates.
+    #[arg(long, default_value_t = 8)]
+    pub queues: i32,
+    /// msg: submit without prepare (a msg with no local transaction to check back).
+    #[arg(long)]
+    pub no_prepare: bool,
+    /// recovery: an extra argument for the coordinators the bench starts (repeatable).
+    #[arg(long, allow_hyphen_values = true)]
+    pub serve_arg: Vec<String>,
     /// Base URL of the server's DTM API.
     #[arg(long, default_value = "http://127.0.0.1:36789/api/dtmsvr")]
     pub server: String,
@@ -151,8 +195,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.raw && args.database_url.is_none() {
         bail!("--raw needs --database-url (the database the server under test uses)");
     }
-    let participant = Participant::start().await?;
     let max_c = levels.iter().copied().max().unwrap_or(1);
+    if args.mode == Mode::Recovery {
+        return recovery(&args, max_c).await;
+    }
+    let consumer = match args.mode {
+        Mode::Tcc | Mode::Recovery => None,
+        Mode::Msg => {
+            let Some(namesrv) = &args.rocketmq else {
+                bail!("--mode msg needs --rocketmq (the name server the coordinator publishes to)");
+            };
+            if args.keys < max_c {
+                bail!("--keys ({}) must be at least the concurrency ({max_c}): each key is used by one worker", args.keys);
+            }
+            Some(Arc::new(OrderCheck::start(namesrv, args.queues).await?))
+        }
+    };
+    let participant = Participant::start().await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(max_c * 2)
         .tcp_nodelay(true)
@@ -178,12 +237,29 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for &c in &levels {
         let mut here = Vec::new();
         for (name, url) in &servers {
-            let r = one_run(&http, &participant, name, url, c, &args).await?;
-            println!(
-                "{name} c={c}: {:.1} settled tx/s; {}",
-                r.settled_per_s,
-                r.figures.line("tcc (prepare..submit)")
-            );
+            let r = match &consumer {
+                None => {
+                    let r = one_run(&http, &participant, name, url, c, &args).await?;
+                    println!(
+                        "{name} c={c}: {:.1} settled tx/s; {}",
+                        r.settled_per_s,
+                        r.figures.line("tcc (prepare..submit)")
+                    );
+                    r
+                }
+                Some(check) => {
+                    let (r, seen) =
+                        msg_run(&http, &participant, check, name, url, c, &args).await?;
+                    println!(
+                        "{name} c={c}: {:.1} msg/s consumed in order ({} distinct, {} duplicates, 0 out of order); {}",
+                        r.settled_per_s,
+                        seen.distinct,
+                        seen.duplicates,
+                        r.figures.line(if args.no_prepare { "msg (submit)" } else { "msg (prepare..submit)" })
+                    );
+                    r
+                }
+            };
             here.push(r);
         }
         if let [a, b] = here.as_slice() {
@@ -195,6 +271,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             );
         }
         runs.extend(here);
+    }
+    if let Some(check) = consumer {
+        if let Ok(check) = Arc::try_unwrap(check) {
+            check.shutdown().await;
+        }
     }
     if let Some(path) = &args.csv {
         std::fs::write(path, csv(&runs))
@@ -254,20 +335,7 @@ async fn one_run(
             }
         });
     }
-    if args.transactions.is_none() {
-        let stop = stop.clone();
-        let d = Duration::from_secs(args.duration_s);
-        tokio::spawn(async move {
-            tokio::time::sleep(d).await;
-            stop.store(true, Ordering::Relaxed);
-        });
-    }
-    let mut latencies = Vec::new();
-    while let Some(r) = workers.join_next().await {
-        latencies.extend(r??);
-    }
-    let elapsed = started.elapsed();
-    latencies.sort();
+    let (latencies, elapsed) = join_workers(workers, &stop, args, started).await?;
     let done = latencies.len() as u64;
     let want = confirms_before + 2 * done;
     let deadline = Instant::now() + Duration::from_secs(args.settle_timeout_s);
@@ -293,6 +361,418 @@ async fn one_run(
             latencies,
         },
     })
+}
+
+/// Lets `workers` run (for `--duration-s`, unless a number of transactions was given, then
+/// `stop` is raised) and gathers their latencies, sorted, with the time they took.
+async fn join_workers(
+    mut workers: tokio::task::JoinSet<anyhow::Result<Vec<Duration>>>,
+    stop: &Arc<AtomicBool>,
+    args: &BenchArgs,
+    started: Instant,
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
+    if args.transactions.is_none() {
+        let stop = stop.clone();
+        let d = Duration::from_secs(args.duration_s);
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(r) = workers.join_next().await {
+        latencies.extend(r??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Ok((latencies, elapsed))
+}
+
+/// A coordinator the bench started, as a child process.
+struct Coordinator {
+    child: tokio::process::Child,
+    api: String,
+}
+
+impl Coordinator {
+    async fn start(database_url: &str, listen: &str, extra: &[String]) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the settle binary")?;
+        let child = tokio::process::Command::new(exe)
+            .args(["serve", "--listen", listen, "--database-url", database_url])
+            .args(extra)
+            .env("RUST_LOG", "error")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start a coordinator")?;
+        let api = format!("http://{listen}/api/dtmsvr");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http.get(format!("{api}/newGid")).send().await.is_err() {
+            if Instant::now() > deadline {
+                bail!("the coordinator did not answer on {listen} within 60s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Self { child, api })
+    }
+
+    /// Resident memory, bytes (Linux).
+    fn rss(&self) -> Option<u64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+}
+
+async fn recovery(args: &BenchArgs, concurrency: usize) -> anyhow::Result<()> {
+    let Some(url) = args.database_url.clone() else {
+        bail!("--mode recovery needs --database-url (the store of the coordinators it starts)");
+    };
+    let count = args.transactions.unwrap_or(10_000);
+    let participant = Participant::start().await?;
+    participant.hold.store(true, Ordering::Relaxed);
+    let listen = format!("127.0.0.1:{}", {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    });
+    let first = Coordinator::start(&url, &listen, &args.serve_arg).await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency * 2)
+        .tcp_nodelay(true)
+        .build()?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (http, server, next, run_id, base) = (
+            http.clone(),
+            first.api.clone(),
+            next.clone(),
+            run_id.clone(),
+            participant.base.clone(),
+        );
+        workers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                one_tcc(&http, &server, &base, &format!("recover-{run_id}-{i}")).await?;
+            }
+        });
+    }
+    while let Some(r) = workers.join_next().await {
+        r??;
+    }
+    let submitted_in = started.elapsed();
+    let settled = settled_count(&url, &run_id).await?;
+    let rss = first.rss();
+    println!(
+        "recovery: {count} TCCs submitted in {:.2}s, {} settled, {} in flight; coordinator RSS {}",
+        submitted_in.as_secs_f64(),
+        settled,
+        count - settled,
+        rss.map_or("unknown".to_owned(), |b| format!(
+            "{:.1} MB",
+            b as f64 / 1e6
+        )),
+    );
+    let mut first = first;
+    first
+        .child
+        .kill()
+        .await
+        .context("cannot kill the coordinator")?;
+    println!("recovery: coordinator killed (SIGKILL); confirms succeed from now on");
+    participant.hold.store(false, Ordering::Relaxed);
+    let restarted = Instant::now();
+    let second = Coordinator::start(&url, &listen, &args.serve_arg).await?;
+    let ready = restarted.elapsed();
+    let deadline = restarted + Duration::from_secs(args.settle_timeout_s);
+    loop {
+        let settled = settled_count(&url, &run_id).await?;
+        if settled >= count {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "recovery: only {settled} of {count} settled within {}s of the restart",
+                args.settle_timeout_s
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = restarted.elapsed();
+    println!(
+        "recovery: restarted coordinator answered after {:.2}s; all {count} settled {:.2}s after the restart; RSS then {}",
+        ready.as_secs_f64(),
+        took.as_secs_f64(),
+        second
+            .rss()
+            .map_or("unknown".to_owned(), |b| format!("{:.1} MB", b as f64 / 1e6)),
+    );
+    drop(second);
+    Ok(())
+}
+
+/// How many of the recovery run's transactions are `succeed` in the store.
+async fn settled_count(url: &str, run_id: &str) -> anyhow::Result<u64> {
+    let sql = "SELECT COUNT(*) FROM trans_global WHERE gid LIKE ? AND status = 'succeed'";
+    let pattern = format!("recover-{run_id}-%");
+    let n: i64 = if url.starts_with("mysql://") {
+        let mut c = sqlx::MySqlConnection::connect(url).await?;
+        sqlx::query_scalar(sql)
+            .bind(pattern)
+            .fetch_one(&mut c)
+            .await?
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(url).await?;
+        sqlx::query_scalar(sql)
+            .bind(pattern)
+            .fetch_one(&mut c)
+            .await?
+    };
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// What the order check saw of one run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen {
+    /// Messages received, each counted once.
+    pub distinct: u64,
+    /// Messages received again.
+    pub duplicates: u64,
+    /// Messages received after a later one of their key.
+    pub out_of_order: u64,
+}
+
+#[derive(Default)]
+struct CheckState {
+    run: String,
+    /// Per key, the highest message number received.
+    last: std::collections::HashMap<u64, u64>,
+    seen: Seen,
+    first_violation: Option<String>,
+}
+
+/// Consumes the bench's topic in order and checks each key's sequence.
+struct OrderCheck {
+    topic: String,
+    state: Arc<std::sync::Mutex<CheckState>>,
+    consumer: settle_rocketmq::OrderlyConsumer,
+    client: settle_rocketmq::Client,
+}
+
+impl OrderCheck {
+    async fn start(namesrv: &str, queues: i32) -> anyhow::Result<Self> {
+        let client = settle_rocketmq::Client::new("bench")?;
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        let topic = format!("SettleBench{suffix}");
+        let mut admin = settle_rocketmq::Producer::start(
+            &client,
+            namesrv,
+            &format!("{topic}-admin"),
+            Duration::from_secs(3),
+        )
+        .await
+        .with_context(|| format!("no RocketMQ name server answers at {namesrv}"))?;
+        let mut created = admin.create_topic(&topic, queues).await;
+        for _ in 0..30 {
+            if created.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            created = admin.create_topic(&topic, queues).await;
+        }
+        admin.shutdown().await;
+        created.with_context(|| format!("cannot create topic {topic}"))?;
+        let state = Arc::new(std::sync::Mutex::new(CheckState::default()));
+        let sink = state.clone();
+        let handler: settle_rocketmq::Handler = Arc::new(move |d: settle_rocketmq::Delivery| {
+            let sink = sink.clone();
+            Box::pin(async move {
+                let body: serde_json::Value = serde_json::from_slice(&d.body).unwrap_or_default();
+                let (Some(run), Some(key), Some(n)) = (
+                    body["run"].as_str(),
+                    body["key"].as_u64(),
+                    body["n"].as_u64(),
+                ) else {
+                    return Ok(());
+                };
+                let mut s = sink
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if s.run != run {
+                    return Ok(());
+                }
+                let last = s.last.get(&key).copied().unwrap_or(0);
+                if n == last + 1 {
+                    s.last.insert(key, n);
+                    s.seen.distinct += 1;
+                } else if n <= last {
+                    s.seen.duplicates += 1;
+                } else {
+                    s.seen.out_of_order += 1;
+                    if s.first_violation.is_none() {
+                        s.first_violation = Some(format!(
+                            "key {key}: message {n} arrived after {last}, before {}",
+                            last + 1
+                        ));
+                    }
+                }
+                Ok(())
+            }) as futures_util::future::BoxFuture<'static, Result<(), String>>
+        });
+        let consumer = settle_rocketmq::OrderlyConsumer::start(
+            &client,
+            namesrv,
+            &format!("{topic}-check"),
+            &topic,
+            handler,
+        )
+        .await?;
+        Ok(Self {
+            topic,
+            state,
+            consumer,
+            client,
+        })
+    }
+
+    fn begin(&self, run: &str) {
+        let mut s = self.lock();
+        *s = CheckState {
+            run: run.to_owned(),
+            ..CheckState::default()
+        };
+    }
+
+    fn seen(&self) -> (Seen, Option<String>) {
+        let s = self.lock();
+        (s.seen, s.first_violation.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CheckState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn shutdown(self) {
+        self.consumer.shutdown().await;
+        self.client.shutdown().await;
+    }
+}
+
+async fn msg_run(
+    http: &reqwest::Client,
+    participant: &Participant,
+    check: &OrderCheck,
+    name: &str,
+    server: &str,
+    concurrency: usize,
+    args: &BenchArgs,
+) -> anyhow::Result<(Run, Seen)> {
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    check.begin(&run_id);
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = args.transactions.unwrap_or(u64::MAX);
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..concurrency {
+        let (http, server, run_id, stop, next) = (
+            http.clone(),
+            server.to_owned(),
+            run_id.clone(),
+            stop.clone(),
+            next.clone(),
+        );
+        let keys: Vec<u64> = (w..args.keys)
+            .step_by(concurrency)
+            .map(|k| k as u64)
+            .collect();
+        let query = format!("{}/queryPrepared", participant.base);
+        let (topic, prepare) = (check.topic.clone(), !args.no_prepare);
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut sent = vec![0_u64; keys.len()];
+            for j in 0.. {
+                if stop.load(Ordering::Relaxed) || next.fetch_add(1, Ordering::Relaxed) >= total {
+                    break;
+                }
+                let slot = j % keys.len();
+                sent[slot] += 1;
+                let (key, n) = (keys[slot], sent[slot]);
+                let gid = format!("bench-{run_id}-{w}-{j}");
+                let mut global = GlobalRequest::new(&gid, names::MSG);
+                global.steps = vec![[(
+                    "action".to_owned(),
+                    format!("rocketmq://{topic}?key=k{key}"),
+                )]
+                .into()];
+                global.payloads = vec![json!({"run": run_id, "key": key, "n": n}).to_string()];
+                global.query_prepared = query.clone();
+                let t0 = Instant::now();
+                if prepare {
+                    expect_ok(
+                        http.post(format!("{server}/prepare"))
+                            .json(&global)
+                            .send()
+                            .await,
+                        "prepare",
+                    )
+                    .await?;
+                }
+                expect_ok(
+                    http.post(format!("{server}/submit"))
+                        .json(&global)
+                        .send()
+                        .await,
+                    "submit",
+                )
+                .await?;
+                latencies.push(t0.elapsed());
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        });
+    }
+    let (latencies, elapsed) = join_workers(workers, &stop, args, started).await?;
+    let done = latencies.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(args.settle_timeout_s);
+    loop {
+        let (seen, violation) = check.seen();
+        if let Some(v) = violation {
+            bail!("{name}: per-key order broken: {v}");
+        }
+        if seen.distinct >= done {
+            let consumed = started.elapsed();
+            let run = Run {
+                system: name.to_owned(),
+                concurrency,
+                settled_per_s: done as f64 / consumed.as_secs_f64().max(1e-9),
+                figures: Figures {
+                    count: latencies.len(),
+                    elapsed,
+                    latencies,
+                },
+            };
+            return Ok((run, seen));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{name}: only {} of {done} messages were consumed within {}s",
+                seen.distinct,
+                args.settle_timeout_s
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// The runs as CSV: one row per server and concurrency.
@@ -460,27 +940,41 @@ async fn one_tcc(
     .await
 }
 
-/// A participant that answers every call with success and counts confirms.
+/// A participant that answers every call with success and counts confirms; while `hold` is
+/// set, confirms answer ONGOING instead.
 struct Participant {
     base: String,
     confirms: Arc<AtomicU64>,
+    hold: Arc<AtomicBool>,
 }
 
 impl Participant {
     async fn start() -> anyhow::Result<Self> {
         let confirms = Arc::new(AtomicU64::new(0));
         let counter = confirms.clone();
+        let hold = Arc::new(AtomicBool::new(false));
+        let holding = hold.clone();
         let ok = || async { axum::Json(json!({"dtm_result": "SUCCESS"})) };
         let app = Router::new()
             .route("/try", post(ok))
             .route("/cancel", post(ok))
+            .route("/queryPrepared", axum::routing::get(ok).post(ok))
             .route(
                 "/confirm",
                 post(move || {
-                    let counter = counter.clone();
+                    let (counter, holding) = (counter.clone(), holding.clone());
                     async move {
+                        if holding.load(Ordering::Relaxed) {
+                            return (
+                                axum::http::StatusCode::TOO_EARLY,
+                                axum::Json(json!({"dtm_result": "ONGOING"})),
+                            );
+                        }
                         counter.fetch_add(1, Ordering::Relaxed);
-                        axum::Json(json!({"dtm_result": "SUCCESS"}))
+                        (
+                            axum::http::StatusCode::OK,
+                            axum::Json(json!({"dtm_result": "SUCCESS"})),
+                        )
                     }
                 }),
             );
@@ -499,6 +993,7 @@ impl Participant {
         Ok(Self {
             base: format!("http://{addr}"),
             confirms,
+            hold,
         })
     }
 }
