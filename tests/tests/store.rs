@@ -152,6 +152,51 @@ on_both!(
     }
 );
 
+/// Text that a database could read as something other than a value if it were quoted
+/// carelessly.
+const HOSTILE: &str = "it's \\' \"q\" \0 nul; DROP TABLE trans_global; -- \u{1F600} \\";
+
+on_both!(
+    text_with_quotes_backslashes_and_nul_is_stored_byte_for_byte,
+    |store| {
+        let gid = "hostile-1";
+        let mut t = txn(gid, GlobalStatus::Prepared, 1_000);
+        t.custom_data = HOSTILE.to_owned();
+        t.payloads = vec![HOSTILE.to_owned()];
+        t.options.branch_headers = [(HOSTILE.to_owned(), HOSTILE.to_owned())].into();
+        let mut step = branch("01", Op::Action);
+        step.data = HOSTILE.to_owned();
+        step.url = "rocketmq://Topic?key=k'1\\".to_owned();
+        enqueue(&store, t.clone(), vec![step], OutboxState::Pending).await;
+        assert_eq!(store.find(gid).await.unwrap(), Some(t));
+        let branches = store.find_branches(gid).await.unwrap();
+        assert_eq!(branches[0].data, HOSTILE);
+        // Updates write their values the same way.
+        let reason = HOSTILE.to_owned();
+        store
+            .write(gid, move |_, _| {
+                Ok(Decision::Apply(
+                    Change::at(2_000)
+                        .to(GlobalStatus::Aborting)
+                        .reason(reason.clone()),
+                ))
+            })
+            .await
+            .unwrap();
+        let stored = store.find(gid).await.unwrap().unwrap();
+        assert_eq!(stored.rollback_reason, HOSTILE);
+        let out = store
+            .claim_outbox("me/1", 3_000, 60_000, 10, 64)
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].body.as_str(), out[0].sharding_key.as_str()),
+            (HOSTILE, "k'1\\")
+        );
+    }
+);
+
 on_both!(submit_takes_the_lease_and_finish_needs_it, |store| {
     insert(&store, txn("g", GlobalStatus::Prepared, 1_000), vec![]).await;
     let t = txn("g", GlobalStatus::Submitted, 2_000);

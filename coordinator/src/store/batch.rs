@@ -13,6 +13,11 @@
 //!    changed rows grouped by their new values into one `UPDATE ... WHERE ... IN (...)`;
 //! 4. commit, then answer every command.
 //!
+//! What costs time is round trips to the database, not rows: the statements of each step
+//! travel together as one multi-statement text ([`super::sql`]), so that a batch costs two
+//! round trips (`BEGIN` and the reads; the writes and `COMMIT`), three when it commits or
+//! acknowledges messages, whatever its size.
+//!
 //! A transition that refuses (an illegal operation, a lost lease) fails only its own command:
 //! it wrote nothing. If the database refuses the whole batch (a value it will not store, say),
 //! each command is run again alone, so that only the faulty one fails. A deadlock or lock
@@ -23,18 +28,23 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use futures_util::TryStreamExt;
 use sqlx::mysql::{MySqlConnection, MySqlPool};
 use sqlx::sqlite::SqlitePool;
-use sqlx::{Connection, Row};
+use sqlx::{Either, Row};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::warn;
 
 use super::connect::{is_transient, pause_before_retry, Dialect, TRANSIENT_RETRIES};
-use super::{marks, rows, Result, Store, StoreError, BRANCH_COLUMNS, GLOBAL_COLUMNS};
+use super::sql::{Script, Sql};
+use super::{rows, Result, Store, StoreError, BRANCH_COLUMNS, GLOBAL_COLUMNS};
 use crate::clock::Clock;
 use crate::txn::change::OutboxEffect;
-use crate::txn::{BranchStatus, Change, Current, Decision, OutboxMessage, OutboxState, TxnError};
+use crate::txn::{
+    BranchOp, BranchStatus, Change, Current, Decision, GlobalTxn, OutboxMessage, OutboxState,
+    TxnError,
+};
 
 /// What a batch gives every command it decides: one time and one fresh fencing token, so that
 /// the rows a batch changes the same way are written by one statement.
@@ -298,6 +308,23 @@ struct Work {
     read_status: HashMap<i64, BranchStatus>,
 }
 
+impl Work {
+    /// Nothing read yet about `gid`.
+    fn new(gid: &str) -> Self {
+        Self {
+            current: Current {
+                gid: gid.to_owned(),
+                txn: None,
+                branches: Vec::new(),
+            },
+            existed: false,
+            dirty: false,
+            global_dirty: false,
+            read_status: HashMap::new(),
+        }
+    }
+}
+
 /// Everything a batch decided, before it is written.
 #[derive(Default)]
 struct Plan {
@@ -372,128 +399,205 @@ fn decide_all(
 
 /// The mutable columns of a global row: rows with equal values are updated together.
 #[derive(Hash, PartialEq, Eq)]
-struct GlobalValues {
+struct GlobalValues<'a> {
     status: &'static str,
     update_time: i64,
     finish_time: Option<i64>,
     rollback_time: Option<i64>,
-    rollback_reason: String,
+    rollback_reason: &'a str,
     next_cron_time: i64,
     next_cron_interval: i64,
-    owner: String,
-    lease_token: String,
+    owner: &'a str,
+    lease_token: &'a str,
     lease_expire: i64,
     retry_count: i64,
-    last_error: String,
+    last_error: &'a str,
 }
-
-const UPDATE_GLOBAL: &str = "UPDATE trans_global SET status = ?, update_time = ?, \
-     finish_time = ?, rollback_time = ?, rollback_reason = ?, next_cron_time = ?, \
-     next_cron_interval = ?, owner = ?, lease_token = ?, lease_expire = ?, retry_count = ?, \
-     last_error = ? WHERE gid IN ";
 
 const INSERT_GLOBAL: &str = "INSERT INTO trans_global (gid, trans_type, status, custom_data, \
      steps, payloads, query_prepared, protocol, options, rollback_reason, create_time, \
      update_time, finish_time, rollback_time, next_cron_time, next_cron_interval, owner, \
      lease_token, lease_expire, retry_count, last_error) VALUES ";
-const GLOBAL_INSERT_COLUMNS: usize = 21;
 
 const INSERT_BRANCH: &str = "INSERT INTO trans_branch_op (gid, branch_id, op, url, data, \
      status, create_time, update_time, finish_time) VALUES ";
-const BRANCH_INSERT_COLUMNS: usize = 9;
 
 const INSERT_OUTBOX: &str = "INSERT INTO outbox (gid, branch_id, topic, tag, sharding_key, \
      seq, message_id, body, status, next_attempt_time, create_time) VALUES ";
-const OUTBOX_INSERT_COLUMNS: usize = 11;
 
-/// `(?, ?), (?, ?)`: `rows` groups of `cols` marks.
-fn value_rows(rows: usize, cols: usize) -> String {
-    let one = format!("({})", marks(cols));
-    vec![one; rows].join(", ")
-}
+/// Most rows in one multi-row statement.
+const ROWS_PER_STATEMENT: usize = 500;
+/// A multi-row statement is ended once its text is this long, bytes.
+const STATEMENT_BYTES: usize = 1024 * 1024;
 
-/// Splits `len` rows of `cols` values into statements within both databases' limits on
-/// bound values.
-fn chunks(len: usize, cols: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
-    let per = (30_000 / cols.max(1)).clamp(1, 500);
-    (0..len)
-        .step_by(per)
-        .map(move |start| start..(start + per).min(len))
-}
-
-fn next_seq_sql(dialect: Dialect, keys: usize) -> String {
-    let values = value_rows(keys, 2);
-    match dialect {
-        Dialect::MySql => format!(
-            "INSERT INTO outbox_key_seq (sharding_key, last_seq) VALUES {values} \
-             ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)"
-        ),
-        Dialect::Sqlite => format!(
-            "INSERT INTO outbox_key_seq (sharding_key, last_seq) VALUES {values} \
-             ON CONFLICT (sharding_key) DO UPDATE SET last_seq = last_seq + excluded.last_seq"
-        ),
+/// Adds multi-row `INSERT`s of `items` to `script`: `head` then one `(...)` per item, written
+/// by `row`, as many statements as the row and size limits need.
+fn insert_rows<T>(
+    script: &mut Script,
+    dialect: Dialect,
+    head: &str,
+    items: &[T],
+    mut row: impl FnMut(&mut Sql, &T),
+) {
+    let mut statement: Option<(Sql, usize)> = None;
+    for item in items {
+        let (sql, n) = statement.get_or_insert_with(|| (Sql::new(dialect, head), 0));
+        if *n > 0 {
+            sql.push(", ");
+        }
+        row(sql, item);
+        *n += 1;
+        if *n >= ROWS_PER_STATEMENT || sql.len() >= STATEMENT_BYTES {
+            if let Some((sql, _)) = statement.take() {
+                script.add(sql);
+            }
+        }
+    }
+    if let Some((sql, _)) = statement {
+        script.add(sql);
     }
 }
 
-/// The body of one batch, for either database: `$tx` is an open transaction.
-macro_rules! batch_body {
-    ($tx:ident, $dialect:expr, $cmds:expr, $stamp:expr) => {{
-        let cmds: &[Command] = $cmds;
-        let stamp: &Stamp = $stamp;
-        let dialect: Dialect = $dialect;
-        // 1. Read and lock, in gid order.
+/// Each of `lists` in statements of at most [`ROWS_PER_STATEMENT`] values.
+fn in_chunks<T>(values: &[T]) -> impl Iterator<Item = &[T]> {
+    values.chunks(ROWS_PER_STATEMENT)
+}
+
+/// How many rows a statement changed (or matched, on MySQL), for either database.
+trait Affected {
+    fn affected(&self) -> u64;
+}
+
+impl Affected for sqlx::mysql::MySqlQueryResult {
+    fn affected(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl Affected for sqlx::sqlite::SqliteQueryResult {
+    fn affected(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+/// What one statement of a round trip gave back.
+struct Answer<R> {
+    rows: Vec<R>,
+    affected: u64,
+}
+
+/// Sends `sql` (one or more statements) in one round trip and returns each statement's
+/// answer, in order.
+async fn trip<DB>(conn: &mut DB::Connection, sql: &str) -> Result<Vec<Answer<DB::Row>>>
+where
+    DB: sqlx::Database,
+    DB::QueryResult: Affected,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let mut answers = Vec::new();
+    let mut rows = Vec::new();
+    let mut stream = sqlx::raw_sql(sql).fetch_many(&mut *conn);
+    while let Some(item) = stream.try_next().await? {
+        match item {
+            Either::Left(done) => answers.push(Answer {
+                rows: std::mem::take(&mut rows),
+                affected: done.affected(),
+            }),
+            Either::Right(row) => rows.push(row),
+        }
+    }
+    Ok(answers)
+}
+
+/// Runs `script` in as few round trips as its size allows, and returns every statement's
+/// answer.
+async fn run_script<DB>(conn: &mut DB::Connection, script: &Script) -> Result<Vec<Answer<DB::Row>>>
+where
+    DB: sqlx::Database,
+    DB::QueryResult: Affected,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let mut answers = Vec::with_capacity(script.len());
+    for (sql, count) in script.trips() {
+        let got = trip::<DB>(conn, &sql).await?;
+        if got.len() != count {
+            return Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                "{count} statements sent in one round trip, {} answers received",
+                got.len()
+            ))));
+        }
+        answers.extend(got);
+    }
+    Ok(answers)
+}
+
+/// One batch on the writer's connection, for either database. The batch is one database
+/// transaction, driven by hand so that it costs as few round trips as its steps allow:
+///
+/// 1. `BEGIN`, then read and lock every transaction the batch names (in gid order) and read
+///    their branch operations: one round trip;
+/// 2. decide, in memory;
+/// 3. only when messages were committed or acknowledged, take their keys' sequence numbers
+///    and record the acknowledgements, checking each claim still holds: one round trip;
+/// 4. every other write, then `COMMIT`: one round trip (more only for very large batches).
+///
+/// On any error the transaction is rolled back before returning.
+async fn exec<DB>(
+    conn: &mut DB::Connection,
+    dialect: Dialect,
+    cmds: &[Command],
+    stamp: &Stamp,
+    turn: &mut Option<Turn>,
+) -> Result<Outcomes>
+where
+    DB: sqlx::Database,
+    DB::QueryResult: Affected,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'c> &'c str: sqlx::ColumnIndex<DB::Row>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    for<'r> String: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> i64: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> Option<i64>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+{
+    let result: Result<Outcomes> = async {
+        // 1. Begin, read and lock, in gid order.
         let gids: BTreeSet<&str> = cmds.iter().map(|c| c.gid.as_str()).collect();
         let mut work: HashMap<String, Work> = gids
             .iter()
-            .map(|g| {
-                (
-                    (*g).to_owned(),
-                    Work {
-                        current: Current {
-                            gid: (*g).to_owned(),
-                            txn: None,
-                            branches: Vec::new(),
-                        },
-                        existed: false,
-                        dirty: false,
-                        global_dirty: false,
-                        read_status: HashMap::new(),
-                    },
-                )
-            })
+            .map(|g| ((*g).to_owned(), Work::new(g)))
             .collect();
-        let select = format!(
-            "SELECT {GLOBAL_COLUMNS} FROM trans_global WHERE gid IN ({}) ORDER BY gid{}",
-            marks(gids.len()),
-            dialect.for_update()
+        let mut read = Script::default();
+        read.add_text(match dialect {
+            Dialect::MySql => "BEGIN",
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+        });
+        let mut globals = Sql::new(
+            dialect,
+            &format!("SELECT {GLOBAL_COLUMNS} FROM trans_global WHERE gid IN "),
         );
-        let mut q = sqlx::query(&select);
-        for g in &gids {
-            q = q.bind(*g);
-        }
-        let existing: Vec<String> = {
-            let found = q.fetch_all(&mut *$tx).await?;
-            let mut existing = Vec::with_capacity(found.len());
-            for row in &found {
+        globals
+            .text_list(gids.iter().copied())
+            .push(" ORDER BY gid")
+            .push(dialect.for_update());
+        read.add(globals);
+        let mut branches = Sql::new(
+            dialect,
+            &format!("SELECT {BRANCH_COLUMNS} FROM trans_branch_op WHERE gid IN "),
+        );
+        branches
+            .text_list(gids.iter().copied())
+            .push(" ORDER BY id");
+        read.add(branches);
+        let answers = run_script::<DB>(conn, &read).await?;
+        if let [_, found, ops] = answers.as_slice() {
+            for row in &found.rows {
                 let t = rows::decode_global(row)?;
                 if let Some(w) = work.get_mut(&t.gid) {
-                    existing.push(t.gid.clone());
                     w.existed = true;
                     w.current.txn = Some(t);
                 }
             }
-            existing
-        };
-        if !existing.is_empty() {
-            let select = format!(
-                "SELECT {BRANCH_COLUMNS} FROM trans_branch_op WHERE gid IN ({}) ORDER BY id",
-                marks(existing.len())
-            );
-            let mut q = sqlx::query(&select);
-            for g in &existing {
-                q = q.bind(g);
-            }
-            for row in &q.fetch_all(&mut *$tx).await? {
+            for row in &ops.rows {
                 let b = rows::decode_branch(row)?;
                 if let Some(w) = work.get_mut(&b.gid) {
                     w.read_status.insert(b.id, b.status);
@@ -505,259 +609,357 @@ macro_rules! batch_body {
         // 2. Decide.
         let mut plan = Plan::default();
         let outcomes = decide_all(cmds, stamp, &mut work, &mut plan);
-
-        // 3. Write: new transactions, changed transactions, branches, outbox.
         let mut dirty: Vec<&Work> = work.values().filter(|w| w.dirty).collect();
         dirty.sort_by(|a, b| a.current.gid.cmp(&b.current.gid));
-        let created: Vec<&crate::txn::GlobalTxn> = dirty
-            .iter()
-            .filter(|w| !w.existed)
-            .filter_map(|w| w.current.txn.as_ref())
-            .collect();
-        for range in chunks(created.len(), GLOBAL_INSERT_COLUMNS) {
-            let sql = format!(
-                "{INSERT_GLOBAL}{}",
-                value_rows(range.len(), GLOBAL_INSERT_COLUMNS)
-            );
-            let encoded: Vec<rows::EncodedGlobal> = created[range.clone()]
-                .iter()
-                .map(|t| rows::EncodedGlobal::new(t))
-                .collect();
-            let mut q = sqlx::query(&sql);
-            for (t, e) in created[range].iter().zip(&encoded) {
-                q = q
-                    .bind(&t.gid)
-                    .bind(t.trans_type.as_str())
-                    .bind(t.status.as_str())
-                    .bind(&t.custom_data)
-                    .bind(&e.steps)
-                    .bind(&e.payloads)
-                    .bind(&t.query_prepared)
-                    .bind(&t.protocol)
-                    .bind(&e.options)
-                    .bind(&t.rollback_reason)
-                    .bind(t.create_time)
-                    .bind(t.update_time)
-                    .bind(t.finish_time)
-                    .bind(t.rollback_time)
-                    .bind(t.next_cron_time)
-                    .bind(t.next_cron_interval)
-                    .bind(&t.owner)
-                    .bind(&t.lease_token)
-                    .bind(t.lease_expire)
-                    .bind(t.retry_count)
-                    .bind(&t.last_error);
-            }
-            q.execute(&mut *$tx).await?;
+
+        // 3. Sequence numbers and acknowledgements, whose answers the rest depends on.
+        let seqs = if plan.enqueue.is_empty() && plan.sent.is_empty() {
+            HashMap::new()
+        } else {
+            sequence_and_acknowledge::<DB>(conn, dialect, &plan).await?
+        };
+
+        // 4. Everything else, and the commit.
+        let mut writes = Script::default();
+        write_globals(&mut writes, dialect, &dirty);
+        write_branches(&mut writes, dialect, &dirty);
+        write_outbox(&mut writes, dialect, &plan, seqs);
+        writes.add_text("COMMIT");
+        // The next batch may start now: this one has only its writes and commit left.
+        turn.take();
+        run_script::<DB>(conn, &writes).await?;
+        Ok(outcomes)
+    }
+    .await;
+    if result.is_err() {
+        // Nothing of the batch stays; a broken connection is replaced by the caller.
+        let _ = trip::<DB>(conn, "ROLLBACK").await;
+    }
+    result
+}
+
+/// Takes the next sequence numbers of every key the batch enqueues messages for (under the
+/// keys' row locks, keys in order: for one key, sequence order is commit order) and records
+/// the messages the broker acknowledged, while their claims hold. Returns each key's first
+/// new sequence number.
+///
+/// # Errors
+/// A lost lease when a claim no longer holds (run alone, each command then finds out whether
+/// it is the one that lost); a database error.
+async fn sequence_and_acknowledge<DB>(
+    conn: &mut DB::Connection,
+    dialect: Dialect,
+    plan: &Plan,
+) -> Result<HashMap<String, i64>>
+where
+    DB: sqlx::Database,
+    DB::QueryResult: Affected,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    for<'r> String: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> i64: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+{
+    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+    for (_, _, _, messages) in &plan.enqueue {
+        for m in messages.iter().filter(|m| !m.sharding_key.is_empty()) {
+            *counts.entry(m.sharding_key.as_str()).or_default() += 1;
         }
-        let mut groups: HashMap<GlobalValues, Vec<&str>> = HashMap::new();
-        for w in dirty.iter().filter(|w| w.existed && w.global_dirty) {
-            if let Some(t) = &w.current.txn {
+    }
+    let keys: Vec<(&str, i64)> = counts.iter().map(|(k, n)| (*k, *n)).collect();
+    let mut script = Script::default();
+    let mut reads = Vec::new();
+    for chunk in in_chunks(&keys) {
+        let mut upsert = Sql::new(
+            dialect,
+            "INSERT INTO outbox_key_seq (sharding_key, last_seq) VALUES ",
+        );
+        for (i, (k, n)) in chunk.iter().enumerate() {
+            if i > 0 {
+                upsert.push(", ");
+            }
+            upsert.push("(").text(k).push(", ").int(*n).push(")");
+        }
+        upsert.push(match dialect {
+            Dialect::MySql => " ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)",
+            Dialect::Sqlite => {
+                " ON CONFLICT (sharding_key) DO UPDATE SET last_seq = last_seq + excluded.last_seq"
+            }
+        });
+        script.add(upsert);
+        let mut select = Sql::new(
+            dialect,
+            "SELECT sharding_key, last_seq FROM outbox_key_seq WHERE sharding_key IN ",
+        );
+        select.text_list(chunk.iter().map(|(k, _)| *k));
+        reads.push(script.len());
+        script.add(select);
+    }
+    let mut acks = Vec::new();
+    for ((now, owner), messages) in &plan.sent {
+        for chunk in in_chunks(messages) {
+            let mut update = Sql::new(dialect, "UPDATE outbox SET status = 'sent', sent_time = ");
+            update
+                .int(*now)
+                .push(", owner = '', lease_expire = 0 WHERE status = 'pending' AND owner = ")
+                .text(owner)
+                .push(" AND id IN ")
+                .int_list(chunk.iter().map(|(id, _)| *id));
+            acks.push((script.len(), chunk));
+            script.add(update);
+        }
+    }
+    let answers = run_script::<DB>(conn, &script).await?;
+    for (at, chunk) in acks {
+        if answers[at].affected != chunk.len() as u64 {
+            return Err(StoreError::Txn(TxnError::LeaseLost {
+                gid: chunk[0].1.clone(),
+            }));
+        }
+    }
+    let mut next = HashMap::new();
+    for at in reads {
+        for row in &answers[at].rows {
+            let key: String = row.try_get_unchecked(0)?;
+            let last: i64 = row.try_get_unchecked(1)?;
+            let n = counts.get(key.as_str()).copied().unwrap_or(0);
+            next.insert(key, last - n + 1);
+        }
+    }
+    Ok(next)
+}
+
+/// New transactions in multi-row `INSERT`s; changed ones grouped by their new values, one
+/// `UPDATE ... WHERE gid IN (...)` per group.
+fn write_globals(script: &mut Script, dialect: Dialect, dirty: &[&Work]) {
+    let created: Vec<&GlobalTxn> = dirty
+        .iter()
+        .filter(|w| !w.existed)
+        .filter_map(|w| w.current.txn.as_ref())
+        .collect();
+    insert_rows(script, dialect, INSERT_GLOBAL, &created, |sql, t| {
+        let e = rows::EncodedGlobal::new(t);
+        sql.push("(")
+            .text(&t.gid)
+            .push(", ")
+            .text(t.trans_type.as_str())
+            .push(", ")
+            .text(t.status.as_str())
+            .push(", ")
+            .text(&t.custom_data)
+            .push(", ")
+            .text(&e.steps)
+            .push(", ")
+            .text(&e.payloads)
+            .push(", ")
+            .text(&t.query_prepared)
+            .push(", ")
+            .text(&t.protocol)
+            .push(", ")
+            .text(&e.options)
+            .push(", ")
+            .text(&t.rollback_reason)
+            .push(", ")
+            .int(t.create_time)
+            .push(", ")
+            .int(t.update_time)
+            .push(", ")
+            .opt_int(t.finish_time)
+            .push(", ")
+            .opt_int(t.rollback_time)
+            .push(", ")
+            .int(t.next_cron_time)
+            .push(", ")
+            .int(t.next_cron_interval)
+            .push(", ")
+            .text(&t.owner)
+            .push(", ")
+            .text(&t.lease_token)
+            .push(", ")
+            .int(t.lease_expire)
+            .push(", ")
+            .int(t.retry_count)
+            .push(", ")
+            .text(&t.last_error)
+            .push(")");
+    });
+    let mut groups: HashMap<GlobalValues<'_>, Vec<&str>> = HashMap::new();
+    for w in dirty.iter().filter(|w| w.existed && w.global_dirty) {
+        if let Some(t) = &w.current.txn {
+            groups
+                .entry(GlobalValues {
+                    status: t.status.as_str(),
+                    update_time: t.update_time,
+                    finish_time: t.finish_time,
+                    rollback_time: t.rollback_time,
+                    rollback_reason: &t.rollback_reason,
+                    next_cron_time: t.next_cron_time,
+                    next_cron_interval: t.next_cron_interval,
+                    owner: &t.owner,
+                    lease_token: &t.lease_token,
+                    lease_expire: t.lease_expire,
+                    retry_count: t.retry_count,
+                    last_error: &t.last_error,
+                })
+                .or_default()
+                .push(&t.gid);
+        }
+    }
+    for (v, gids) in &groups {
+        for chunk in in_chunks(gids) {
+            let mut sql = Sql::new(dialect, "UPDATE trans_global SET status = ");
+            sql.text(v.status)
+                .push(", update_time = ")
+                .int(v.update_time)
+                .push(", finish_time = ")
+                .opt_int(v.finish_time)
+                .push(", rollback_time = ")
+                .opt_int(v.rollback_time)
+                .push(", rollback_reason = ")
+                .text(v.rollback_reason)
+                .push(", next_cron_time = ")
+                .int(v.next_cron_time)
+                .push(", next_cron_interval = ")
+                .int(v.next_cron_interval)
+                .push(", owner = ")
+                .text(v.owner)
+                .push(", lease_token = ")
+                .text(v.lease_token)
+                .push(", lease_expire = ")
+                .int(v.lease_expire)
+                .push(", retry_count = ")
+                .int(v.retry_count)
+                .push(", last_error = ")
+                .text(v.last_error)
+                .push(" WHERE gid IN ")
+                .text_list(chunk.iter().copied());
+            script.add(sql);
+        }
+    }
+}
+
+/// New branch operations in multi-row `INSERT`s; changed ones grouped by their new values.
+fn write_branches(script: &mut Script, dialect: Dialect, dirty: &[&Work]) {
+    let created: Vec<&BranchOp> = dirty
+        .iter()
+        .flat_map(|w| w.current.branches.iter().filter(|b| b.id == 0))
+        .collect();
+    insert_rows(script, dialect, INSERT_BRANCH, &created, |sql, b| {
+        sql.push("(")
+            .text(&b.gid)
+            .push(", ")
+            .text(&b.branch_id)
+            .push(", ")
+            .text(b.op.as_str())
+            .push(", ")
+            .text(&b.url)
+            .push(", ")
+            .text(&b.data)
+            .push(", ")
+            .text(b.status.as_str())
+            .push(", ")
+            .int(b.create_time)
+            .push(", ")
+            .int(b.update_time)
+            .push(", ")
+            .opt_int(b.finish_time)
+            .push(")");
+    });
+    let mut groups: BTreeMap<(&'static str, i64, Option<i64>), Vec<i64>> = BTreeMap::new();
+    for w in dirty {
+        for b in &w.current.branches {
+            if b.id != 0 && w.read_status.get(&b.id) != Some(&b.status) {
                 groups
-                    .entry(GlobalValues {
-                        status: t.status.as_str(),
-                        update_time: t.update_time,
-                        finish_time: t.finish_time,
-                        rollback_time: t.rollback_time,
-                        rollback_reason: t.rollback_reason.clone(),
-                        next_cron_time: t.next_cron_time,
-                        next_cron_interval: t.next_cron_interval,
-                        owner: t.owner.clone(),
-                        lease_token: t.lease_token.clone(),
-                        lease_expire: t.lease_expire,
-                        retry_count: t.retry_count,
-                        last_error: t.last_error.clone(),
-                    })
+                    .entry((b.status.as_str(), b.update_time, b.finish_time))
                     .or_default()
-                    .push(&t.gid);
+                    .push(b.id);
             }
         }
-        for (v, gids) in &groups {
-            let sql = format!("{UPDATE_GLOBAL}({})", marks(gids.len()));
-            let mut q = sqlx::query(&sql)
-                .bind(v.status)
-                .bind(v.update_time)
-                .bind(v.finish_time)
-                .bind(v.rollback_time)
-                .bind(&v.rollback_reason)
-                .bind(v.next_cron_time)
-                .bind(v.next_cron_interval)
-                .bind(&v.owner)
-                .bind(&v.lease_token)
-                .bind(v.lease_expire)
-                .bind(v.retry_count)
-                .bind(&v.last_error);
-            for g in gids {
-                q = q.bind(*g);
-            }
-            q.execute(&mut *$tx).await?;
+    }
+    for ((status, update_time, finish_time), ids) in &groups {
+        for chunk in in_chunks(ids) {
+            let mut sql = Sql::new(dialect, "UPDATE trans_branch_op SET status = ");
+            sql.text(status)
+                .push(", update_time = ")
+                .int(*update_time)
+                .push(", finish_time = ")
+                .opt_int(*finish_time)
+                .push(" WHERE id IN ")
+                .int_list(chunk.iter().copied());
+            script.add(sql);
         }
-        let new_branches: Vec<&crate::txn::BranchOp> = dirty
-            .iter()
-            .flat_map(|w| w.current.branches.iter().filter(|b| b.id == 0))
-            .collect();
-        for range in chunks(new_branches.len(), BRANCH_INSERT_COLUMNS) {
-            let sql = format!(
-                "{INSERT_BRANCH}{}",
-                value_rows(range.len(), BRANCH_INSERT_COLUMNS)
-            );
-            let mut q = sqlx::query(&sql);
-            for b in &new_branches[range] {
-                q = q
-                    .bind(&b.gid)
-                    .bind(&b.branch_id)
-                    .bind(b.op.as_str())
-                    .bind(&b.url)
-                    .bind(&b.data)
-                    .bind(b.status.as_str())
-                    .bind(b.create_time)
-                    .bind(b.update_time)
-                    .bind(b.finish_time);
-            }
-            q.execute(&mut *$tx).await?;
+    }
+}
+
+/// Messages committed (with the sequence numbers taken from `next`, each key's first new
+/// one), and held messages released or dropped.
+fn write_outbox(
+    script: &mut Script,
+    dialect: Dialect,
+    plan: &Plan,
+    mut next: HashMap<String, i64>,
+) {
+    let mut rows_out: Vec<(&str, i64, &OutboxMessage, OutboxState, Option<i64>)> = Vec::new();
+    for (gid, now, state, messages) in &plan.enqueue {
+        for m in messages {
+            let seq = if m.sharding_key.is_empty() {
+                None
+            } else {
+                let slot = next.entry(m.sharding_key.clone()).or_insert(1);
+                let s = *slot;
+                *slot += 1;
+                Some(s)
+            };
+            rows_out.push((gid.as_str(), *now, m, *state, seq));
         }
-        let mut branch_groups: BTreeMap<(&'static str, i64, Option<i64>), Vec<i64>> =
-            BTreeMap::new();
-        for w in &dirty {
-            for b in &w.current.branches {
-                if b.id != 0 && w.read_status.get(&b.id) != Some(&b.status) {
-                    branch_groups
-                        .entry((b.status.as_str(), b.update_time, b.finish_time))
-                        .or_default()
-                        .push(b.id);
-                }
-            }
-        }
-        for ((status, update_time, finish_time), ids) in &branch_groups {
-            let sql = format!(
-                "UPDATE trans_branch_op SET status = ?, update_time = ?, finish_time = ? \
-                 WHERE id IN ({})",
-                marks(ids.len())
-            );
-            let mut q = sqlx::query(&sql)
-                .bind(*status)
-                .bind(*update_time)
-                .bind(*finish_time);
-            for id in ids {
-                q = q.bind(*id);
-            }
-            q.execute(&mut *$tx).await?;
-        }
-        if !plan.enqueue.is_empty() {
-            // Each key's next sequence numbers, taken under the key's row lock (keys in
-            // order): for one key, sequence order is commit order.
-            let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
-            for (_, _, _, messages) in &plan.enqueue {
-                for m in messages.iter().filter(|m| !m.sharding_key.is_empty()) {
-                    *counts.entry(m.sharding_key.as_str()).or_default() += 1;
-                }
-            }
-            let mut next: HashMap<String, i64> = HashMap::new();
-            if !counts.is_empty() {
-                let keys: Vec<(&str, i64)> = counts.iter().map(|(k, n)| (*k, *n)).collect();
-                for range in chunks(keys.len(), 2) {
-                    let sql = next_seq_sql(dialect, range.len());
-                    let mut q = sqlx::query(&sql);
-                    for (k, n) in &keys[range] {
-                        q = q.bind(*k).bind(*n);
-                    }
-                    q.execute(&mut *$tx).await?;
-                }
-                for range in chunks(keys.len(), 1) {
-                    let sql = format!(
-                        "SELECT sharding_key, last_seq FROM outbox_key_seq WHERE sharding_key IN ({})",
-                        marks(range.len())
-                    );
-                    let mut q = sqlx::query(&sql);
-                    for (k, _) in &keys[range] {
-                        q = q.bind(*k);
-                    }
-                    for row in &q.fetch_all(&mut *$tx).await? {
-                        let key: String = row.try_get_unchecked(0)?;
-                        let last: i64 = row.try_get(1)?;
-                        let n = counts.get(key.as_str()).copied().unwrap_or(0);
-                        next.insert(key, last - n + 1);
-                    }
-                }
-            }
-            let mut rows_out: Vec<(&str, i64, &OutboxMessage, OutboxState, Option<i64>)> =
-                Vec::new();
-            for (gid, now, state, messages) in &plan.enqueue {
-                for m in messages {
-                    let seq = if m.sharding_key.is_empty() {
-                        None
-                    } else {
-                        let slot = next.entry(m.sharding_key.clone()).or_insert(1);
-                        let s = *slot;
-                        *slot += 1;
-                        Some(s)
-                    };
-                    rows_out.push((gid.as_str(), *now, m, *state, seq));
-                }
-            }
-            for range in chunks(rows_out.len(), OUTBOX_INSERT_COLUMNS) {
-                let sql = format!(
-                    "{INSERT_OUTBOX}{}",
-                    value_rows(range.len(), OUTBOX_INSERT_COLUMNS)
-                );
-                let mut q = sqlx::query(&sql);
-                for (gid, now, m, state, seq) in &rows_out[range] {
-                    q = q
-                        .bind(*gid)
-                        .bind(&m.branch_id)
-                        .bind(&m.topic)
-                        .bind(&m.tag)
-                        .bind(&m.sharding_key)
-                        .bind(*seq)
-                        .bind(format!("{gid}-{}", m.branch_id))
-                        .bind(&m.body)
-                        .bind(state.as_str())
-                        .bind(*now)
-                        .bind(*now);
-                }
-                q.execute(&mut *$tx).await?;
+    }
+    insert_rows(
+        script,
+        dialect,
+        INSERT_OUTBOX,
+        &rows_out,
+        |sql, (gid, now, m, state, seq)| {
+            sql.push("(")
+                .text(gid)
+                .push(", ")
+                .text(&m.branch_id)
+                .push(", ")
+                .text(&m.topic)
+                .push(", ")
+                .text(&m.tag)
+                .push(", ")
+                .text(&m.sharding_key)
+                .push(", ")
+                .opt_int(*seq)
+                .push(", ")
+                .text(&format!("{gid}-{}", m.branch_id))
+                .push(", ")
+                .text(&m.body)
+                .push(", ")
+                .text(state.as_str())
+                .push(", ")
+                .int(*now)
+                .push(", ")
+                .int(*now)
+                .push(")");
+        },
+    );
+    for (by_time, to) in [
+        (&plan.release_held, "pending"),
+        (&plan.drop_held, "dropped"),
+    ] {
+        for (now, set) in by_time {
+            let gids: Vec<&str> = set.iter().map(String::as_str).collect();
+            for chunk in in_chunks(&gids) {
+                let mut sql = Sql::new(dialect, "UPDATE outbox SET status = ");
+                sql.text(to)
+                    .push(", next_attempt_time = ")
+                    .int(*now)
+                    .push(" WHERE status = 'held' AND gid IN ")
+                    .text_list(chunk.iter().copied());
+                script.add(sql);
             }
         }
-        for (by_time, sql) in [
-            (
-                &plan.release_held,
-                "UPDATE outbox SET status = 'pending', next_attempt_time = ? WHERE status = 'held' AND gid IN ",
-            ),
-            (
-                &plan.drop_held,
-                "UPDATE outbox SET status = 'dropped', next_attempt_time = ? WHERE status = 'held' AND gid IN ",
-            ),
-        ] {
-            for (now, set) in by_time {
-                let sql = format!("{sql}({})", marks(set.len()));
-                let mut q = sqlx::query(&sql).bind(*now);
-                for g in set {
-                    q = q.bind(g);
-                }
-                q.execute(&mut *$tx).await?;
-            }
-        }
-        for ((now, owner), messages) in &plan.sent {
-            // Only while the claim holds: a message another dispatcher took over is its.
-            let sql = format!(
-                "UPDATE outbox SET status = 'sent', sent_time = ?, owner = '', lease_expire = 0 \
-                 WHERE status = 'pending' AND owner = ? AND id IN ({})",
-                marks(messages.len())
-            );
-            let mut q = sqlx::query(&sql).bind(*now).bind(owner);
-            for (id, _) in messages {
-                q = q.bind(*id);
-            }
-            let n = q.execute(&mut *$tx).await?.rows_affected();
-            if n != messages.len() as u64 {
-                // Run alone, each command finds out whether it is the one that lost.
-                return Err(StoreError::Txn(TxnError::LeaseLost {
-                    gid: messages[0].1.clone(),
-                }));
-            }
-        }
-        outcomes
-    }};
+    }
 }
 
 async fn exec_mysql(
@@ -766,29 +968,7 @@ async fn exec_mysql(
     stamp: &Stamp,
     turn: &mut Option<Turn>,
 ) -> Result<Outcomes> {
-    let mut tx = conn.begin().await?;
-    let result: Result<Outcomes> = async { Ok(batch_body!(tx, Dialect::MySql, cmds, stamp)) }.await;
-    // The next batch may start now: this one only has its commit left.
-    turn.take();
-    finish(tx, result).await
-}
-
-/// Commits a batch that went through, and rolls back at once one that did not (so that it
-/// holds no lock while the writer waits for its next batch).
-async fn finish<DB: sqlx::Database>(
-    tx: sqlx::Transaction<'_, DB>,
-    result: Result<Outcomes>,
-) -> Result<Outcomes> {
-    match result {
-        Ok(outcomes) => {
-            tx.commit().await?;
-            Ok(outcomes)
-        }
-        Err(e) => {
-            let _ = tx.rollback().await;
-            Err(e)
-        }
-    }
+    exec::<sqlx::MySql>(conn, Dialect::MySql, cmds, stamp, turn).await
 }
 
 async fn exec_sqlite(
@@ -797,11 +977,7 @@ async fn exec_sqlite(
     stamp: &Stamp,
     turn: &mut Option<Turn>,
 ) -> Result<Outcomes> {
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    let result: Result<Outcomes> =
-        async { Ok(batch_body!(tx, Dialect::Sqlite, cmds, stamp)) }.await;
-    turn.take();
-    finish(tx, result).await
+    exec::<sqlx::Sqlite>(conn, Dialect::Sqlite, cmds, stamp, turn).await
 }
 
 #[cfg(test)]
@@ -809,11 +985,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn statements_stay_within_the_bound_value_limits() {
-        let all: Vec<_> = chunks(1_201, 21).collect();
-        assert_eq!(all.first(), Some(&(0..500)));
-        assert_eq!(all.last(), Some(&(1_000..1_201)));
-        assert!(chunks(0, 9).next().is_none());
-        assert_eq!(value_rows(2, 2), "(?, ?), (?, ?)");
+    fn multi_row_inserts_are_cut_by_rows_and_by_size() {
+        let mut script = Script::default();
+        let items: Vec<u32> = (0..1_201).collect();
+        insert_rows(
+            &mut script,
+            Dialect::MySql,
+            "INSERT INTO t (a) VALUES ",
+            &items,
+            |s, i| {
+                s.push("(").int(i64::from(*i)).push(")");
+            },
+        );
+        assert_eq!(script.len(), 3);
+        let mut script = Script::default();
+        let big = "x".repeat(STATEMENT_BYTES / 2 + 1);
+        insert_rows(
+            &mut script,
+            Dialect::Sqlite,
+            "INSERT INTO t (a) VALUES ",
+            &[&big, &big, &big],
+            |s, v| {
+                s.push("(").text(v).push(")");
+            },
+        );
+        assert_eq!(script.len(), 2);
     }
 }

@@ -78,6 +78,7 @@ mod migrate;
 pub mod outbox;
 pub mod retention;
 mod rows;
+mod sql;
 
 use crate::txn::TxnError;
 
