@@ -74,6 +74,15 @@ impl Dialect {
             Self::Sqlite => "",
         }
     }
+
+    /// An inner join whose left side is read first, each of its rows looking up the right
+    /// side (MySQL `STRAIGHT_JOIN`; SQLite keeps the order of a `CROSS JOIN`).
+    pub(crate) fn ordered_join(self) -> &'static str {
+        match self {
+            Self::MySql => "STRAIGHT_JOIN",
+            Self::Sqlite => "CROSS JOIN",
+        }
+    }
 }
 
 /// The pools behind a store.

@@ -90,11 +90,15 @@ impl Store {
                      ON o.sharding_key = h.sharding_key AND o.seq = h.s \
                      WHERE o.status = 'pending' AND o.next_attempt_time <= ? AND o.lease_expire <= ? \
                      ORDER BY o.next_attempt_time LIMIT ?";
+        // The heads (at most `max_keys`) drive the join, each reading its run by the
+        // (sharding_key, seq) index: left to itself, the optimizer may scan the whole table,
+        // sent rows included.
         let runs = format!(
             "SELECT o.id, o.sharding_key, o.seq, o.topic, o.status, o.next_attempt_time, o.lease_expire \
-             FROM outbox o JOIN ({heads}) h ON o.sharding_key = h.sharding_key \
+             FROM ({heads}) h {} outbox o ON o.sharding_key = h.sharding_key \
              AND o.seq >= h.seq AND o.seq < h.seq + ? \
-             WHERE o.status IN ('held', 'pending') ORDER BY o.sharding_key, o.seq"
+             WHERE o.status IN ('held', 'pending') ORDER BY o.sharding_key, o.seq",
+            self.dialect().ordered_join()
         );
         let keyless = "SELECT id FROM outbox WHERE sharding_key = '' AND status = 'pending' \
                        AND next_attempt_time <= ? AND lease_expire <= ? ORDER BY id LIMIT ?";
