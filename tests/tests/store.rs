@@ -759,6 +759,7 @@ on_both!(
                 .map(|r| txn::SentMessage {
                     id: r.id,
                     branch_id: r.branch_id.clone(),
+                    sharding_key: r.sharding_key.clone(),
                     owner: r.owner.clone(),
                 })
                 .collect()
@@ -833,5 +834,75 @@ on_both!(
             steps.iter().all(|b| b.status == BranchStatus::Succeeded),
             "{steps:?}"
         );
+    }
+);
+
+on_both!(
+    a_key_with_nothing_to_send_sleeps_until_a_change_wakes_it,
+    |store| {
+        let claim = |owner: &'static str, now: i64| {
+            let store = store.clone();
+            async move {
+                store
+                    .claim_outbox(owner, now, now + 60_000, 10, 64)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| r.message_id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        // A TCC's held message heads key k: the key is looked at, then sleeps.
+        enqueue(
+            &store,
+            txn("tcc", GlobalStatus::Submitted, 1_000),
+            vec![rocketmq_step("m1", "k", 1)],
+            OutboxState::Held,
+        )
+        .await;
+        assert!(claim("me/1", 2_000).await.is_empty());
+        // A msg committed behind it wakes the key, which still has nothing to send.
+        let mut later = txn("msg", GlobalStatus::Submitted, 3_000);
+        later.trans_type = TransType::Msg;
+        enqueue(
+            &store,
+            later,
+            vec![rocketmq_step("01", "k", 2)],
+            OutboxState::Pending,
+        )
+        .await;
+        assert!(claim("me/2", 4_000).await.is_empty());
+        // The TCC's confirms succeed: its release wakes the key, and both go, in order.
+        store
+            .write("tcc", |_, _| {
+                let mut c = Change::at(5_000);
+                c.release_held = true;
+                Ok(Decision::Apply(c))
+            })
+            .await
+            .unwrap();
+        let out = store
+            .claim_outbox("me/3", 6_000, 66_000, 10, 64)
+            .await
+            .unwrap();
+        let ids: Vec<&str> = out.iter().map(|r| r.message_id.as_str()).collect();
+        assert_eq!(ids, ["tcc-m1", "msg-01"]);
+        // While they are out the key is not looked at again.
+        assert!(claim("me/4", 6_500).await.is_empty());
+        // The broker took the first; the second is given back unsent: it goes out alone.
+        let first = vec![txn::SentMessage {
+            id: out[0].id,
+            branch_id: out[0].branch_id.clone(),
+            sharding_key: "k".into(),
+            owner: out[0].owner.clone(),
+        }];
+        store
+            .write("tcc", move |c, _| {
+                txn::delivered::delivered(c, &first, 7_000)
+            })
+            .await
+            .unwrap();
+        store.outbox_release("me/3", &[out[1].id]).await.unwrap();
+        assert_eq!(claim("me/5", 8_000).await, ["msg-01"]);
     }
 );

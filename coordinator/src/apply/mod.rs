@@ -520,7 +520,7 @@ mod tests {
             .iter()
             .all(|b| b.status == BranchStatus::Failed));
         assert_eq!(
-            deliverable(&o, "me/2", now).await,
+            deliverable(&o, "me/2", o.clock().now_ms()).await,
             ["next-01"],
             "the key moves on"
         );

@@ -165,6 +165,7 @@ impl Dispatcher {
                     sent.entry(&row.gid).or_default().push(SentMessage {
                         id: row.id,
                         branch_id: row.branch_id.clone(),
+                        sharding_key: row.sharding_key.clone(),
                         owner: row.owner.clone(),
                     });
                 }

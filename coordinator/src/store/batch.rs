@@ -336,6 +336,8 @@ struct Plan {
     drop_held: BTreeMap<i64, BTreeSet<String>>,
     /// Messages acknowledged by the broker, by time and claim: (row id, transaction).
     sent: BTreeMap<(i64, String), Vec<(i64, String)>>,
+    /// Sharding keys whose next message may go now, by the time it may.
+    wake: BTreeMap<i64, BTreeSet<String>>,
 }
 
 impl Plan {
@@ -355,7 +357,12 @@ impl Plan {
                 .or_default()
                 .insert(gid.to_owned());
         }
+        let wake = self.wake.entry(now).or_default();
+        wake.extend(effect.wake_keys);
         for m in effect.sent {
+            if !m.sharding_key.is_empty() {
+                wake.insert(m.sharding_key);
+            }
             self.sent
                 .entry((now, m.owner))
                 .or_default()
@@ -659,30 +666,45 @@ where
     for<'r> String: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
     for<'r> i64: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
 {
-    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
-    for (_, _, _, messages) in &plan.enqueue {
+    // Per key: how many messages, and the earliest time one of them was committed.
+    let mut counts: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for (_, now, _, messages) in &plan.enqueue {
         for m in messages.iter().filter(|m| !m.sharding_key.is_empty()) {
-            *counts.entry(m.sharding_key.as_str()).or_default() += 1;
+            let c = counts.entry(m.sharding_key.as_str()).or_insert((0, *now));
+            c.0 += 1;
+            c.1 = c.1.min(*now);
         }
     }
-    let keys: Vec<(&str, i64)> = counts.iter().map(|(k, n)| (*k, *n)).collect();
+    let keys: Vec<(&str, i64, i64)> = counts.iter().map(|(k, (n, t))| (*k, *n, *t)).collect();
     let mut script = Script::default();
     let mut reads = Vec::new();
     for chunk in in_chunks(&keys) {
+        // The key is due now, and woken.
         let mut upsert = Sql::new(
             dialect,
-            "INSERT INTO outbox_key_seq (sharding_key, last_seq) VALUES ",
+            "INSERT INTO outbox_key_seq (sharding_key, last_seq, next_due, wake) VALUES ",
         );
-        for (i, (k, n)) in chunk.iter().enumerate() {
+        for (i, (k, n, now)) in chunk.iter().enumerate() {
             if i > 0 {
                 upsert.push(", ");
             }
-            upsert.push("(").text(k).push(", ").int(*n).push(")");
+            upsert
+                .push("(")
+                .text(k)
+                .push(", ")
+                .int(*n)
+                .push(", ")
+                .int(*now)
+                .push(", 1)");
         }
         upsert.push(match dialect {
-            Dialect::MySql => " ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)",
+            Dialect::MySql => {
+                " ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq), \
+                 next_due = LEAST(next_due, VALUES(next_due)), wake = wake + 1"
+            }
             Dialect::Sqlite => {
-                " ON CONFLICT (sharding_key) DO UPDATE SET last_seq = last_seq + excluded.last_seq"
+                " ON CONFLICT (sharding_key) DO UPDATE SET last_seq = last_seq + excluded.last_seq, \
+                 next_due = MIN(next_due, excluded.next_due), wake = wake + 1"
             }
         });
         script.add(upsert);
@@ -690,7 +712,7 @@ where
             dialect,
             "SELECT sharding_key, last_seq FROM outbox_key_seq WHERE sharding_key IN ",
         );
-        select.text_list(chunk.iter().map(|(k, _)| *k));
+        select.text_list(chunk.iter().map(|(k, _, _)| *k));
         reads.push(script.len());
         script.add(select);
     }
@@ -721,7 +743,7 @@ where
         for row in &answers[at].rows {
             let key: String = row.try_get_unchecked(0)?;
             let last: i64 = row.try_get_unchecked(1)?;
-            let n = counts.get(key.as_str()).copied().unwrap_or(0);
+            let n = counts.get(key.as_str()).map_or(0, |c| c.0);
             next.insert(key, last - n + 1);
         }
     }
@@ -943,6 +965,18 @@ fn write_outbox(
                 .push(")");
         },
     );
+    for (now, keys) in &plan.wake {
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        for chunk in in_chunks(&keys) {
+            let mut sql = Sql::new(dialect, "UPDATE outbox_key_seq SET next_due = ");
+            sql.push(dialect.least())
+                .push("(next_due, ")
+                .int(*now)
+                .push("), wake = wake + 1 WHERE sharding_key IN ")
+                .text_list(chunk.iter().copied());
+            script.add(sql);
+        }
+    }
     for (by_time, to) in [
         (&plan.release_held, "pending"),
         (&plan.drop_held, "dropped"),

@@ -75,12 +75,12 @@ impl Dialect {
         }
     }
 
-    /// An inner join whose left side is read first, each of its rows looking up the right
-    /// side (MySQL `STRAIGHT_JOIN`; SQLite keeps the order of a `CROSS JOIN`).
-    pub(crate) fn ordered_join(self) -> &'static str {
+    /// The function giving the smaller of two values (MySQL `LEAST`, SQLite's two-argument
+    /// `MIN`).
+    pub(crate) fn least(self) -> &'static str {
         match self {
-            Self::MySql => "STRAIGHT_JOIN",
-            Self::Sqlite => "CROSS JOIN",
+            Self::MySql => "LEAST",
+            Self::Sqlite => "MIN",
         }
     }
 }

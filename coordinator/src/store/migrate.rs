@@ -43,6 +43,11 @@ pub fn mysql() -> Migrator {
             "batch",
             include_str!("../../migrations/mysql/0003_batch.sql"),
         ),
+        (
+            4,
+            "key queue",
+            include_str!("../../migrations/mysql/0004_key_queue.sql"),
+        ),
     ])
 }
 
@@ -63,6 +68,11 @@ pub fn sqlite() -> Migrator {
             3,
             "batch",
             include_str!("../../migrations/sqlite/0003_batch.sql"),
+        ),
+        (
+            4,
+            "key queue",
+            include_str!("../../migrations/sqlite/0004_key_queue.sql"),
         ),
     ])
 }

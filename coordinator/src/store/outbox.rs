@@ -9,9 +9,12 @@
 //! independently. Acknowledgements are recorded by the batched writer (see
 //! [`crate::txn::delivered`]).
 
+use std::collections::HashMap;
+
 use sqlx::Row;
 
 use super::{marks, Result, Store};
+use crate::txn::NEVER;
 
 pub use crate::txn::{OutboxMessage, OutboxState};
 
@@ -40,6 +43,67 @@ pub struct OutboxRow {
     pub attempts: i64,
     /// Who holds it.
     pub owner: String,
+}
+
+/// An unsent message of a key, as a claim reads it.
+#[derive(Debug, Clone)]
+struct Unsent {
+    id: i64,
+    seq: i64,
+    topic: String,
+    /// Pending (not held).
+    pending: bool,
+    /// Next attempt time, ms.
+    due: i64,
+    /// Lease expiry, ms.
+    leased_until: i64,
+}
+
+/// What a claim does with a due key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyPlan {
+    /// Claim these messages: the key's run from its first unsent message (`head_seq`).
+    Claim { head_seq: i64, ids: Vec<i64> },
+    /// Nothing to send now: look at the key again at this time ([`NEVER`] to wait for a
+    /// wake).
+    Sleep(i64),
+}
+
+impl KeyPlan {
+    /// Decides from the key's unsent messages, in sequence order.
+    fn of(unsent: &[Unsent], now: i64, per_key: i64) -> Self {
+        let Some(head) = unsent.first() else {
+            return Self::Sleep(NEVER);
+        };
+        if !head.pending {
+            // Held: its transaction's release (or drop) wakes the key.
+            return Self::Sleep(NEVER);
+        }
+        if head.leased_until > now {
+            return Self::Sleep(head.leased_until);
+        }
+        if head.due > now {
+            return Self::Sleep(head.due);
+        }
+        let limit = usize::try_from(per_key.max(1)).unwrap_or(1);
+        let ids = unsent
+            .iter()
+            .enumerate()
+            .take_while(|(i, m)| {
+                m.seq == head.seq + *i as i64
+                    && m.topic == head.topic
+                    && m.pending
+                    && m.due <= now
+                    && m.leased_until <= now
+            })
+            .take(limit)
+            .map(|(_, m)| m.id)
+            .collect();
+        Self::Claim {
+            head_seq: head.seq,
+            ids,
+        }
+    }
 }
 
 const OUTBOX_COLUMNS: &str =
@@ -75,6 +139,12 @@ impl Store {
     /// skipped), plus up to `max_keys` due messages without a key. Returns the rows claimed for
     /// `owner` (unique to this claim), each key's in sequence order.
     ///
+    /// Only keys that are due are read (`outbox_key_seq.next_due`, see the migration that
+    /// added it): a claim costs what it claims, whatever the backlog. A key found with
+    /// nothing to send now is put to sleep until the time it may (never, for a key whose next
+    /// message is held or that has none) unless it was woken since it was read; a claimed
+    /// key sleeps until its claim runs out, or its acknowledgement wakes it.
+    ///
     /// # Errors
     /// A database error.
     pub async fn claim_outbox(
@@ -85,78 +155,127 @@ impl Store {
         max_keys: i64,
         per_key: i64,
     ) -> Result<Vec<OutboxRow>> {
-        let heads = "SELECT o.sharding_key, o.seq FROM outbox o JOIN (SELECT sharding_key, MIN(seq) AS s \
-                     FROM outbox WHERE status IN ('held', 'pending') AND sharding_key <> '' GROUP BY sharding_key) h \
-                     ON o.sharding_key = h.sharding_key AND o.seq = h.s \
-                     WHERE o.status = 'pending' AND o.next_attempt_time <= ? AND o.lease_expire <= ? \
-                     ORDER BY o.next_attempt_time LIMIT ?";
-        // The heads (at most `max_keys`) drive the join, each reading its run by the
-        // (sharding_key, seq) index: left to itself, the optimizer may scan the whole table,
-        // sent rows included.
-        let runs = format!(
-            "SELECT o.id, o.sharding_key, o.seq, o.topic, o.status, o.next_attempt_time, o.lease_expire \
-             FROM ({heads}) h {} outbox o ON o.sharding_key = h.sharding_key \
-             AND o.seq >= h.seq AND o.seq < h.seq + ? \
-             WHERE o.status IN ('held', 'pending') ORDER BY o.sharding_key, o.seq",
-            self.dialect().ordered_join()
-        );
+        let due = "SELECT sharding_key, wake FROM outbox_key_seq WHERE next_due <= ? \
+                   ORDER BY next_due LIMIT ?";
         let keyless = "SELECT id FROM outbox WHERE sharding_key = '' AND status = 'pending' \
                        AND next_attempt_time <= ? AND lease_expire <= ? ORDER BY id LIMIT ?";
         let fetch = format!(
             "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE owner = ? ORDER BY sharding_key, seq, id"
         );
         on_writer!(self, pool => {
-            let mut ids: Vec<i64> = Vec::new();
-            let rows = sqlx::query(&runs)
-                .bind(now)
-                .bind(now)
-                .bind(max_keys)
-                .bind(per_key)
-                .fetch_all(pool)
-                .await?;
-            // The run being read: its key, the sequence it continues with (none once it
-            // ended) and its topic. A key's first row is its head.
-            let mut run: Option<(String, Option<i64>, String)> = None;
-            for r in &rows {
-                let key: String = r.try_get_unchecked(1)?;
-                let seq: Option<i64> = r.try_get_unchecked(2)?;
-                let topic: String = r.try_get_unchecked(3)?;
-                let status: String = r.try_get_unchecked(4)?;
-                let due: i64 = r.try_get(5)?;
-                let leased: i64 = r.try_get(6)?;
-                let Some(seq) = seq else { continue };
-                let (expected, run_topic) = match run.take() {
-                    Some((k, next, t)) if k == key => (next, t),
-                    _ => (Some(seq), topic.clone()),
-                };
-                let deliverable =
-                    status == OutboxState::Pending.as_str() && due <= now && leased <= now;
-                let next = if expected == Some(seq) && run_topic == topic && deliverable {
-                    ids.push(r.try_get(0)?);
-                    Some(seq + 1)
-                } else {
-                    None
-                };
-                run = Some((key, next, run_topic));
+            let mut woken: Vec<(String, i64)> = Vec::new();
+            for r in sqlx::query(due).bind(now).bind(max_keys).fetch_all(pool).await? {
+                woken.push((r.try_get_unchecked(0)?, r.try_get(1)?));
             }
+            let mut plans: Vec<(String, i64, KeyPlan)> = Vec::with_capacity(woken.len());
+            if !woken.is_empty() {
+                let unsent = format!(
+                    "SELECT id, sharding_key, seq, topic, status, next_attempt_time, lease_expire \
+                     FROM outbox WHERE status IN ('held', 'pending') AND sharding_key IN ({}) \
+                     ORDER BY sharding_key, seq",
+                    marks(woken.len())
+                );
+                let mut q = sqlx::query(&unsent);
+                for (k, _) in &woken {
+                    q = q.bind(k);
+                }
+                let mut by_key: HashMap<String, Vec<Unsent>> = HashMap::new();
+                for r in q.fetch_all(pool).await? {
+                    let key: String = r.try_get_unchecked(1)?;
+                    by_key.entry(key).or_default().push(Unsent {
+                        id: r.try_get(0)?,
+                        seq: r.try_get_unchecked::<Option<i64>, _>(2)?.unwrap_or(0),
+                        topic: r.try_get_unchecked(3)?,
+                        pending: r.try_get_unchecked::<String, _>(4)? == OutboxState::Pending.as_str(),
+                        due: r.try_get(5)?,
+                        leased_until: r.try_get(6)?,
+                    });
+                }
+                for (key, wake) in woken {
+                    let rows = by_key.remove(&key).unwrap_or_default();
+                    let plan = KeyPlan::of(&rows, now, per_key);
+                    plans.push((key, wake, plan));
+                }
+            }
+            let mut ids: Vec<i64> = plans
+                .iter()
+                .filter_map(|(_, _, p)| match p {
+                    KeyPlan::Claim { ids, .. } => Some(ids.iter().copied()),
+                    KeyPlan::Sleep(_) => None,
+                })
+                .flatten()
+                .collect();
             for r in sqlx::query(keyless).bind(now).bind(now).bind(max_keys).fetch_all(pool).await? {
                 ids.push(r.try_get::<i64, _>(0)?);
             }
-            if ids.is_empty() {
-                return Ok(Vec::new());
+            let mut claimed = Vec::new();
+            if !ids.is_empty() {
+                let claim = format!(
+                    "UPDATE outbox SET owner = ?, lease_expire = ? WHERE id IN ({}) \
+                     AND status = 'pending' AND lease_expire <= ?",
+                    marks(ids.len())
+                );
+                let mut q = sqlx::query(&claim).bind(owner).bind(lease_expire);
+                for id in &ids {
+                    q = q.bind(*id);
+                }
+                q.bind(now).execute(pool).await?;
+                let rows = sqlx::query(&fetch).bind(owner).fetch_all(pool).await?;
+                claimed = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
             }
-            let claim = format!(
-                "UPDATE outbox SET owner = ?, lease_expire = ? WHERE id IN ({}) \
-                 AND status = 'pending' AND lease_expire <= ?",
-                marks(ids.len())
-            );
-            let mut q = sqlx::query(&claim).bind(owner).bind(lease_expire);
-            for id in &ids {
-                q = q.bind(*id);
+            // Another dispatcher may have claimed part of a run at the same moment: a claim
+            // that does not start at the key's first message is given back whole.
+            let mut stray: Vec<i64> = Vec::new();
+            for (key, _, plan) in &plans {
+                if let KeyPlan::Claim { head_seq, .. } = plan {
+                    let first = claimed.iter().find(|r| &r.sharding_key == key);
+                    if first.is_some_and(|r| r.seq != Some(*head_seq)) {
+                        stray.extend(claimed.iter().filter(|r| &r.sharding_key == key).map(|r| r.id));
+                    }
+                }
             }
-            q.bind(now).execute(pool).await?;
-            let rows = sqlx::query(&fetch).bind(owner).fetch_all(pool).await?;
-            rows.iter().map(decode).collect()
+            if !stray.is_empty() {
+                claimed.retain(|r| !stray.contains(&r.id));
+                let sql = format!(
+                    "UPDATE outbox SET owner = '', lease_expire = 0 WHERE owner = ? AND id IN ({})",
+                    marks(stray.len())
+                );
+                let mut q = sqlx::query(&sql).bind(owner);
+                for id in &stray {
+                    q = q.bind(*id);
+                }
+                q.execute(pool).await?;
+            }
+            // When each key is looked at next.
+            let claimed_keys: Vec<&str> = plans
+                .iter()
+                .filter(|(k, _, p)| {
+                    matches!(p, KeyPlan::Claim { .. }) && claimed.iter().any(|r| &r.sharding_key == k)
+                })
+                .map(|(k, _, _)| k.as_str())
+                .collect();
+            if !claimed_keys.is_empty() {
+                let sql = format!(
+                    "UPDATE outbox_key_seq SET next_due = ? WHERE sharding_key IN ({})",
+                    marks(claimed_keys.len())
+                );
+                let mut q = sqlx::query(&sql).bind(lease_expire);
+                for k in &claimed_keys {
+                    q = q.bind(*k);
+                }
+                q.execute(pool).await?;
+            }
+            let sleep = "UPDATE outbox_key_seq SET next_due = ? WHERE sharding_key = ? AND wake = ?";
+            for (key, wake, plan) in &plans {
+                let until = match plan {
+                    KeyPlan::Sleep(until) => *until,
+                    // Claimed by another dispatcher meanwhile: look again when its claim ends.
+                    KeyPlan::Claim { .. } if !claimed_keys.contains(&key.as_str()) => lease_expire,
+                    KeyPlan::Claim { .. } => continue,
+                };
+                sqlx::query(sleep).bind(until).bind(key).bind(*wake).execute(pool).await?;
+            }
+            Ok(claimed)
         })
     }
 
@@ -172,7 +291,18 @@ impl Store {
             "UPDATE outbox SET owner = '', lease_expire = 0 WHERE owner = ? AND id IN ({})",
             marks(ids.len())
         );
+        // Their keys are looked at again at once.
+        let wake = format!(
+            "UPDATE outbox_key_seq SET next_due = 0, wake = wake + 1 WHERE sharding_key IN \
+             (SELECT sharding_key FROM outbox WHERE owner = ? AND id IN ({}))",
+            marks(ids.len())
+        );
         on_writer!(self, pool => {
+            let mut q = sqlx::query(&wake).bind(owner);
+            for id in ids {
+                q = q.bind(*id);
+            }
+            q.execute(pool).await?;
             let mut q = sqlx::query(&sql).bind(owner);
             for id in ids {
                 q = q.bind(*id);
@@ -195,6 +325,7 @@ impl Store {
         let sql =
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_time = ?, last_error = ?, \
                    owner = '', lease_expire = 0 WHERE id = ? AND owner = ?";
+        let key_due = "UPDATE outbox_key_seq SET next_due = ? WHERE sharding_key = ?";
         // Operators see the error on the transaction too (`query`).
         let visible =
             "UPDATE trans_global SET last_error = ? WHERE gid = ? AND status = 'submitted'";
@@ -203,7 +334,11 @@ impl Store {
         let error = &error;
         let shown = &format!("delivery of step {}: {error}", row.branch_id);
         on_writer!(self, pool => {
-            sqlx::query(sql).bind(next_attempt_time).bind(error).bind(row.id).bind(&row.owner).execute(pool).await?;
+            let n = sqlx::query(sql).bind(next_attempt_time).bind(error).bind(row.id).bind(&row.owner).execute(pool).await?.rows_affected();
+            if n > 0 && !row.sharding_key.is_empty() {
+                // The key waits for this message's next attempt.
+                sqlx::query(key_due).bind(next_attempt_time).bind(&row.sharding_key).execute(pool).await?;
+            }
             if !error.is_empty() {
                 sqlx::query(visible).bind(shown).bind(&row.gid).execute(pool).await?;
             }
@@ -222,5 +357,54 @@ impl Store {
             let row = sqlx::query(sql).fetch_one(pool).await?;
             Ok((row.try_get::<i64, _>(0)?, row.try_get_unchecked::<String, _>(1)?))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unsent(id: i64, seq: i64, pending: bool) -> Unsent {
+        Unsent {
+            id,
+            seq,
+            topic: "T".into(),
+            pending,
+            due: 0,
+            leased_until: 0,
+        }
+    }
+
+    #[test]
+    fn a_key_with_nothing_unsent_or_a_held_head_sleeps_until_woken() {
+        assert_eq!(KeyPlan::of(&[], 10, 64), KeyPlan::Sleep(NEVER));
+        let held = [unsent(1, 1, false), unsent(2, 2, true)];
+        assert_eq!(KeyPlan::of(&held, 10, 64), KeyPlan::Sleep(NEVER));
+    }
+
+    #[test]
+    fn a_key_whose_head_waits_sleeps_until_its_retry_or_its_lease_ends() {
+        let mut head = unsent(1, 1, true);
+        head.due = 50;
+        assert_eq!(KeyPlan::of(&[head.clone()], 10, 64), KeyPlan::Sleep(50));
+        head.due = 0;
+        head.leased_until = 70;
+        assert_eq!(KeyPlan::of(&[head], 10, 64), KeyPlan::Sleep(70));
+    }
+
+    #[test]
+    fn a_run_stops_at_a_gap_a_held_message_another_topic_or_the_limit() {
+        let run = [unsent(1, 1, true), unsent(2, 2, true), unsent(3, 4, true)];
+        let claim = |ids: Vec<i64>| KeyPlan::Claim { head_seq: 1, ids };
+        assert_eq!(KeyPlan::of(&run, 10, 64), claim(vec![1, 2]));
+        assert_eq!(KeyPlan::of(&run, 10, 1), claim(vec![1]));
+        let held = [unsent(1, 1, true), unsent(2, 2, false), unsent(3, 3, true)];
+        assert_eq!(KeyPlan::of(&held, 10, 64), claim(vec![1]));
+        let mut other = unsent(2, 2, true);
+        other.topic = "U".into();
+        assert_eq!(
+            KeyPlan::of(&[unsent(1, 1, true), other], 10, 64),
+            claim(vec![1])
+        );
     }
 }

@@ -145,6 +145,8 @@ pub struct OutboxEffect {
     pub drop_held: bool,
     /// Messages acknowledged by the broker.
     pub sent: Vec<SentMessage>,
+    /// Sharding keys whose next message may go now (held messages released or dropped).
+    pub wake_keys: Vec<String>,
     /// The transaction's own row changed (not only its branches).
     pub global_changed: bool,
 }
@@ -240,6 +242,9 @@ impl Current {
             }
         }
         effect.release_held = change.release_held;
+        if effect.release_held || effect.drop_held {
+            effect.wake_keys = OutboxMessage::keys_of(&self.branches);
+        }
         effect.sent = change.sent;
         Ok(effect)
     }

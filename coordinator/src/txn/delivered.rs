@@ -79,6 +79,7 @@ mod tests {
             .map(|(i, id)| SentMessage {
                 id: i as i64 + 1,
                 branch_id: (*id).into(),
+                sharding_key: (*id).into(),
                 owner: "me/1".into(),
             })
             .collect()

@@ -36,6 +36,8 @@ pub struct SentMessage {
     pub id: i64,
     /// Its step.
     pub branch_id: String,
+    /// Its sharding key (empty for none): the key's next message may go now.
+    pub sharding_key: String,
     /// Who claimed it.
     pub owner: String,
 }
@@ -73,5 +75,17 @@ impl OutboxMessage {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The sharding keys of a transaction's broker-bound messages (empty keys left out).
+    pub fn keys_of(branches: &[BranchOp]) -> Vec<String> {
+        let mut keys: Vec<String> = Self::from_branches(branches)
+            .into_iter()
+            .map(|m| m.sharding_key)
+            .filter(|k| !k.is_empty())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
     }
 }
