@@ -94,7 +94,7 @@ impl Application {
             acquire_timeout: Duration::from_secs(10),
             writers: config.store_writers,
             max_batch: config.max_batch,
-            clock,
+            clock: clock.clone(),
         })
         .await
         .map_err(|source| StartError::Store {
@@ -128,7 +128,7 @@ impl Application {
         let dispatch = Arc::new(tokio::sync::Notify::new());
         let apply = Orchestrator::new(
             store.clone(),
-            clock,
+            clock.clone(),
             instance_id.clone().into(),
             i64::try_from(config.lease_ms).unwrap_or(i64::MAX / 4),
             metrics.clone(),
@@ -171,7 +171,7 @@ impl Application {
                     ),
                     max_inflight: config.delivery_max_inflight,
                     retry_cap_s: config.retry_cap_s.min(30),
-                    clock,
+                    clock: clock.clone(),
                 },
                 dispatch.clone(),
             ));
@@ -180,7 +180,7 @@ impl Application {
         let scheduler = Scheduler::new(
             store.clone(),
             driver.clone(),
-            clock,
+            clock.clone(),
             instance_id.clone(),
             Duration::from_millis(config.poll_interval_ms),
             config.claim_batch,

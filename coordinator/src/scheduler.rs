@@ -84,7 +84,7 @@ impl Scheduler {
             let full = match self.pass().await {
                 Ok(n) => n >= self.batch as usize,
                 Err(e) => {
-                    warn!(error = %crate::driver::error_chain(&e), "scheduler pass failed");
+                    warn!(error = %crate::telemetry::error_chain(&e), "scheduler pass failed");
                     false
                 }
             };

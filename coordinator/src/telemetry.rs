@@ -12,6 +12,18 @@ use tracing_subscriber::EnvFilter;
 
 use crate::txn::GlobalStatus;
 
+/// Formats an error with its causes.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
 /// Installs the global `tracing` subscriber, once; later calls do nothing.
 pub fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

@@ -79,7 +79,7 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         match &self {
             Self::Store(e) => {
-                error!(error = %crate::driver::error_chain(e), "store failed while answering a request");
+                error!(error = %crate::telemetry::error_chain(e), "store failed while answering a request");
                 let body = json!({"message": "an internal database error occurred", "code": code});
                 (status, Json(body)).into_response()
             }

@@ -76,7 +76,7 @@ impl Orchestrator {
 
     /// The clock transitions are timed by.
     pub fn clock(&self) -> Clock {
-        self.clock
+        self.clock.clone()
     }
 
     /// Counters.
@@ -357,13 +357,14 @@ mod tests {
     use crate::txn::tcc::branch_ops;
     use crate::txn::{BranchStatus, TxnError};
 
-    /// An orchestrator on an in-memory SQLite store whose clock starts at 1,000,000 ms.
-    /// (sqlx's pool waits on a thread of its own, which tokio's paused clock cannot see, so
-    /// the tests pass times to the scheduler's claims instead of pausing.)
+    /// An orchestrator on an in-memory SQLite store whose clock reads 1,000,000 ms and moves
+    /// only when the test advances it. (A stepped clock rather than tokio's paused one:
+    /// sqlx waits for SQLite on threads of its own, which a paused tokio clock does not see,
+    /// so it would jump ahead to the store's timeouts on its own.)
     async fn orchestrator() -> Orchestrator {
-        let clock = Clock::starting_at(1_000_000);
+        let clock = Clock::stepped(1_000_000);
         let store = Store::connect(&ConnectOptions {
-            clock,
+            clock: clock.clone(),
             ..ConnectOptions::new("sqlite::memory:")
         })
         .await
@@ -531,7 +532,9 @@ mod tests {
     async fn a_claimed_transaction_times_out_retries_and_releases_under_its_lease() {
         let o = orchestrator().await;
         prepared_tcc(&o, "g").await;
-        let now = o.clock().now_ms() + 40_000;
+        // The 35 s timeout_to_fail passes, on the test's clock alone.
+        o.clock().advance(std::time::Duration::from_secs(40));
+        let now = o.clock().now_ms();
         let mut claimed = o
             .store()
             .claim_due("me", "tok", now, now + 10_000, 10)
@@ -543,6 +546,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(c.txn.status, GlobalStatus::Aborting);
+        assert_eq!(
+            (c.txn.rollback_time, c.txn.update_time),
+            (Some(now), now),
+            "written at the clock's time"
+        );
         o.renew(&c, now + 20_000).await.unwrap();
         o.schedule_retry(
             &c,
@@ -578,7 +586,9 @@ mod tests {
             t.query_prepared = "http://127.0.0.1:1/query".into();
             o.prepare(t, vec![message("01", gid)]).await.unwrap();
         }
-        let now = o.clock().now_ms() + 40_000;
+        // The 35 s timeout_to_fail passes, on the test's clock alone.
+        o.clock().advance(std::time::Duration::from_secs(40));
+        let now = o.clock().now_ms();
         let claimed = o
             .store()
             .claim_due("me", "tok", now, now + 10_000, 10)

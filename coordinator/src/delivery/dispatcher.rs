@@ -100,7 +100,7 @@ impl Dispatcher {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    warn!(error = %crate::driver::error_chain(&e), "delivery pass failed");
+                    warn!(error = %crate::telemetry::error_chain(&e), "delivery pass failed");
                 }
             }
             tokio::select! {
@@ -196,7 +196,7 @@ impl Dispatcher {
                     info!(gid, messages = n, "a claim ran out before its delivery was recorded; it will be published again");
                 }
                 Err(e) => {
-                    warn!(gid, error = %crate::driver::error_chain(&e), "could not record a delivery; it may be published again");
+                    warn!(gid, error = %crate::telemetry::error_chain(&e), "could not record a delivery; it may be published again");
                 }
             }
         });

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use settle_protocol::{classify_answer, BranchOutcome};
 
-use super::{error_chain, Driver};
+use super::Driver;
+use crate::telemetry::error_chain;
 use crate::txn::check_back::{after_check_back, CheckBack};
 use crate::txn::{BranchOp, GlobalTxn};
 

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use crate::apply::Orchestrator;
 use crate::store::Claimed;
+use crate::telemetry::error_chain;
 
 /// Settings of the driver.
 #[derive(Debug, Clone)]
@@ -105,16 +106,4 @@ impl Driver {
             }
         })
     }
-}
-
-/// Formats an error with its causes.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }

@@ -115,7 +115,7 @@ impl Writer {
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let tasks = conns
             .into_iter()
-            .map(|conn| tokio::spawn(run(rx.clone(), conn, max_batch, clock)))
+            .map(|conn| tokio::spawn(run(rx.clone(), conn, max_batch, clock.clone())))
             .collect();
         Self {
             queue: Arc::new(Mutex::new(Some(tx))),
@@ -207,7 +207,7 @@ async fn run_batch(conn: &mut Conn, batch: Vec<Command>, clock: &Clock, mut turn
             }
         }
         Err(e) if batch.len() > 1 => {
-            warn!(error = %crate::driver::error_chain(&e), commands = batch.len(), "a batch failed; running its commands one by one");
+            warn!(error = %crate::telemetry::error_chain(&e), commands = batch.len(), "a batch failed; running its commands one by one");
             for cmd in batch {
                 let r = match attempt(conn, std::slice::from_ref(&cmd), clock, &mut None).await {
                     Ok(mut results) => results

@@ -209,7 +209,7 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(redact_url(url)));
         };
-        let writer = batch::Writer::start(writers, options.max_batch.max(1), options.clock);
+        let writer = batch::Writer::start(writers, options.max_batch.max(1), options.clock.clone());
         Ok(Self { backend, writer })
     }
 

@@ -181,7 +181,7 @@ pub async fn run(
                 settings.interval
             }
             Err(e) => {
-                warn!(error = %crate::driver::error_chain(&e), "retention pass failed");
+                warn!(error = %crate::telemetry::error_chain(&e), "retention pass failed");
                 settings.interval
             }
         };
