@@ -382,3 +382,33 @@ async fn bad_messages_are_rejected_naming_the_step() -> anyhow::Result<()> {
     api.app.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_too_large_to_store_is_refused_naming_it_and_nothing_is_written(
+) -> anyhow::Result<()> {
+    // MySQL, the store whose columns have sizes, with the default 1 MiB body limit.
+    let db = settle_tests::TestDb::mysql().await?;
+    let app = spawn_coordinator(test_config(&db.url)).await?;
+    let http = reqwest::Client::new();
+    let headers: serde_json::Map<String, Value> = (0..700)
+        .map(|i| (format!("x-h{i}"), json!("v".repeat(100))))
+        .collect();
+    let r = http
+        .post(format!("{}/prepare", app.api_url()))
+        .json(&json!({"gid": "big-headers", "trans_type": "tcc", "branch_headers": headers}))
+        .send()
+        .await?;
+    let answer = (r.status().as_u16(), r.text().await?);
+    assert_rejected(&answer, 400, "branch_headers hold");
+    assert_rejected(&answer, 400, "at most 16384 can be stored");
+    let q: Value = http
+        .get(format!("{}/query", app.api_url()))
+        .query(&[("gid", "big-headers")])
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(q["transaction"].is_null(), "nothing written: {q}");
+    app.stop().await;
+    Ok(())
+}

@@ -906,3 +906,71 @@ on_both!(
         assert_eq!(claim("me/5", 8_000).await, ["msg-01"]);
     }
 );
+
+/// Runs `sql` on the database at `url` directly, as something other than Settle would.
+async fn tamper(url: &str, sql: &str) {
+    use sqlx::Connection;
+    if url.starts_with("mysql") {
+        let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    }
+}
+
+async fn an_unreadable_transaction_is_set_aside(url: &str) {
+    let store = connect(url).await;
+    for gid in ["bad", "good"] {
+        insert(&store, txn(gid, GlobalStatus::Prepared, 1_000), vec![]).await;
+    }
+    // Options cut short, as a store that truncates long values would leave them.
+    tamper(
+        url,
+        "UPDATE trans_global SET options = '{\"timeout_to_fail\":35,\"request_' WHERE gid = 'bad'",
+    )
+    .await;
+    let claimed = store
+        .claim_due("me", "tok", 2_000, 60_000, 10)
+        .await
+        .unwrap();
+    let gids: Vec<&str> = claimed.iter().map(|c| c.txn.gid.as_str()).collect();
+    assert_eq!(gids, ["good"], "the readable one is claimed all the same");
+    assert_eq!(store.set_aside_count(), 1);
+    let bad = store.find("bad").await.unwrap().expect("still shown");
+    assert!(
+        bad.last_error
+            .starts_with(settle_coordinator::store::UNREADABLE),
+        "{}",
+        bad.last_error
+    );
+    assert_eq!((bad.next_cron_time, bad.lease_token.as_str()), (NEVER, ""));
+    let page = store
+        .list(&ListFilter {
+            limit: 10,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(page.len(), 2, "all lists it too");
+    // It is never claimed again; the other is, once its lease ran out.
+    let later = store
+        .claim_due("me", "tok2", 100_000, 160_000, 10)
+        .await
+        .unwrap();
+    let gids: Vec<&str> = later.iter().map(|c| c.txn.gid.as_str()).collect();
+    assert_eq!(gids, ["good"]);
+}
+
+#[tokio::test]
+async fn an_unreadable_transaction_is_set_aside_and_never_holds_back_others_on_mysql() {
+    let db = TestDb::mysql().await.expect("MySQL is running");
+    an_unreadable_transaction_is_set_aside(&db.url).await;
+}
+
+#[tokio::test]
+async fn an_unreadable_transaction_is_set_aside_and_never_holds_back_others_on_sqlite() {
+    let db = TestSqlite::new();
+    an_unreadable_transaction_is_set_aside(&db.url).await;
+}

@@ -43,6 +43,7 @@ pub async fn register_branch(
         validate::url("confirm", confirm)?;
         let cancel = field(&req, "cancel");
         validate::url("cancel", cancel)?;
+        validate::text("data", field(&req, "data"), validate::MAX_TEXT_BYTES)?;
         Ok((gid, branch_id, trans_type, confirm, cancel))
     })();
     let (gid, branch_id, trans_type, confirm, cancel) = checked.inspect_err(|_| {

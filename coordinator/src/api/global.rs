@@ -31,6 +31,9 @@ fn check(state: &AppState, req: GlobalRequest) -> Result<Checked, ApiError> {
         let trans_type = validate::trans_type(&req.trans_type)?;
         let options = validate::options(&req, &state.config)?;
         let steps = validate::steps(&req, trans_type, state.rocketmq_enabled())?;
+        validate::text("custom_data", &req.custom_data, validate::MAX_TEXT_BYTES)?;
+        validate::stored_json("steps", &req.steps)?;
+        validate::stored_json("payloads", &req.payloads)?;
         if !req.query_prepared.is_empty() {
             validate::url("query_prepared", &req.query_prepared)?;
         }

@@ -227,5 +227,13 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     );
     text.push_str("# TYPE settle_outbox_backlog gauge\n");
     text.push_str(&format!("settle_outbox_backlog {backlog}\n"));
+    text.push_str(
+        "# HELP settle_transactions_set_aside_total Stored transactions found unreadable and set aside (never driven; see their last_error).\n",
+    );
+    text.push_str("# TYPE settle_transactions_set_aside_total counter\n");
+    text.push_str(&format!(
+        "settle_transactions_set_aside_total {}\n",
+        state.store.set_aside_count()
+    ));
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }

@@ -14,6 +14,45 @@ pub const MAX_ID_LEN: usize = 128;
 pub const MAX_URL_LEN: usize = 1024;
 /// Longest rollback reason, in bytes.
 pub const MAX_REASON_LEN: usize = 1024;
+/// Most bytes of `branch_headers`, names and values together: they are stored with the
+/// transaction's options, in a column of 64 KiB.
+pub const MAX_HEADERS_BYTES: usize = 16 * 1024;
+/// Longest stored text (`custom_data`, a payload, a branch's data, the steps and payloads
+/// as stored), in bytes: the 16 MiB column they are stored in. The request body limit
+/// (`--body-limit-bytes`, 1 MiB by default) is usually the tighter one.
+pub const MAX_TEXT_BYTES: usize = 16 * 1024 * 1024 - 1;
+
+/// Checks that `value`, stored as JSON, fits its column.
+///
+/// # Errors
+/// A 400 naming `field` and the limit.
+pub fn stored_json<T: serde::Serialize>(field: &str, value: &T) -> Result<(), ApiError> {
+    let len = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
+    if len > MAX_TEXT_BYTES {
+        return Err(ApiError::bad(
+            "too_large",
+            format!("{field} take {len} bytes stored; at most {MAX_TEXT_BYTES} can be stored"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that a text to store fits its column.
+///
+/// # Errors
+/// A 400 naming `field` and the limit.
+pub fn text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.len() > max {
+        return Err(ApiError::bad(
+            "too_large",
+            format!(
+                "{field} is {} bytes long; at most {max} can be stored",
+                value.len()
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// Checks a gid or branch id: non-empty, at most 128 bytes of `[A-Za-z0-9_.:-]`.
 ///
@@ -182,6 +221,11 @@ pub fn steps(
                 format!("step {} has no action URL", i + 1),
             ));
         }
+        text(
+            &format!("the payload of step {}", i + 1),
+            payload,
+            MAX_TEXT_BYTES,
+        )?;
         if action.len() > MAX_URL_LEN {
             return Err(ApiError::bad(
                 "invalid_steps",
@@ -241,6 +285,19 @@ pub fn options(req: &GlobalRequest, config: &Config) -> Result<TransOptions, Api
         return Err(ApiError::bad(
             "invalid_option",
             format!("retry_limit must not be negative, got {}", req.retry_limit),
+        ));
+    }
+    let header_bytes: usize = req
+        .branch_headers
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if header_bytes > MAX_HEADERS_BYTES {
+        return Err(ApiError::bad(
+            "too_large",
+            format!(
+                "branch_headers hold {header_bytes} bytes of names and values; at most {MAX_HEADERS_BYTES} can be stored"
+            ),
         ));
     }
     for (k, v) in &req.branch_headers {

@@ -210,7 +210,11 @@ impl Store {
             return Err(StoreError::UnsupportedUrl(redact_url(url)));
         };
         let writer = batch::Writer::start(writers, options.max_batch.max(1), options.clock.clone());
-        Ok(Self { backend, writer })
+        Ok(Self {
+            backend,
+            writer,
+            set_aside: std::sync::Arc::default(),
+        })
     }
 
     /// The SQL dialect of the database.

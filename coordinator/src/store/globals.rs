@@ -26,23 +26,24 @@ pub struct ListFilter {
 }
 
 impl Store {
-    /// The global transaction with this gid, if any.
+    /// The global transaction with this gid, if any. A row whose JSON columns cannot be
+    /// read is returned with them empty and `last_error` saying so.
     ///
     /// # Errors
-    /// A database error, or a stored row Settle cannot read.
+    /// A database error, or a stored status or type code Settle does not know.
     pub async fn find(&self, gid: &str) -> Result<Option<GlobalTxn>> {
         let sql = format!("SELECT {GLOBAL_COLUMNS} FROM trans_global WHERE gid = ?");
         on_pool!(self, pool => {
             let row = sqlx::query(&sql).bind(gid).fetch_optional(pool).await?;
-            row.as_ref().map(rows::decode_global).transpose()
+            row.as_ref().map(rows::decode_global_for_display).transpose()
         })
     }
 
     /// One page of transactions, newest first, and the position of the next page (`None` on
-    /// the last page).
+    /// the last page). Unreadable rows are shown as [`Store::find`] shows them.
     ///
     /// # Errors
-    /// A database error, or a stored row Settle cannot read.
+    /// A database error, or a stored status or type code Settle does not know.
     pub async fn list(&self, filter: &ListFilter) -> Result<(Vec<GlobalTxn>, Option<i64>)> {
         let mut sql = format!("SELECT {GLOBAL_COLUMNS} FROM trans_global WHERE 1 = 1");
         let mut strings: Vec<&str> = Vec::new();
@@ -88,7 +89,7 @@ impl Store {
             let mut out = Vec::with_capacity(rows.len());
             for row in &rows {
                 last_id = Some(row.try_get::<i64, _>("id")?);
-                out.push(rows::decode_global(row)?);
+                out.push(rows::decode_global_for_display(row)?);
             }
             let next = if i64::try_from(out.len()).unwrap_or(i64::MAX) == limit { last_id } else { None };
             Ok((out, next))

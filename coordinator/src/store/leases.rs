@@ -4,10 +4,17 @@
 //! and a lease expiry on a batch of due, unleased transactions; a transaction whose owner
 //! died becomes claimable again once its lease runs out. Every later write made while
 //! driving a claimed transaction goes through the batched writer and presents the token.
+//!
+//! A claimed row that cannot be read is set aside on its own (never due again, its reason in
+//! `last_error`, counted by [`Store::set_aside_count`]) so that it never holds back the
+//! others of its claim.
+
+use sqlx::Row;
+use tracing::warn;
 
 use super::connect::Dialect;
 use super::{rows, Result, Store, GLOBAL_COLUMNS};
-use crate::txn::{BranchOp, GlobalTxn};
+use crate::txn::{BranchOp, GlobalTxn, NEVER};
 
 /// A transaction this instance holds the lease of, with its branch operations: what the
 /// driver may drive.
@@ -20,12 +27,18 @@ pub struct Claimed {
 }
 
 impl Store {
+    /// Transactions this store set aside as unreadable since it was opened.
+    pub fn set_aside_count(&self) -> u64 {
+        self.set_aside.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Claims up to `limit` transactions that are due at `now` and not leased by a live
     /// instance, and returns them with their branch operations. Each gets `owner`, `token`
     /// and a lease until `lease_expire`, and is due again then, in case this instance dies.
+    /// Rows that cannot be read are set aside instead of returned.
     ///
     /// # Errors
-    /// A database error, or a stored row Settle cannot read.
+    /// A database error.
     pub async fn claim_due(
         &self,
         owner: &str,
@@ -48,6 +61,9 @@ impl Store {
             ),
         };
         let fetch = format!("SELECT {GLOBAL_COLUMNS} FROM trans_global WHERE lease_token = ?");
+        let set_aside =
+            "UPDATE trans_global SET next_cron_time = ?, owner = '', lease_token = '', \
+                         lease_expire = 0, last_error = ? WHERE id = ? AND lease_token = ?";
         let txns: Vec<GlobalTxn> = on_writer!(self, pool => {
             let claimed = sqlx::query(&claim)
                 .bind(owner)
@@ -64,7 +80,30 @@ impl Store {
                 return Ok(Vec::new());
             }
             let rows = sqlx::query(&fetch).bind(token).fetch_all(pool).await?;
-            rows.iter().map(rows::decode_global).collect()
+            let mut txns = Vec::with_capacity(rows.len());
+            for row in &rows {
+                match rows::decode_global(row) {
+                    Ok(t) => txns.push(t),
+                    Err(e) => {
+                        // Set it aside on its own: never due again, lease given up, the
+                        // reason shown to operators. The others go on.
+                        let id: i64 = row.try_get("id")?;
+                        let gid: String = row.try_get_unchecked("gid").unwrap_or_default();
+                        let mut reason = format!("{}{e}", rows::UNREADABLE);
+                        super::truncate_utf8(&mut reason, 2000);
+                        warn!(gid = %gid, error = %e, "a stored transaction is unreadable; it is set aside and never driven");
+                        sqlx::query(set_aside)
+                            .bind(NEVER)
+                            .bind(&reason)
+                            .bind(id)
+                            .bind(token)
+                            .execute(pool)
+                            .await?;
+                        self.set_aside.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+            Ok(txns)
         })?;
         let gids: Vec<&str> = txns.iter().map(|t| t.gid.as_str()).collect();
         let mut branches = self.find_branches_of(&gids).await?;

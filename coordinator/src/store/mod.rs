@@ -87,7 +87,7 @@ pub use connect::{ConnectOptions, Dialect};
 pub use globals::ListFilter;
 pub use leases::Claimed;
 pub use outbox::OutboxRow;
-pub use rows::format_time;
+pub use rows::{format_time, UNREADABLE};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +132,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct Store {
     backend: connect::Backend,
     writer: batch::Writer,
+    /// Transactions set aside as unreadable by this store's claims.
+    set_aside: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Columns of `trans_global`, as [`rows::decode_global`] reads them.

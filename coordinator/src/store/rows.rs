@@ -46,11 +46,26 @@ pub(super) fn parse_code<T: FromStr<Err = TxnError>>(gid: &str, code: &str) -> R
     })
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(gid: &str, column: &str, text: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
-        gid: gid.to_owned(),
-        reason: format!("column {column}: {e}"),
-    })
+/// Parses a JSON column. A column that does not parse is an error, or, when `lenient`, the
+/// type's default with the reason kept in `unreadable` (the first one met).
+fn json_column<T: serde::de::DeserializeOwned + Default>(
+    gid: &str,
+    column: &str,
+    text: &str,
+    lenient: bool,
+    unreadable: &mut Option<String>,
+) -> Result<T> {
+    match serde_json::from_str(text) {
+        Ok(v) => Ok(v),
+        Err(e) if lenient => {
+            unreadable.get_or_insert(format!("column {column}: {e}"));
+            Ok(T::default())
+        }
+        Err(e) => Err(StoreError::Corrupt {
+            gid: gid.to_owned(),
+            reason: format!("column {column}: {e}"),
+        }),
+    }
 }
 
 /// Reads a `trans_global` row.
@@ -62,11 +77,49 @@ where
     for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
 {
+    decode_global_row(row, false)
+}
+
+/// Reads a `trans_global` row for showing it (`query`, `all`): a row whose JSON columns
+/// cannot be read is shown with those columns empty and `last_error` saying what is wrong,
+/// rather than failing the whole answer. Status and type codes must still parse.
+pub(crate) fn decode_global_for_display<R>(row: &R) -> Result<GlobalTxn>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    decode_global_row(row, true)
+}
+
+fn decode_global_row<R>(row: &R, lenient: bool) -> Result<GlobalTxn>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+{
     let gid: String = get(row, "gid")?;
+    let mut unreadable: Option<String> = None;
+    let json = |column: &str| -> Result<String> { get::<_, String>(row, column) };
     let steps: Vec<BTreeMap<String, String>> =
-        parse_json(&gid, "steps", &get::<_, String>(row, "steps")?)?;
-    let payloads: Vec<String> = parse_json(&gid, "payloads", &get::<_, String>(row, "payloads")?)?;
-    let options: TransOptions = parse_json(&gid, "options", &get::<_, String>(row, "options")?)?;
+        json_column(&gid, "steps", &json("steps")?, lenient, &mut unreadable)?;
+    let payloads: Vec<String> = json_column(
+        &gid,
+        "payloads",
+        &json("payloads")?,
+        lenient,
+        &mut unreadable,
+    )?;
+    let options: TransOptions =
+        json_column(&gid, "options", &json("options")?, lenient, &mut unreadable)?;
+    let mut last_error: String = get(row, "last_error")?;
+    if let Some(reason) = unreadable {
+        last_error = format!("{UNREADABLE}{reason}");
+    }
     Ok(GlobalTxn {
         trans_type: parse_code(&gid, &get::<_, String>(row, "trans_type")?)?,
         status: parse_code(&gid, &get::<_, String>(row, "status")?)?,
@@ -87,10 +140,13 @@ where
         lease_token: get(row, "lease_token")?,
         lease_expire: get(row, "lease_expire")?,
         retry_count: get(row, "retry_count")?,
-        last_error: get(row, "last_error")?,
+        last_error,
         gid,
     })
 }
+
+/// How `last_error` starts for a transaction Settle cannot read and has set aside.
+pub const UNREADABLE: &str = "set aside, unreadable: ";
 
 /// Reads a `trans_branch_op` row.
 pub(crate) fn decode_branch<R>(row: &R) -> Result<BranchOp>

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::{BranchStatus, GlobalStatus, Op, TransType};
 
 /// Options of a global transaction, resolved against the server's defaults. Stored as JSON
-/// with the transaction.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// with the transaction. The default (all zero) stands for options that could not be read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransOptions {
     /// Seconds a transaction may stay prepared before it is rolled back (TCC) or checked back
     /// (msg).
