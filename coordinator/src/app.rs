@@ -141,6 +141,7 @@ impl Application {
                 lease: config.lease(),
                 retry_cap_s: config.retry_cap_s,
                 max_inflight: config.max_inflight,
+                max_answer_bytes: config.max_answer_bytes,
             },
         );
         let (shutdown, shutdown_rx) = watch::channel(false);

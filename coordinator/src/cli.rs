@@ -80,6 +80,9 @@ pub struct ServeArgs {
     /// Most rounds of work running at once [default: 1024].
     #[arg(long, env = "SETTLE_MAX_INFLIGHT")]
     pub max_inflight: Option<usize>,
+    /// Most bytes of a participant's answer that are read, in bytes [default: 65536].
+    #[arg(long, env = "SETTLE_MAX_ANSWER_BYTES")]
+    pub max_answer_bytes: Option<usize>,
     /// Longest interval between retries of a branch call, in seconds [default: 60].
     #[arg(long, env = "SETTLE_RETRY_CAP_S")]
     pub retry_cap_s: Option<i64>,
@@ -139,6 +142,7 @@ impl ServeArgs {
             poll_interval_ms,
             claim_batch,
             max_inflight,
+            max_answer_bytes,
             retry_cap_s,
             default_timeout_to_fail_s,
             default_request_timeout_s,

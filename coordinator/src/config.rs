@@ -46,6 +46,9 @@ pub struct Config {
     pub max_inflight: usize,
     /// Longest interval between retries of a branch call, in seconds.
     pub retry_cap_s: i64,
+    /// Most bytes of a participant's answer (to a branch call or a check-back) that are
+    /// read; the rest is not read, and the answer is judged on what was.
+    pub max_answer_bytes: usize,
     /// `timeout_to_fail` of transactions that do not set it, in seconds.
     pub default_timeout_to_fail_s: i64,
     /// `request_timeout` of transactions that do not set it, in seconds.
@@ -81,6 +84,7 @@ impl Default for Config {
             poll_interval_ms: 500,
             claim_batch: 64,
             max_inflight: 1024,
+            max_answer_bytes: 64 * 1024,
             retry_cap_s: 60,
             default_timeout_to_fail_s: 35,
             default_request_timeout_s: 3,
@@ -144,6 +148,7 @@ impl Config {
             ("poll_interval_ms", self.poll_interval_ms as i64),
             ("claim_batch", i64::from(self.claim_batch)),
             ("max_inflight", self.max_inflight as i64),
+            ("max_answer_bytes", self.max_answer_bytes as i64),
             ("max_connections", i64::from(self.max_connections)),
             ("store_writers", self.store_writers as i64),
             ("max_batch", self.max_batch as i64),
@@ -197,6 +202,13 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:36789");
         assert!(c.database_url.starts_with("sqlite:"));
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn the_example_config_in_deploy_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/settle.example.toml");
+        let c = Config::from_file(&path).expect("deploy/settle.example.toml parses");
+        c.validate().expect("and is valid");
     }
 
     #[test]

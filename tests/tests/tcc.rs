@@ -392,3 +392,64 @@ async fn two_hundred_concurrent_tccs_with_try_failures_settle_as_decided_on_sqli
     let db = TestSqlite::new();
     concurrent_tccs_settle_as_decided(&db.url).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_endless_answer_is_read_only_up_to_the_limit() -> anyhow::Result<()> {
+    use axum::body::{Body, Bytes};
+    use axum::routing::post;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    // A participant whose confirm answers 200 and then never stops sending.
+    let confirms = Arc::new(AtomicUsize::new(0));
+    let seen = confirms.clone();
+    let app = axum::Router::new()
+        .route("/try", post(|| async { "SUCCESS" }))
+        .route("/cancel", post(|| async { "SUCCESS" }))
+        .route(
+            "/confirm",
+            post(move || {
+                seen.fetch_add(1, Ordering::Relaxed);
+                async {
+                    let chunk = Bytes::from(vec![b'x'; 8192]);
+                    let endless =
+                        futures_util::stream::repeat(Ok::<_, std::convert::Infallible>(chunk));
+                    Body::from_stream(endless)
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let db = TestSqlite::new();
+    let coordinator = spawn_coordinator(test_config(&db.url)).await?;
+    let client = SettleClient::new(coordinator.api_url());
+    let gid = client.new_gid().await?;
+    // A long request_timeout: reading the whole answer would never end before it.
+    let request = GlobalRequest {
+        request_timeout: 600,
+        ..GlobalRequest::new(&gid, "tcc")
+    };
+    let b = base.clone();
+    client
+        .tcc_global_with(request, |tcc| async move {
+            tcc.call_branch(
+                &json!({}),
+                &format!("{b}/try"),
+                &format!("{b}/confirm"),
+                &format!("{b}/cancel"),
+            )
+            .await?;
+            Ok(())
+        })
+        .await?;
+    // The first 64 KiB say nothing but 200: the confirm succeeded, at once.
+    assert_eq!(
+        client.wait_final(&gid, Duration::from_secs(10)).await?,
+        "succeed"
+    );
+    assert_eq!(confirms.load(Ordering::Relaxed), 1);
+    coordinator.stop().await;
+    Ok(())
+}

@@ -52,7 +52,7 @@ impl Driver {
         let result = match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
-                let body = response.text().await.unwrap_or_default();
+                let body = self.read_answer(response).await;
                 let outcome = classify_answer(status, &body);
                 let mut detail = format!("HTTP {status} {}", body.trim());
                 crate::store::truncate_utf8(&mut detail, 500);
@@ -69,6 +69,23 @@ impl Driver {
         };
         self.inner.apply.metrics().branch_called(result.outcome);
         result
+    }
+
+    /// Reads at most `max_answer_bytes` of an answer's body (an endless or huge answer must
+    /// not exhaust the coordinator's memory), as text; what does not read is left unread.
+    async fn read_answer(&self, mut response: reqwest::Response) -> String {
+        let max = self.inner.settings.max_answer_bytes;
+        let mut body: Vec<u8> = Vec::new();
+        while body.len() < max {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = max - body.len();
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        String::from_utf8_lossy(&body).into_owned()
     }
 
     /// Asks a prepared msg's initiator whether its local transaction committed: GET
@@ -99,7 +116,7 @@ impl Driver {
         match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
-                let body = response.text().await.unwrap_or_default();
+                let body = self.read_answer(response).await;
                 after_check_back(status, &body)
             }
             Err(e) => CheckBack::AskAgain {

@@ -34,6 +34,8 @@ pub struct DriverSettings {
     pub retry_cap_s: i64,
     /// Most rounds running at once on this instance.
     pub max_inflight: usize,
+    /// Most bytes of a participant's answer read.
+    pub max_answer_bytes: usize,
 }
 
 /// Runs rounds of work on transactions.
