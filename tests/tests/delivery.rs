@@ -398,3 +398,51 @@ async fn a_key_that_cannot_be_delivered_holds_back_only_itself() -> anyhow::Resu
     rmq.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_step_is_read_the_same_whatever_the_case_of_its_scheme() -> anyhow::Result<()> {
+    let _broker = BROKER.lock().await;
+    let db = TestDb::mysql().await?;
+    let app = spawn_coordinator(config(&db)).await?;
+    let rmq = settle_rocketmq::Client::new("test")?;
+    let topic = new_topic(&rmq, "SettleCase").await?;
+    let collector = Collector::start(&rmq, &topic).await?;
+    let client = SettleClient::new(app.api_url());
+    let p = settle_tests::Participant::start().await?;
+    // Prepared, then submitted, as DTM's clients do: both must read the step alike.
+    let gid = client.new_gid().await?;
+    let mut m = Msg::new(&client, &gid).add(
+        &format!("RocketMQ://{topic}?key=k1&tag=t"),
+        &json!({"what": "mixed case"}),
+    )?;
+    m.prepare(&p.url("query")).await?;
+    m.submit().await?;
+    eventually("the message to arrive", Duration::from_secs(30), || async {
+        !collector.received().is_empty()
+    })
+    .await?;
+    assert_eq!(
+        client.wait_final(&gid, Duration::from_secs(20)).await?,
+        "succeed"
+    );
+    assert_eq!(collector.received()[0].0.topic, topic);
+    // What the broker would refuse or misdirect is refused before anything is written.
+    for url in [
+        format!("rocketmq://user@{topic}?key=k1"),
+        format!("rocketmq://{topic}:10911?key=k1"),
+        "rocketmq://%DLQ%settle?key=k1".to_owned(),
+        "rocketmq://RMQ_SYS_TRANS_HALF_TOPIC?key=k1".to_owned(),
+    ] {
+        let bad = client.new_gid().await?;
+        let refused = Msg::new(&client, &bad)
+            .add(&url, &json!({}))?
+            .submit()
+            .await;
+        assert!(refused.is_err(), "{url} was accepted");
+        assert_eq!(client.status(&bad).await?, None, "{url}: nothing written");
+    }
+    collector.shutdown().await;
+    app.stop().await;
+    rmq.shutdown().await;
+    Ok(())
+}

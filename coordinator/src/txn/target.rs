@@ -40,6 +40,44 @@ const MAX_TOPIC_LEN: usize = 127;
 /// Longest sharding key or tag.
 const MAX_KEY_LEN: usize = 128;
 
+/// Topics the broker keeps for itself (RocketMQ's `TopicValidator`): publishing there is
+/// refused or misdirected.
+const SYSTEM_TOPICS: [&str; 12] = [
+    "TBW102",
+    "SCHEDULE_TOPIC_XXXX",
+    "BenchmarkTest",
+    "RMQ_SYS_TRANS_HALF_TOPIC",
+    "RMQ_SYS_ROCKSDB_TRANS_HALF_TOPIC",
+    "RMQ_SYS_TRACE_TOPIC",
+    "RMQ_SYS_TRANS_OP_HALF_TOPIC",
+    "RMQ_SYS_ROCKSDB_TRANS_OP_HALF_TOPIC",
+    "TRANS_CHECK_MAX_TIME_TOPIC",
+    "SELF_TEST_TOPIC",
+    "OFFSET_MOVED_EVENT",
+    "CHECKPOINT_TOPIC",
+];
+/// Prefixes of topics the broker makes for itself (system, retry and dead-letter topics),
+/// refused whatever their case.
+const SYSTEM_PREFIXES: [&str; 3] = ["rmq_sys_", "%retry%", "%dlq%"];
+
+/// Why the broker would refuse or misdirect `topic`, if it would.
+fn topic_problem(topic: &str) -> Option<String> {
+    let lower = topic.to_ascii_lowercase();
+    if let Some(prefix) = SYSTEM_PREFIXES.iter().find(|p| lower.starts_with(**p)) {
+        return Some(format!(
+            "topic '{}' starts with '{prefix}', which the broker keeps for its own topics",
+            topic.escape_default()
+        ));
+    }
+    if SYSTEM_TOPICS.contains(&topic) {
+        return Some(format!(
+            "topic '{}' is one of the broker's own topics",
+            topic.escape_default()
+        ));
+    }
+    None
+}
+
 fn plain(s: &str) -> bool {
     s.chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '%' | '|'))
@@ -65,6 +103,18 @@ impl Target {
                 Ok(Self::Http(url.to_owned()))
             }
             "rocketmq" => {
+                if !parsed.username().is_empty() || parsed.password().is_some() {
+                    return Err(TargetError(format!(
+                        "'{}' has a user name or password; a RocketMQ target is rocketmq://TOPIC?key=KEY&tag=TAG",
+                        url.escape_default()
+                    )));
+                }
+                if parsed.port().is_some() {
+                    return Err(TargetError(format!(
+                        "'{}' has a port; a RocketMQ target names a topic, not a broker (the name server is set with --rocketmq-namesrv)",
+                        url.escape_default()
+                    )));
+                }
                 let topic = parsed.host_str().unwrap_or_default().to_owned();
                 if topic.is_empty() {
                     return Err(TargetError(format!(
@@ -111,8 +161,20 @@ impl Target {
                         tag.escape_default()
                     )));
                 }
-                // RocketMQ keeps the topic's case; the URL parser lowers hosts.
-                let topic = original_topic(url).unwrap_or(topic);
+                // RocketMQ keeps the topic's case; the URL parser lowers hosts. What is
+                // published is what was checked, in its original case.
+                let topic = match original_topic(url) {
+                    Some(written) if written.eq_ignore_ascii_case(&topic) => written,
+                    _ => {
+                        return Err(TargetError(format!(
+                            "'{}' does not name its topic plainly: use rocketmq://TOPIC?key=KEY&tag=TAG",
+                            url.escape_default()
+                        )))
+                    }
+                };
+                if let Some(problem) = topic_problem(&topic) {
+                    return Err(TargetError(problem));
+                }
                 Ok(Self::RocketMq(RocketMqTarget { topic, key, tag }))
             }
             other => Err(TargetError(format!(
@@ -182,6 +244,33 @@ mod tests {
     }
 
     #[test]
+    fn the_scheme_is_read_whatever_its_case_and_the_topic_keeps_its_own() {
+        let url = "RocketMQ://OrderEvents?key=k1";
+        assert!(is_broker(url));
+        assert_eq!(
+            Target::parse(url).unwrap(),
+            Target::RocketMq(RocketMqTarget {
+                topic: "OrderEvents".into(),
+                key: "k1".into(),
+                tag: String::new()
+            })
+        );
+        let step = crate::txn::BranchOp::new(
+            "g",
+            crate::txn::NewBranch {
+                branch_id: "01".into(),
+                op: crate::txn::Op::Action,
+                url: url.into(),
+                data: "{}".into(),
+            },
+            1,
+        );
+        let out = crate::txn::OutboxMessage::from_branches(&[step]);
+        assert_eq!(out.len(), 1, "one parser decides for routing too");
+        assert_eq!(out[0].topic, "OrderEvents");
+    }
+
+    #[test]
     fn bad_step_urls_are_named() {
         assert!(err("rocketmq://?key=k").contains("names no topic"));
         assert!(err("rocketmq:///x").contains("names no topic"));
@@ -189,6 +278,14 @@ mod tests {
         assert!(err("kafka://t").contains("scheme 'kafka'"));
         assert!(err("rocketmq://t?partition=1").contains("unknown parameter 'partition'"));
         assert!(err("rocketmq://t/sub").contains("has a path"));
+        assert!(err("rocketmq://user@t?key=k").contains("user name or password"));
+        assert!(err("rocketmq://u:p@t?key=k").contains("user name or password"));
+        assert!(err("rocketmq://t:9876?key=k").contains("has a port"));
+        assert!(err("rocketmq://RMQ_SYS_TRANS_HALF_TOPIC?key=k").contains("keeps for its own"));
+        assert!(err("rocketmq://rmq_sys_x?key=k").contains("keeps for its own"));
+        assert!(err("rocketmq://%RETRY%group?key=k").contains("'%retry%'"));
+        assert!(err("rocketmq://%DLQ%group?key=k").contains("'%dlq%'"));
+        assert!(err("rocketmq://TBW102?key=k").contains("broker's own topics"));
         assert!(err("nonsense").contains("is not a URL"));
     }
 }
