@@ -68,7 +68,12 @@ impl BarrierTable {
     }
 
     /// Creates the table (and its schema, if the name has one) when missing, with DTM's
-    /// columns and unique key.
+    /// columns and unique key, compared byte for byte (`utf8mb4_bin`): gids and branch ids
+    /// are case-sensitive, so `Order-1` and `order-1` are two transactions. A table that
+    /// exists already (DTM's own SQL creates it with the server's default collation, which
+    /// ignores case) has its key columns converted to that collation; this only makes
+    /// distinct what was wrongly one, so rows already there stay valid and DTM's clients
+    /// keep working with it.
     ///
     /// # Errors
     /// A database error.
@@ -92,10 +97,37 @@ impl BarrierTable {
                KEY (create_time),
                KEY (update_time),
                UNIQUE KEY (gid, branch_id, op, barrier_id)
-             ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
+             ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
             self.name
         );
         sqlx::query(&ddl).execute(pool).await?;
+        let columns = sqlx::query(&format!("SHOW FULL COLUMNS FROM {}", self.name))
+            .fetch_all(pool)
+            .await?;
+        let mut folding = 0;
+        for c in &columns {
+            let field: String = c.try_get_unchecked("Field")?;
+            let collation: Option<String> = c.try_get_unchecked("Collation")?;
+            if matches!(field.as_str(), "gid" | "branch_id" | "op" | "barrier_id")
+                && collation.as_deref() != Some("utf8mb4_bin")
+            {
+                folding += 1;
+            }
+        }
+        if folding > 0 {
+            let column = |name: &str, len: u32| {
+                format!("MODIFY {name} VARCHAR({len}) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin DEFAULT ''")
+            };
+            let alter = format!(
+                "ALTER TABLE {} {}, {}, {}, {}",
+                self.name,
+                column("gid", 128),
+                column("branch_id", 128),
+                column("op", 45),
+                column("barrier_id", 45)
+            );
+            sqlx::query(&alter).execute(pool).await?;
+        }
         Ok(())
     }
 }
@@ -267,7 +299,9 @@ impl BranchBarrier {
             .bind(barrier_id)
             .fetch_optional(&mut *conn)
             .await?;
-        row.map(|r| r.try_get::<String, _>(0)).transpose()
+        // Unchecked: MySQL reports binary-collated text as VARBINARY, which the checked
+        // decode of `String` refuses.
+        row.map(|r| r.try_get_unchecked::<String, _>(0)).transpose()
     }
 
     /// Answers a transactional message's check-back from the barrier table: `true` if the
@@ -295,7 +329,7 @@ impl BranchBarrier {
             .bind(&self.params.gid)
             .fetch_optional(&mut *conn)
             .await?
-            .map(|r| r.try_get(0))
+            .map(|r| r.try_get_unchecked(0))
             .transpose()?;
         Ok(reason.as_deref() != Some("rollback"))
     }

@@ -164,3 +164,55 @@ fn a_barrier_needs_every_branch_parameter() {
     assert!(err.to_string().contains("gid is missing"), "{err}");
     assert!(BarrierTable::named("x; DROP TABLE y").is_err());
 }
+
+#[tokio::test]
+async fn gids_that_differ_only_in_case_are_two_transactions_even_in_dtms_own_table(
+) -> anyhow::Result<()> {
+    let db = TestDb::mysql().await?;
+    let pool = db.pool().await?;
+    // The table as DTM's own SQL creates it: the server's default collation, which
+    // ignores case.
+    sqlx::query(
+        "CREATE TABLE barrier (
+           id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+           trans_type VARCHAR(45) DEFAULT '',
+           gid VARCHAR(128) DEFAULT '',
+           branch_id VARCHAR(128) DEFAULT '',
+           op VARCHAR(45) DEFAULT '',
+           barrier_id VARCHAR(45) DEFAULT '',
+           reason VARCHAR(45) DEFAULT '',
+           create_time DATETIME DEFAULT NOW(),
+           update_time DATETIME DEFAULT NOW(),
+           KEY (create_time),
+           KEY (update_time),
+           UNIQUE KEY (gid, branch_id, op, barrier_id)
+         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_general_ci",
+    )
+    .execute(&pool)
+    .await?;
+    sqlx::query("CREATE TABLE effects (gid VARCHAR(128), op VARCHAR(16))")
+        .execute(&pool)
+        .await?;
+    // A row written before the upgrade is kept.
+    sqlx::query("INSERT INTO barrier (trans_type, gid, branch_id, op, barrier_id, reason) VALUES ('tcc', 'old', '01', 'try', '01', 'try')")
+        .execute(&pool)
+        .await?;
+    let table = BarrierTable::named("barrier")?;
+    table.create(&pool).await?;
+    let f = Fixture {
+        _db: db,
+        pool,
+        table,
+    };
+    assert_eq!(run(&f, "Order-1", "try").await, BarrierOutcome::Done(()));
+    assert_eq!(
+        run(&f, "order-1", "try").await,
+        BarrierOutcome::Done(()),
+        "another transaction, not a duplicate"
+    );
+    assert_eq!(run(&f, "old", "try").await, BarrierOutcome::Duplicate);
+    // Creating again changes nothing.
+    f.table.create(&f.pool).await?;
+    assert_eq!(run(&f, "order-1", "try").await, BarrierOutcome::Duplicate);
+    Ok(())
+}
