@@ -80,6 +80,9 @@ pub struct ServeArgs {
     /// Most rounds of work running at once [default: 1024].
     #[arg(long, env = "SETTLE_MAX_INFLIGHT")]
     pub max_inflight: Option<usize>,
+    /// Most branches one transaction may register [default: 256].
+    #[arg(long, env = "SETTLE_MAX_BRANCHES")]
+    pub max_branches: Option<usize>,
     /// Most bytes of a participant's answer that are read, in bytes [default: 65536].
     #[arg(long, env = "SETTLE_MAX_ANSWER_BYTES")]
     pub max_answer_bytes: Option<usize>,
@@ -143,6 +146,7 @@ impl ServeArgs {
             claim_batch,
             max_inflight,
             max_answer_bytes,
+            max_branches,
             retry_cap_s,
             default_timeout_to_fail_s,
             default_request_timeout_s,

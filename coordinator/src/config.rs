@@ -46,6 +46,8 @@ pub struct Config {
     pub max_inflight: usize,
     /// Longest interval between retries of a branch call, in seconds.
     pub retry_cap_s: i64,
+    /// Most branches one transaction may register.
+    pub max_branches: usize,
     /// Most bytes of a participant's answer (to a branch call or a check-back) that are
     /// read; the rest is not read, and the answer is judged on what was.
     pub max_answer_bytes: usize,
@@ -85,6 +87,7 @@ impl Default for Config {
             claim_batch: 64,
             max_inflight: 1024,
             max_answer_bytes: 64 * 1024,
+            max_branches: 256,
             retry_cap_s: 60,
             default_timeout_to_fail_s: 35,
             default_request_timeout_s: 3,
@@ -149,6 +152,7 @@ impl Config {
             ("claim_batch", i64::from(self.claim_batch)),
             ("max_inflight", self.max_inflight as i64),
             ("max_answer_bytes", self.max_answer_bytes as i64),
+            ("max_branches", self.max_branches as i64),
             ("max_connections", i64::from(self.max_connections)),
             ("store_writers", self.store_writers as i64),
             ("max_batch", self.max_batch as i64),

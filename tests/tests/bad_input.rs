@@ -412,3 +412,47 @@ async fn a_field_too_large_to_store_is_refused_naming_it_and_nothing_is_written(
     app.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_beyond_the_servers_limit_is_refused_and_not_registered() -> anyhow::Result<()> {
+    let db = TestSqlite::new();
+    let mut config = test_config(&db.url);
+    config.max_branches = 2;
+    let app = spawn_coordinator(config).await?;
+    let http = reqwest::Client::new();
+    let p = Participant::start().await?;
+    let post = |route: &'static str, body: Value| {
+        let (http, url) = (http.clone(), format!("{}/{route}", app.api_url()));
+        async move {
+            let r = http.post(url).json(&body).send().await?;
+            anyhow::Ok((r.status().as_u16(), r.text().await?))
+        }
+    };
+    assert_eq!(
+        post("prepare", json!({"gid": "g", "trans_type": "tcc"}))
+            .await?
+            .0,
+        200
+    );
+    let branch = |id: &str| json!({"gid": "g", "trans_type": "tcc", "branch_id": id, "data": "{}", "confirm": p.url("confirm"), "cancel": p.url("cancel")});
+    for id in ["01", "02"] {
+        assert_eq!(post("registerBranch", branch(id)).await?.0, 200);
+    }
+    assert_rejected(
+        &post("registerBranch", branch("03")).await?,
+        400,
+        "may have at most 2 branches; this would make 3",
+    );
+    // Registering one already there stays a harmless duplicate.
+    assert_eq!(post("registerBranch", branch("02")).await?.0, 200);
+    let q: Value = http
+        .get(format!("{}/query", app.api_url()))
+        .query(&[("gid", "g")])
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(q["branches"].as_array().map(Vec::len), Some(4), "{q}");
+    app.stop().await;
+    Ok(())
+}

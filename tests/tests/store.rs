@@ -263,7 +263,7 @@ on_both!(branches_register_only_while_prepared, |store| {
         async move {
             store
                 .write(gid, move |c, _| {
-                    txn::register::register(c, TransType::Tcc, &ops, 1_100)
+                    txn::register::register(c, TransType::Tcc, &ops, 100, 1_100)
                 })
                 .await
         }
@@ -309,7 +309,7 @@ on_both!(
                     .await?;
                 store
                     .write(&gid, move |c, _| {
-                        txn::register::register(c, TransType::Tcc, &ops, 1_100)
+                        txn::register::register(c, TransType::Tcc, &ops, 100, 1_100)
                     })
                     .await
             }));
@@ -320,7 +320,7 @@ on_both!(
             tokio::spawn(async move {
                 store
                     .write("done", move |c, _| {
-                        txn::register::register(c, TransType::Tcc, &ops, 1_100)
+                        txn::register::register(c, TransType::Tcc, &ops, 100, 1_100)
                     })
                     .await
             })

@@ -51,7 +51,10 @@ pub async fn register_branch(
     })?;
     state.metrics.request(ApiOp::RegisterBranch);
     let ops = branch_ops(branch_id, field(&req, "data"), confirm, cancel).to_vec();
-    state.apply.register(gid, trans_type, ops).await?;
+    state
+        .apply
+        .register(gid, trans_type, ops, state.config.max_branches)
+        .await?;
     info!(gid = %gid, branch_id = %branch_id, "branch registered");
     Ok(Json(DtmResult::success()))
 }

@@ -68,6 +68,7 @@ impl ApiError {
             Self::Txn(TxnError::Unsupported { .. }) => (StatusCode::CONFLICT, "unsupported"),
             Self::Txn(TxnError::UnknownCode { .. }) => (StatusCode::BAD_REQUEST, "unknown_code"),
             Self::Txn(TxnError::LeaseLost { .. }) => (StatusCode::CONFLICT, "lease_lost"),
+            Self::Txn(TxnError::TooMany { .. }) => (StatusCode::BAD_REQUEST, "too_many"),
             Self::Ongoing(_) => (StatusCode::TOO_EARLY, "ongoing"),
             Self::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -30,7 +30,12 @@ fn check(state: &AppState, req: GlobalRequest) -> Result<Checked, ApiError> {
         validate::id("gid", &req.gid)?;
         let trans_type = validate::trans_type(&req.trans_type)?;
         let options = validate::options(&req, &state.config)?;
-        let steps = validate::steps(&req, trans_type, state.rocketmq_enabled())?;
+        let steps = validate::steps(
+            &req,
+            trans_type,
+            state.rocketmq_enabled(),
+            state.config.max_branches,
+        )?;
         validate::text("custom_data", &req.custom_data, validate::MAX_TEXT_BYTES)?;
         validate::stored_json("steps", &req.steps)?;
         validate::stored_json("payloads", &req.payloads)?;

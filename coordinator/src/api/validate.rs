@@ -165,6 +165,7 @@ pub fn steps(
     req: &GlobalRequest,
     trans_type: TransType,
     rocketmq: bool,
+    max_steps: usize,
 ) -> Result<Vec<NewBranch>, ApiError> {
     let prefix = match trans_type {
         TransType::Msg => "",
@@ -186,10 +187,13 @@ pub fn steps(
             "a msg needs at least one step",
         ));
     }
-    if req.steps.len() > 99 {
+    if req.steps.len() > max_steps {
         return Err(ApiError::bad(
-            "invalid_steps",
-            format!("a msg may have at most 99 steps, got {}", req.steps.len()),
+            "too_many",
+            format!(
+                "a transaction may carry at most {max_steps} steps (--max-branches), got {}",
+                req.steps.len()
+            ),
         ));
     }
     if req.payloads.len() != req.steps.len() {
@@ -410,6 +414,7 @@ mod tests {
             &msg(&["http://a/x", "http://b/y"], 2),
             TransType::Msg,
             false,
+            99,
         )
         .unwrap();
         assert_eq!(b.len(), 2);
@@ -427,26 +432,29 @@ mod tests {
 
     #[test]
     fn bad_msg_steps_are_named() {
-        assert!(message(steps(&msg(&[], 0), TransType::Msg, false)).contains("at least one step"));
         assert!(
-            message(steps(&msg(&["http://a/x"], 0), TransType::Msg, false))
+            message(steps(&msg(&[], 0), TransType::Msg, false, 99)).contains("at least one step")
+        );
+        assert!(
+            message(steps(&msg(&["http://a/x"], 0), TransType::Msg, false, 99))
                 .contains("1 steps, 0 payloads")
         );
         assert!(
-            message(steps(&msg(&["mailto:x@y"], 1), TransType::Msg, false))
+            message(steps(&msg(&["mailto:x@y"], 1), TransType::Msg, false, 99))
                 .contains("scheme 'mailto'")
         );
         assert!(message(steps(
             &msg(&["rocketmq://?key=1"], 1),
             TransType::Msg,
-            false
+            false,
+            99
         ))
         .contains("names no topic"));
-        assert!(message(steps(&msg(&[""], 1), TransType::Msg, false)).contains("no action"));
+        assert!(message(steps(&msg(&[""], 1), TransType::Msg, false, 99)).contains("no action"));
         let mut compensate = msg(&["http://a/x"], 1);
         compensate.steps[0].insert("compensate".into(), "http://a/y".into());
-        assert!(message(steps(&compensate, TransType::Msg, false)).contains("has 'compensate'"));
-        let tcc = steps(&msg(&["http://a/x"], 1), TransType::Tcc, false).unwrap();
+        assert!(message(steps(&compensate, TransType::Msg, false, 99)).contains("has 'compensate'"));
+        let tcc = steps(&msg(&["http://a/x"], 1), TransType::Tcc, false, 99).unwrap();
         assert_eq!(
             tcc[0].branch_id, "m01",
             "a TCC's messages are branches m01, m02, ..."
@@ -454,10 +462,18 @@ mod tests {
         assert!(message(steps(
             &msg(&["rocketmq://t?key=k"], 1),
             TransType::Msg,
-            false
+            false,
+            99
         ))
         .contains("no RocketMQ name server"));
-        assert!(steps(&msg(&["rocketmq://t?key=k"], 1), TransType::Msg, true).is_ok());
+        assert!(steps(&msg(&["rocketmq://t?key=k"], 1), TransType::Msg, true, 99).is_ok());
+        assert!(message(steps(
+            &msg(&["http://a/x", "http://b/y"], 2),
+            TransType::Msg,
+            false,
+            1
+        ))
+        .contains("at most 1 steps"));
     }
 
     #[test]

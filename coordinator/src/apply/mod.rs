@@ -152,10 +152,11 @@ impl Orchestrator {
         gid: &str,
         trans_type: TransType,
         branches: Vec<NewBranch>,
+        max_branches: usize,
     ) -> Result<Applied> {
         self.store
             .write(gid, move |c, s| {
-                txn::register::register(c, trans_type, &branches, s.now)
+                txn::register::register(c, trans_type, &branches, max_branches, s.now)
             })
             .await
     }
@@ -411,7 +412,9 @@ mod tests {
             .await
             .unwrap();
         let ops = branch_ops("01", "{}", "http://127.0.0.1:1/c", "http://127.0.0.1:1/x");
-        o.register(gid, TransType::Tcc, ops.to_vec()).await.unwrap();
+        o.register(gid, TransType::Tcc, ops.to_vec(), 100)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -456,7 +459,7 @@ mod tests {
             .unwrap();
         let late = branch_ops("02", "{}", "http://127.0.0.1:1/c", "http://127.0.0.1:1/x");
         let err = o
-            .register("g", TransType::Tcc, late.to_vec())
+            .register("g", TransType::Tcc, late.to_vec(), 100)
             .await
             .unwrap_err();
         assert!(

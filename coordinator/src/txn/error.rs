@@ -47,6 +47,18 @@ pub enum TxnError {
         /// The code.
         code: String,
     },
+    /// The transaction would hold more than the server allows.
+    #[error("transaction '{gid}' may have at most {max} {what}; this would make {would}")]
+    TooMany {
+        /// The transaction.
+        gid: String,
+        /// What is counted: `branches`.
+        what: &'static str,
+        /// The server's limit.
+        max: usize,
+        /// How many there would be.
+        would: usize,
+    },
     /// Another instance took the transaction over (its lease token changed): this instance
     /// must stop driving it.
     #[error("lease on transaction '{gid}' was lost")]

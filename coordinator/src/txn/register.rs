@@ -8,11 +8,13 @@ use super::{Decision, GlobalStatus, NewBranch, TransType, TxnError};
 ///
 /// # Errors
 /// [`TxnError::NotFound`] if the transaction does not exist; [`TxnError::Conflict`] once it
-/// has left `prepared`; [`TxnError::TypeMismatch`] if it is not of the branch's type.
+/// has left `prepared`; [`TxnError::TypeMismatch`] if it is not of the branch's type;
+/// [`TxnError::TooMany`] if it would then have more than `max_branches` branches.
 pub fn register(
     current: &Current,
     requested: TransType,
     branches: &[NewBranch],
+    max_branches: usize,
     now: i64,
 ) -> Result<Decision<Change>, TxnError> {
     let t = current.existing()?;
@@ -43,6 +45,20 @@ pub fn register(
     if new.is_empty() {
         return Ok(Decision::AlreadyDone);
     }
+    let ids: std::collections::BTreeSet<&str> = current
+        .branches
+        .iter()
+        .map(|b| b.branch_id.as_str())
+        .chain(new.iter().map(|b| b.branch_id.as_str()))
+        .collect();
+    if ids.len() > max_branches {
+        return Err(TxnError::TooMany {
+            gid: t.gid.clone(),
+            what: "branches",
+            max: max_branches,
+            would: ids.len(),
+        });
+    }
     let mut change = Change::at(now);
     change.add_branches = new;
     Ok(Decision::Apply(change))
@@ -66,7 +82,7 @@ mod tests {
     fn a_branch_registers_only_while_prepared() {
         let ops = branch_ops("01", "{}", "http://c/confirm", "http://c/cancel");
         for status in GlobalStatus::ALL {
-            let r = register(&stored(*status), TransType::Tcc, &ops, 5);
+            let r = register(&stored(*status), TransType::Tcc, &ops, 8, 5);
             if *status == GlobalStatus::Prepared {
                 assert!(matches!(r, Ok(Decision::Apply(c)) if c.add_branches.len() == 2));
             } else {
@@ -85,12 +101,38 @@ mod tests {
     fn a_branch_registered_again_is_a_duplicate() {
         let ops = branch_ops("01", "{}", "http://c/confirm", "http://c/cancel");
         let mut c = stored(GlobalStatus::Prepared);
-        let Ok(Decision::Apply(change)) = register(&c, TransType::Tcc, &ops, 5) else {
+        let Ok(Decision::Apply(change)) = register(&c, TransType::Tcc, &ops, 8, 5) else {
             panic!("registers");
         };
         c.apply(change).unwrap();
         assert_eq!(
-            register(&c, TransType::Tcc, &ops, 6),
+            register(&c, TransType::Tcc, &ops, 8, 6),
+            Ok(Decision::AlreadyDone)
+        );
+    }
+
+    #[test]
+    fn a_branch_beyond_the_limit_is_refused_but_one_already_there_is_a_duplicate() {
+        let mut c = stored(GlobalStatus::Prepared);
+        for id in ["01", "02"] {
+            let ops = branch_ops(id, "{}", "http://c/confirm", "http://c/cancel");
+            let Ok(Decision::Apply(change)) = register(&c, TransType::Tcc, &ops, 2, 5) else {
+                panic!("registers {id}");
+            };
+            c.apply(change).unwrap();
+        }
+        let third = branch_ops("03", "{}", "http://c/confirm", "http://c/cancel");
+        assert!(matches!(
+            register(&c, TransType::Tcc, &third, 2, 6),
+            Err(TxnError::TooMany {
+                max: 2,
+                would: 3,
+                ..
+            })
+        ));
+        let again = branch_ops("02", "{}", "http://c/confirm", "http://c/cancel");
+        assert_eq!(
+            register(&c, TransType::Tcc, &again, 2, 6),
             Ok(Decision::AlreadyDone)
         );
     }
@@ -98,7 +140,7 @@ mod tests {
     #[test]
     fn a_branch_of_an_unknown_transaction_is_not_found() {
         assert!(matches!(
-            register(&Current::default(), TransType::Tcc, &[], 1),
+            register(&Current::default(), TransType::Tcc, &[], 8, 1),
             Err(TxnError::NotFound { .. })
         ));
     }
