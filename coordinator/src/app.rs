@@ -142,6 +142,7 @@ impl Application {
                 retry_cap_s: config.retry_cap_s,
                 max_inflight: config.max_inflight,
                 max_answer_bytes: config.max_answer_bytes,
+                max_concurrent_calls: config.max_concurrent_calls,
             },
         );
         let (shutdown, shutdown_rx) = watch::channel(false);

@@ -80,6 +80,9 @@ pub struct ServeArgs {
     /// Most rounds of work running at once [default: 1024].
     #[arg(long, env = "SETTLE_MAX_INFLIGHT")]
     pub max_inflight: Option<usize>,
+    /// Most branch calls a `concurrent` transaction makes at once [default: 16].
+    #[arg(long, env = "SETTLE_MAX_CONCURRENT_CALLS")]
+    pub max_concurrent_calls: Option<usize>,
     /// Most branches one transaction may register [default: 256].
     #[arg(long, env = "SETTLE_MAX_BRANCHES")]
     pub max_branches: Option<usize>,
@@ -147,6 +150,7 @@ impl ServeArgs {
             max_inflight,
             max_answer_bytes,
             max_branches,
+            max_concurrent_calls,
             retry_cap_s,
             default_timeout_to_fail_s,
             default_request_timeout_s,

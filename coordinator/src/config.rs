@@ -46,6 +46,8 @@ pub struct Config {
     pub max_inflight: usize,
     /// Longest interval between retries of a branch call, in seconds.
     pub retry_cap_s: i64,
+    /// Most branch calls a `concurrent` transaction makes at once.
+    pub max_concurrent_calls: usize,
     /// Most branches one transaction may register.
     pub max_branches: usize,
     /// Most bytes of a participant's answer (to a branch call or a check-back) that are
@@ -88,6 +90,7 @@ impl Default for Config {
             max_inflight: 1024,
             max_answer_bytes: 64 * 1024,
             max_branches: 256,
+            max_concurrent_calls: 16,
             retry_cap_s: 60,
             default_timeout_to_fail_s: 35,
             default_request_timeout_s: 3,
@@ -153,6 +156,7 @@ impl Config {
             ("max_inflight", self.max_inflight as i64),
             ("max_answer_bytes", self.max_answer_bytes as i64),
             ("max_branches", self.max_branches as i64),
+            ("max_concurrent_calls", self.max_concurrent_calls as i64),
             ("max_connections", i64::from(self.max_connections)),
             ("store_writers", self.store_writers as i64),
             ("max_batch", self.max_batch as i64),

@@ -268,6 +268,39 @@ async fn concurrent_confirms_all_branches_at_once() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_confirms_go_out_at_most_max_concurrent_calls_at_a_time() -> anyhow::Result<()> {
+    let db = TestSqlite::new();
+    let mut config = test_config(&db.url);
+    config.max_concurrent_calls = 2;
+    let app = spawn_coordinator(config).await?;
+    let p = Participant::start().await?;
+    p.delay("confirm", Duration::from_millis(400), 4);
+    let client = SettleClient::new(app.api_url());
+    let gid = client.new_gid().await?;
+    let request = GlobalRequest {
+        concurrent: true,
+        ..GlobalRequest::new(&gid, "tcc")
+    };
+    p.run_tcc(&client, request, 4).await?;
+    assert_eq!(client.wait_final(&gid, SETTLE).await?, "succeed");
+    let mut answered: Vec<_> = p
+        .calls()
+        .into_iter()
+        .filter(|c| c.params.op == "confirm")
+        .map(|c| c.at)
+        .collect();
+    answered.sort();
+    assert_eq!(answered.len(), 4);
+    // Two waves of two: the third answer comes a whole delay after the first.
+    assert!(
+        answered[2] - answered[0] >= Duration::from_millis(350),
+        "confirms answered at {answered:?}"
+    );
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_confirm_that_does_not_answer_in_request_timeout_is_retried() -> anyhow::Result<()> {
     let db = TestDb::mysql().await?;
     let app = spawn_coordinator(test_config(&db.url)).await?;

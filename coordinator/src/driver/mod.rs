@@ -36,6 +36,8 @@ pub struct DriverSettings {
     pub max_inflight: usize,
     /// Most bytes of a participant's answer read.
     pub max_answer_bytes: usize,
+    /// Most branch calls one `concurrent` transaction makes at once.
+    pub max_concurrent_calls: usize,
 }
 
 /// Runs rounds of work on transactions.

@@ -50,9 +50,18 @@ impl Driver {
             if c.txn.options.concurrent && calls.len() > 1 {
                 // The calls run at once: one lease check covers them all.
                 lease_until = self.ensure_lease(&c, lease_until).await?;
-                let results =
-                    futures_util::future::join_all(calls.iter().map(|b| self.call(&c.txn, b)))
-                        .await;
+                // At most max_concurrent_calls at a time, answers in the branches' order.
+                let room =
+                    tokio::sync::Semaphore::new(self.inner.settings.max_concurrent_calls.max(1));
+                let txn = &c.txn;
+                let results = futures_util::future::join_all(calls.iter().map(|b| {
+                    let room = &room;
+                    async move {
+                        let _turn = room.acquire().await;
+                        self.call(txn, b).await
+                    }
+                }))
+                .await;
                 for (b, r) in calls.iter().zip(results) {
                     match self.outcome(&c, b, r) {
                         None => done.push((b.branch_id.clone(), b.op)),
