@@ -342,3 +342,34 @@ async fn the_sdk_check_back_answers_from_the_barrier_after_a_crash_before_submit
     app.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_check_back_slower_than_the_lease_still_settles_the_message() -> anyhow::Result<()> {
+    let db = TestDb::mysql().await?;
+    let mut config = test_config(&db.url);
+    config.lease_ms = 1_000;
+    let app = spawn_coordinator(config).await?;
+    let p = Participant::start().await?;
+    // The check-back answers "committed" after 2.5 s: longer than a lease.
+    p.delay("query", Duration::from_millis(2_500), 1);
+    let client = SettleClient::new(app.api_url());
+    let gid = client.new_gid().await?;
+    let mut m = Msg::with_options(
+        &client,
+        GlobalRequest {
+            request_timeout: 10,
+            ..quick(&gid)
+        },
+    )
+    .add(&p.url("step"), &json!({}))?;
+    m.prepare(&p.url("query")).await?;
+    assert_eq!(client.wait_final(&gid, SETTLE).await?, "succeed");
+    assert_eq!(
+        p.arrived("query"),
+        1,
+        "one check-back, whose answer was taken: no other round asked again"
+    );
+    assert_eq!(routes(&p, &gid), ["query", "step"]);
+    app.stop().await;
+    Ok(())
+}

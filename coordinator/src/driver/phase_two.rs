@@ -108,7 +108,11 @@ impl Driver {
     }
 
     /// Renews the lease when less than a call's worth of it is left. Returns its new expiry.
-    async fn ensure_lease(&self, c: &Claimed, lease_until: i64) -> Result<i64, StoreError> {
+    pub(super) async fn ensure_lease(
+        &self,
+        c: &Claimed,
+        lease_until: i64,
+    ) -> Result<i64, StoreError> {
         let apply = &self.inner.apply;
         let now = apply.clock().now_ms();
         let needed = c.txn.options.request_timeout.saturating_mul(1000) + LEASE_MARGIN_MS;

@@ -34,18 +34,22 @@ impl Driver {
                     info!(status = "aborting", reason = %reason, "transaction timed out");
                     c = apply.time_out(&c, reason).await?;
                 }
-                DuePrepared::CheckBack => match self.check_back(&c.txn).await {
-                    CheckBack::AskAgain { ongoing, detail } => {
-                        info!(detail = %detail, "check-back undecided; will ask again");
-                        self.retry(&c, Vec::new(), false, false, ongoing, detail)
-                            .await?;
-                        return Ok(RoundEnd::Retrying);
+                DuePrepared::CheckBack => {
+                    // The answer must come back while the lease still holds.
+                    self.ensure_lease(&c, c.txn.lease_expire).await?;
+                    match self.check_back(&c.txn).await {
+                        CheckBack::AskAgain { ongoing, detail } => {
+                            info!(detail = %detail, "check-back undecided; will ask again");
+                            self.retry(&c, Vec::new(), false, false, ongoing, detail)
+                                .await?;
+                            return Ok(RoundEnd::Retrying);
+                        }
+                        answer => {
+                            c = apply.check_back(&c, answer).await?;
+                            info!(status = %c.txn.status, "check-back answered");
+                        }
                     }
-                    answer => {
-                        c = apply.check_back(&c, answer).await?;
-                        info!(status = %c.txn.status, "check-back answered");
-                    }
-                },
+                }
             }
         }
         match c.txn.status {
