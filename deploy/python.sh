@@ -24,5 +24,5 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s "$req" "$stamp"; then
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$req" >&2
   cp "$req" "$stamp"
 fi
-"$venv/bin/python" -c 'import dtmcli, pymysql, requests' >&2
+"$venv/bin/python" -c 'import dtmcli, pymysql, requests, kubernetes_validate' >&2
 echo "export SETTLE_PYTHON=$venv/bin/python"

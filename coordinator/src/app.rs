@@ -7,11 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::access::{AllowlistResolver, Scope};
+use crate::api::serve::ServeLimits;
 use crate::api::{router, AppState};
 use crate::apply::Orchestrator;
 use crate::clock::Clock;
@@ -59,11 +60,44 @@ pub enum StartError {
     Http(#[from] reqwest::Error),
 }
 
+/// Aligns `clock` with the database's clock; returns how far it moved, in ms.
+async fn align_with_database(store: &Store, clock: &Clock) -> Result<i64, StoreError> {
+    let before = tokio::time::Instant::now();
+    let reference = store.database_now_ms().await?;
+    let after = tokio::time::Instant::now();
+    Ok(clock.align(reference, before + (after - before) / 2))
+}
+
+/// Re-aligns `clock` with the database's every 30 s, against drift and clock steps.
+async fn keep_aligned(store: Store, clock: Clock, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        match align_with_database(&store, &clock).await {
+            Ok(moved) if moved.abs() > 1_000 => {
+                warn!(
+                    moved_ms = moved,
+                    "the database's clock moved against this machine's; following it"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %crate::telemetry::error_chain(&e), "cannot read the database's clock; keeping the last alignment")
+            }
+        }
+    }
+}
+
 /// A started coordinator.
 pub struct Application {
     address: SocketAddr,
     instance_id: String,
     store: Store,
+    driver: Driver,
+    clock: Clock,
+    grace: Duration,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     scheduler: JoinHandle<()>,
@@ -101,6 +135,22 @@ impl Application {
             url: redact_url(&config.database_url),
             source,
         })?;
+        // Leases and due times are read against one clock, the database's: an instance whose
+        // own clock is off cannot take over a lease early or run a timeout late.
+        if clock.is_alignable() {
+            let moved = align_with_database(&store, &clock)
+                .await
+                .map_err(|source| StartError::Store {
+                    url: redact_url(&config.database_url),
+                    source,
+                })?;
+            if moved.abs() > 1_000 {
+                warn!(
+                    off_by_ms = -moved,
+                    "this machine's clock is off the database's; using the database's"
+                );
+            }
+        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -119,10 +169,17 @@ impl Application {
         } else {
             config.instance_id.clone()
         };
+        let allowlist = Arc::new(config.allowlist()?);
+        let tokens = Arc::new(config.tokens()?);
+        if config.allow_all_destinations {
+            warn!("allow_all_destinations is set: anyone who can reach the API can make this coordinator call any address (link-local and metadata addresses excepted)");
+        }
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(3))
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(AllowlistResolver(allowlist.clone())))
             .build()?;
         let metrics = Arc::new(Metrics::default());
         let dispatch = Arc::new(tokio::sync::Notify::new());
@@ -143,6 +200,7 @@ impl Application {
                 max_inflight: config.max_inflight,
                 max_answer_bytes: config.max_answer_bytes,
                 max_concurrent_calls: config.max_concurrent_calls,
+                allowlist: allowlist.clone(),
             },
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -173,6 +231,7 @@ impl Application {
                     ),
                     max_inflight: config.delivery_max_inflight,
                     retry_cap_s: config.retry_cap_s.min(30),
+                    dead_letter_after: config.dead_letter_after,
                     clock: clock.clone(),
                 },
                 dispatch.clone(),
@@ -188,6 +247,13 @@ impl Application {
             config.claim_batch,
         );
         let scheduler = tokio::spawn(scheduler.run(shutdown_rx.clone()));
+        if clock.is_alignable() {
+            tokio::spawn(keep_aligned(
+                store.clone(),
+                clock.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
         let retention = tokio::spawn(retention::run(
             store.clone(),
             clock,
@@ -202,6 +268,9 @@ impl Application {
             address = %address,
             store = %redact_url(&config.database_url),
             instance = %instance_id,
+            destinations = %allowlist.describe(),
+            client_tokens = tokens.required(Scope::Client),
+            operator_tokens = tokens.required(Scope::Operator),
             "settle coordinator started"
         );
         let state = AppState {
@@ -210,26 +279,26 @@ impl Application {
             driver,
             config: Arc::new(config),
             metrics,
+            allowlist,
+            tokens,
+        };
+        let stop_driver = state.driver.clone();
+        let stop_clock = state.apply.clock();
+        let grace_ms = state.config.shutdown_grace_ms;
+        let limits = ServeLimits {
+            header_timeout: Duration::from_millis(state.config.http_header_timeout_ms),
+            max_connections: state.config.max_http_connections,
+            drain: Duration::from_millis(state.config.shutdown_grace_ms),
         };
         let app = router(state);
-        let mut stop = shutdown_rx;
-        let server = tokio::spawn(async move {
-            axum::serve(
-                listener.tap_io(|tcp| {
-                    // Small request/answer exchanges: do not wait for more bytes to fill a packet.
-                    let _ = tcp.set_nodelay(true);
-                }),
-                app,
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-        });
+        let server = tokio::spawn(crate::api::serve::serve(listener, app, limits, shutdown_rx));
         Ok(Self {
             address,
             instance_id,
             store,
+            driver: stop_driver,
+            clock: stop_clock,
+            grace: Duration::from_millis(grace_ms),
             shutdown,
             server,
             scheduler,
@@ -265,8 +334,9 @@ impl Application {
         self.stop().await;
     }
 
-    /// Stops accepting requests and scheduling work, and waits for the server to close.
-    /// Leases held by rounds still running simply run out.
+    /// Stops gracefully: stops accepting connections and claiming work, lets running rounds
+    /// and open requests finish (each within `shutdown_grace_ms`), then hands back the
+    /// leases it still holds, so that other instances take its work over at once.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.scheduler.await;
@@ -274,7 +344,23 @@ impl Application {
         if let Some(dispatcher) = self.dispatcher {
             let _ = dispatcher.await;
         }
+        if !self.driver.drain(self.grace).await {
+            warn!(grace_ms = self.grace.as_millis(), "rounds still running at the end of the grace period; their leases are handed back and their writes fenced out");
+        }
         let _ = self.server.await;
+        match self
+            .store
+            .release_leases(&self.instance_id, self.clock.now_ms())
+            .await
+        {
+            Ok((0, 0)) => {}
+            Ok((transactions, messages)) => {
+                info!(transactions, messages, "leases handed back");
+            }
+            Err(e) => {
+                warn!(error = %crate::telemetry::error_chain(&e), "cannot hand leases back; they run out by themselves");
+            }
+        }
         self.store.close().await;
     }
 }

@@ -720,23 +720,9 @@ async fn msg_run(
                 global.query_prepared = query.clone();
                 let t0 = Instant::now();
                 if prepare {
-                    expect_ok(
-                        http.post(format!("{server}/prepare"))
-                            .json(&global)
-                            .send()
-                            .await,
-                        "prepare",
-                    )
-                    .await?;
+                    post_ok(&http, &server, "prepare", &global).await?;
                 }
-                expect_ok(
-                    http.post(format!("{server}/submit"))
-                        .json(&global)
-                        .send()
-                        .await,
-                    "submit",
-                )
-                .await?;
+                post_ok(&http, &server, "submit", &global).await?;
                 latencies.push(t0.elapsed());
             }
             Ok::<_, anyhow::Error>(latencies)
@@ -875,6 +861,21 @@ pub fn chart(runs: &[Run], path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// POSTs `body` to the coordinator's `route` and expects success.
+async fn post_ok<B: serde::Serialize + ?Sized>(
+    http: &reqwest::Client,
+    server: &str,
+    route: &str,
+    body: &B,
+) -> anyhow::Result<()> {
+    let response = http
+        .post(format!("{server}/{route}"))
+        .json(body)
+        .send()
+        .await;
+    expect_ok(response, route).await
+}
+
 async fn expect_ok(response: reqwest::Result<reqwest::Response>, what: &str) -> anyhow::Result<()> {
     let response = response.with_context(|| format!("{what}: request failed"))?;
     let status = response.status();
@@ -892,28 +893,14 @@ async fn one_tcc(
     gid: &str,
 ) -> anyhow::Result<()> {
     let global = GlobalRequest::new(gid, names::TCC);
-    expect_ok(
-        http.post(format!("{server}/prepare"))
-            .json(&global)
-            .send()
-            .await,
-        "prepare",
-    )
-    .await?;
+    post_ok(http, server, "prepare", &global).await?;
     for branch in ["01", "02"] {
         let body = json!({"amount": 30, "branch": branch}).to_string();
         let register = json!({
             "gid": gid, "trans_type": "tcc", "branch_id": branch, "data": body,
             "confirm": format!("{base}/confirm"), "cancel": format!("{base}/cancel"),
         });
-        expect_ok(
-            http.post(format!("{server}/registerBranch"))
-                .json(&register)
-                .send()
-                .await,
-            "registerBranch",
-        )
-        .await?;
+        post_ok(http, server, "registerBranch", &register).await?;
         let params = [
             ("gid", gid),
             ("trans_type", "tcc"),
@@ -930,14 +917,7 @@ async fn one_tcc(
         )
         .await?;
     }
-    expect_ok(
-        http.post(format!("{server}/submit"))
-            .json(&global)
-            .send()
-            .await,
-        "submit",
-    )
-    .await
+    post_ok(http, server, "submit", &global).await
 }
 
 /// A participant that answers every call with success and counts confirms; while `hold` is

@@ -10,13 +10,15 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::access::Secret;
 use crate::bench::{self, BenchArgs};
 use crate::config::Config;
+use crate::ops::{self, OutboxCommand, Remote, TxnCommand};
 use crate::telemetry::init_logging;
 use crate::Application;
 
 /// Settle: a distributed transaction coordinator speaking DTM's protocol.
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(name = "settle", version, about, long_about = None)]
 pub struct Cli {
     /// What to do.
@@ -25,16 +27,35 @@ pub struct Cli {
 }
 
 /// The subcommands.
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 pub enum Command {
     /// Run the coordinator (HTTP API, scheduler and driver).
     Serve(Box<ServeArgs>),
     /// Measure a running DTM-compatible server with concurrent TCC transactions.
     Bench(Box<BenchArgs>),
+    /// Inspect and steer transactions of a running coordinator.
+    Txn {
+        /// Where the coordinator is.
+        #[command(flatten)]
+        remote: Remote,
+        /// What to do.
+        #[command(subcommand)]
+        command: TxnCommand,
+    },
+    /// Inspect the outbox of a running coordinator and send dead letters again.
+    Outbox {
+        /// Where the coordinator is.
+        #[command(flatten)]
+        remote: Remote,
+        /// What to do.
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
 }
 
-/// Options of `settle serve`. Each overrides the config file; unset ones keep it.
-#[derive(Debug, Args)]
+/// Options of `settle serve`. Each overrides the config file; unset ones keep it. Not
+/// `Debug`: it holds the database password and tokens.
+#[derive(Args)]
 pub struct ServeArgs {
     /// TOML file with any of the options below (snake_case keys, e.g. `database_url`).
     #[arg(long, env = "SETTLE_CONFIG")]
@@ -67,6 +88,17 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes [default: 1048576].
     #[arg(long, env = "SETTLE_BODY_LIMIT_BYTES")]
     pub body_limit_bytes: Option<usize>,
+    /// Time a connection has to send a request's headers (from opening or its last answer),
+    /// in ms; idle and slow connections are closed after it [default: 30000].
+    #[arg(long, env = "SETTLE_HTTP_HEADER_TIMEOUT_MS")]
+    pub http_header_timeout_ms: Option<u64>,
+    /// Most HTTP connections open at once [default: 4096].
+    #[arg(long, env = "SETTLE_MAX_HTTP_CONNECTIONS")]
+    pub max_http_connections: Option<usize>,
+    /// On SIGTERM, how long running rounds and requests get to finish before leases are
+    /// handed back, in ms [default: 10000].
+    #[arg(long, env = "SETTLE_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
     /// Lease on a transaction being driven, in ms; a dead instance's transactions are taken
     /// over this long after its last renewal [default: 15000].
     #[arg(long, env = "SETTLE_LEASE_MS")]
@@ -117,6 +149,48 @@ pub struct ServeArgs {
     /// Most sharding keys delivered at once [default: 256].
     #[arg(long, env = "SETTLE_DELIVERY_MAX_INFLIGHT")]
     pub delivery_max_inflight: Option<usize>,
+    /// Permanent refusals by the broker after which a message is dead-lettered [default: 3].
+    #[arg(long, env = "SETTLE_DEAD_LETTER_AFTER")]
+    pub dead_letter_after: Option<i64>,
+    /// Largest body of a `rocketmq://` step, in bytes: the broker's maxMessageSize
+    /// [default: 4194304].
+    #[arg(long, env = "SETTLE_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Destinations the coordinator may call, comma-separated: host names, `*.domain`,
+    /// addresses, CIDR ranges, http(s) URL prefixes [default: loopback only, allowed only
+    /// when listening on loopback].
+    #[arg(
+        long = "allow-destination",
+        env = "SETTLE_ALLOW_DESTINATIONS",
+        value_delimiter = ','
+    )]
+    pub allow_destinations: Option<Vec<String>>,
+    /// Allow every destination (link-local and metadata addresses still need a rule).
+    #[arg(long, env = "SETTLE_ALLOW_ALL_DESTINATIONS", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_all_destinations: Option<bool>,
+    /// Bearer tokens granting the client scope, comma-separated (prefer the environment or
+    /// a file to the command line).
+    #[arg(
+        long,
+        env = "SETTLE_CLIENT_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub client_tokens: Option<Vec<Secret>>,
+    /// Bearer tokens granting the operator scope, comma-separated.
+    #[arg(
+        long,
+        env = "SETTLE_OPERATOR_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub operator_tokens: Option<Vec<Secret>>,
+    /// File of client tokens, one per line.
+    #[arg(long, env = "SETTLE_CLIENT_TOKENS_FILE")]
+    pub client_tokens_file: Option<String>,
+    /// File of operator tokens, one per line.
+    #[arg(long, env = "SETTLE_OPERATOR_TOKENS_FILE")]
+    pub operator_tokens_file: Option<String>,
 }
 
 impl ServeArgs {
@@ -144,6 +218,9 @@ impl ServeArgs {
             retention_s,
             instance_id,
             body_limit_bytes,
+            http_header_timeout_ms,
+            max_http_connections,
+            shutdown_grace_ms,
             lease_ms,
             poll_interval_ms,
             claim_batch,
@@ -159,7 +236,15 @@ impl ServeArgs {
             rocketmq_producer_group,
             rocketmq_send_timeout_ms,
             delivery_poll_interval_ms,
-            delivery_max_inflight
+            delivery_max_inflight,
+            dead_letter_after,
+            max_message_bytes,
+            allow_destinations,
+            allow_all_destinations,
+            client_tokens,
+            operator_tokens,
+            client_tokens_file,
+            operator_tokens_file
         );
         Ok(c)
     }
@@ -195,6 +280,8 @@ pub fn main() -> ExitCode {
                 Ok(())
             }
             Command::Bench(args) => bench::run(*args).await,
+            Command::Txn { remote, command } => ops::txn(&remote, command).await,
+            Command::Outbox { remote, command } => ops::outbox(&remote, command).await,
         }
     });
     match result {

@@ -23,26 +23,77 @@ pub struct Clock {
 
 #[derive(Debug, Clone)]
 enum Source {
-    /// `base_ms` at `start`, then moving with tokio's clock.
-    Tokio { base_ms: i64, start: Instant },
+    /// `base_ms` at `start`, then moving with tokio's clock. An aligned clock's base is
+    /// moved to the database's time by [`Clock::align`].
+    Tokio {
+        base_ms: Arc<AtomicI64>,
+        start: Instant,
+        alignable: bool,
+    },
     /// Moves only when told to.
     Stepped(Arc<AtomicI64>),
 }
 
 impl Clock {
-    /// A clock reading the system's wall time now and advancing with tokio's clock.
+    /// A clock reading the system's wall time now and advancing with tokio's clock. The
+    /// coordinator aligns it with the database's clock ([`Clock::align`]), so that every
+    /// instance sharing a database times leases and due times alike, whatever its own wall
+    /// clock says.
     pub fn system() -> Self {
-        Self::starting_at(system_now_ms())
+        Self::system_off_by(0)
     }
 
-    /// A clock that reads `ms` now and advances with tokio's clock (for tests).
+    /// A system clock reading `offset_ms` off the wall time, as on a machine whose clock is
+    /// wrong (for tests of clock skew). Aligned like [`Clock::system`].
+    pub fn system_off_by(offset_ms: i64) -> Self {
+        Self {
+            source: Source::Tokio {
+                base_ms: Arc::new(AtomicI64::new(system_now_ms().saturating_add(offset_ms))),
+                start: Instant::now(),
+                alignable: true,
+            },
+        }
+    }
+
+    /// A clock that reads `ms` now and advances with tokio's clock (for tests; never
+    /// aligned).
     pub fn starting_at(ms: i64) -> Self {
         Self {
             source: Source::Tokio {
-                base_ms: ms,
+                base_ms: Arc::new(AtomicI64::new(ms)),
                 start: Instant::now(),
+                alignable: false,
             },
         }
+    }
+
+    /// Whether [`Clock::align`] moves this clock (a system clock, not a test's).
+    pub fn is_alignable(&self) -> bool {
+        matches!(
+            self.source,
+            Source::Tokio {
+                alignable: true,
+                ..
+            }
+        )
+    }
+
+    /// Sets this clock (and its clones) so that it read `reference_ms` at `at`: the
+    /// database's time, read between two instants whose middle is `at`. Returns how far it
+    /// moved, in ms. Does nothing to a clock that is not alignable.
+    pub fn align(&self, reference_ms: i64, at: Instant) -> i64 {
+        let Source::Tokio {
+            base_ms,
+            start,
+            alignable: true,
+        } = &self.source
+        else {
+            return 0;
+        };
+        let since_start =
+            i64::try_from(at.saturating_duration_since(*start).as_millis()).unwrap_or(i64::MAX / 4);
+        let base = reference_ms.saturating_sub(since_start);
+        base.saturating_sub(base_ms.swap(base, Ordering::SeqCst))
     }
 
     /// A clock that reads `ms` until [`Clock::advance`] moves it (for tests).
@@ -65,9 +116,9 @@ impl Clock {
     /// Milliseconds since the Unix epoch, now.
     pub fn now_ms(&self) -> i64 {
         match &self.source {
-            Source::Tokio { base_ms, start } => {
+            Source::Tokio { base_ms, start, .. } => {
                 let elapsed = i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX / 4);
-                base_ms.saturating_add(elapsed)
+                base_ms.load(Ordering::Relaxed).saturating_add(elapsed)
             }
             Source::Stepped(ms) => ms.load(Ordering::SeqCst),
         }
@@ -99,6 +150,22 @@ mod tests {
         assert_eq!(clock.now_ms(), 1_000);
         tokio::time::advance(Duration::from_secs(35)).await;
         assert_eq!(clock.now_ms(), 36_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_aligned_clock_reads_the_reference_time_and_test_clocks_are_never_aligned() {
+        let off = Clock::system_off_by(30_000);
+        let seen = off.clone();
+        let reference = system_now_ms();
+        let moved = off.align(reference, Instant::now());
+        assert!((-30_500..=-29_500).contains(&moved), "{moved}");
+        assert!((seen.now_ms() - reference).abs() < 100);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!((seen.now_ms() - reference - 5_000).abs() < 100);
+        let test = Clock::starting_at(1_000);
+        assert!(!test.is_alignable());
+        assert_eq!(test.align(50_000, Instant::now()), 0);
+        assert_eq!(test.now_ms(), 1_000);
     }
 
     #[test]

@@ -12,8 +12,10 @@
 //! - [`scheduler`]: claims due transactions by lease and hands them to the driver.
 //! - [`delivery`]: where committed steps go (HTTP endpoints, RocketMQ topics).
 //! - [`app`]: wires these into a running server; [`cli`] is the `settle` command;
-//!   [`bench`] the load generator; [`config`], [`telemetry`] and [`clock`] support them.
+//!   [`bench`] the load generator; [`ops`] the operator commands; [`config`],
+//!   [`telemetry`] and [`clock`] support them.
 
+pub mod access;
 pub mod api;
 pub mod app;
 pub mod apply;
@@ -23,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod driver;
+pub mod ops;
 pub mod scheduler;
 pub mod store;
 pub mod telemetry;

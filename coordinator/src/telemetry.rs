@@ -42,6 +42,7 @@ pub struct Metrics {
     finished_succeeded: AtomicU64,
     finished_failed: AtomicU64,
     branch_calls: [AtomicU64; 4],
+    dead_lettered: AtomicU64,
 }
 
 /// The API operations that are counted.
@@ -97,6 +98,11 @@ impl Metrics {
         self.branch_calls[i].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one message dead-lettered.
+    pub fn dead_lettered(&self) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counters in Prometheus' text format, plus the given gauge of unfinished
     /// transactions by status.
     pub fn render(&self, unfinished: &[(String, i64)]) -> String {
@@ -131,6 +137,13 @@ impl Metrics {
                 o.as_str()
             );
         }
+        out.push_str("# HELP settle_messages_dead_lettered_total Messages this instance dead-lettered after the broker refused them.\n");
+        out.push_str("# TYPE settle_messages_dead_lettered_total counter\n");
+        let _ = writeln!(
+            out,
+            "settle_messages_dead_lettered_total {}",
+            self.dead_lettered.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP settle_unfinished_transactions Unfinished transactions in the store by status.\n");
         out.push_str("# TYPE settle_unfinished_transactions gauge\n");
         for (status, n) in unfinished {

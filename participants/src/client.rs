@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use settle_protocol::answer::NewGidAnswer;
-use settle_protocol::{names, QueryAnswer};
+use settle_protocol::{names, GlobalRequest, QueryAnswer};
 
 /// Errors of SDK calls.
 #[derive(Debug, thiserror::Error)]
@@ -53,12 +53,32 @@ pub enum SdkError {
     /// The caller's own code failed (for example inside a TCC closure).
     #[error("{0}")]
     Business(String),
+    /// A `submit` got no telling answer and the coordinator could not be asked what became of
+    /// the transaction in time: it may have committed. Do not redo the business; query the
+    /// gid later.
+    #[error("the outcome of {what} is unknown (asked until the wait ran out): {last}; query its gid later, and do not redo the business before knowing it")]
+    OutcomeUnknown {
+        /// Which call.
+        what: String,
+        /// The last error seen.
+        last: String,
+    },
 }
 
 impl SdkError {
     /// Whether this is a FAILURE answer.
     pub fn is_failure(&self) -> bool {
         matches!(self, Self::Failure { .. })
+    }
+
+    /// Whether a write that failed this way may still have happened: no answer, an answer
+    /// cut short or not understood, ONGOING, or a server-side error.
+    pub fn leaves_outcome_open(&self) -> bool {
+        match self {
+            Self::Transport { .. } | Self::Ongoing { .. } | Self::Protocol { .. } => true,
+            Self::Http { status, .. } => *status >= 500 || matches!(status, 408 | 429),
+            Self::Failure { .. } | Self::Business(_) | Self::OutcomeUnknown { .. } => false,
+        }
     }
 }
 
@@ -110,10 +130,22 @@ fn classify(what: &str, status: u16, body: String) -> Result<String, SdkError> {
 }
 
 /// A client of one coordinator.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SettleClient {
     api: String,
     http: reqwest::Client,
+    token: Option<String>,
+    outcome_wait: Duration,
+}
+
+impl std::fmt::Debug for SettleClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SettleClient")
+            .field("api", &self.api)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("outcome_wait", &self.outcome_wait)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SettleClient {
@@ -133,7 +165,72 @@ impl SettleClient {
         Self {
             api: api_url.into().trim_end_matches('/').to_owned(),
             http,
+            token: None,
+            outcome_wait: Duration::from_secs(10),
         }
+    }
+
+    /// The same client asking for at most `wait` what became of a `submit` whose answer did
+    /// not tell (default 10 s).
+    #[must_use]
+    pub fn with_outcome_wait(mut self, wait: Duration) -> Self {
+        self.outcome_wait = wait;
+        self
+    }
+
+    /// Submits `request` and reports what truly became of it. When the answer does not tell
+    /// (lost, cut short, ONGOING, a 5xx), the coordinator is asked: `submitted` or `succeed`
+    /// is success; `aborting` or `failed` a [`SdkError::Failure`]; still `prepared` (or
+    /// unknown), the submit is sent again (it is idempotent). If the coordinator cannot tell
+    /// within the outcome wait, [`SdkError::OutcomeUnknown`].
+    ///
+    /// # Errors
+    /// As above, or the coordinator's refusal.
+    pub async fn submit_truthfully(&self, request: &GlobalRequest) -> Result<(), SdkError> {
+        let first = match self.post("submit", request).await {
+            Ok(_) => return Ok(()),
+            Err(e) if !e.leaves_outcome_open() => return Err(e),
+            Err(e) => e,
+        };
+        let gid = request.gid.as_str();
+        let deadline = tokio::time::Instant::now() + self.outcome_wait;
+        let mut last;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.status(gid).await {
+                Ok(Some(s)) if s == names::STATUS_SUBMITTED || s == names::STATUS_SUCCEED => {
+                    return Ok(())
+                }
+                Ok(Some(s)) if s == names::STATUS_ABORTING || s == names::STATUS_FAILED => {
+                    return Err(SdkError::Failure {
+                        what: format!("submit of {gid}"),
+                        message: format!("the transaction was rolled back ({s})"),
+                    });
+                }
+                Ok(_) => match self.post("submit", request).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if !e.leaves_outcome_open() => return Err(e),
+                    Err(e) => last = e.to_string(),
+                },
+                Err(e) => last = e.to_string(),
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(SdkError::OutcomeUnknown {
+                    what: format!("submit of {gid}"),
+                    last: format!("{first}; then: {last}"),
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// The same client sending `Authorization: Bearer TOKEN` with every request to the
+    /// coordinator (not to participants).
+    #[must_use]
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
     }
 
     /// The API URL.
@@ -155,6 +252,10 @@ impl SettleClient {
         let transport = |source| SdkError::Transport {
             what: route.to_owned(),
             source,
+        };
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
         };
         let response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();

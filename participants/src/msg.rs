@@ -92,12 +92,15 @@ impl Msg {
         self.client.post("prepare", &self.request).await.map(drop)
     }
 
-    /// Commits the message: its steps are delivered. Works with or without a prepare.
+    /// Commits the message: its steps are delivered. Works with or without a prepare. An
+    /// answer that does not tell (lost, ONGOING, 5xx) is checked with the coordinator (see
+    /// [`SettleClient::submit_truthfully`]): `Ok` means committed.
     ///
     /// # Errors
-    /// The coordinator refuses (the message was aborted) or cannot be reached.
+    /// The coordinator refuses (the message was aborted), or [`SdkError::OutcomeUnknown`]
+    /// when it cannot tell in time.
     pub async fn submit(&self) -> Result<(), SdkError> {
-        self.client.post("submit", &self.request).await.map(drop)
+        self.client.submit_truthfully(&self.request).await
     }
 
     /// Drops a prepared message.
@@ -137,10 +140,16 @@ impl Msg {
         self.prepare(query_prepared).await?;
         let barrier = self.barrier(table)?;
         match barrier.call(pool, business).await {
-            Ok(BarrierOutcome::Done(value)) => {
-                self.submit().await?;
-                Ok(value)
-            }
+            Ok(BarrierOutcome::Done(value)) => match self.submit().await {
+                Ok(()) => Ok(value),
+                // The local transaction committed with its barrier row: whatever became of
+                // the submit, the check-back finds the row and the message goes out.
+                Err(e @ SdkError::OutcomeUnknown { .. }) => {
+                    warn!(gid = %self.gid(), error = %e, "submit unanswered after the local commit; the check-back will deliver the message");
+                    Ok(value)
+                }
+                Err(e) => Err(e),
+            },
             Ok(_) => {
                 // The row was already there: a check-back rolled this message back first.
                 self.abort_quietly().await;

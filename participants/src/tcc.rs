@@ -80,16 +80,18 @@ impl Tcc {
         self.inner.client.post("prepare", &request).await.map(drop)
     }
 
-    /// Commits: the coordinator confirms every branch.
+    /// Commits: the coordinator confirms every branch. An answer that does not tell (lost,
+    /// ONGOING, 5xx) is checked with the coordinator (see
+    /// [`SettleClient::submit_truthfully`]): `Ok` means committed.
     ///
     /// # Errors
-    /// The coordinator refuses (e.g. the transaction already timed out) or cannot be reached.
+    /// The coordinator refuses (e.g. the transaction already timed out), or
+    /// [`SdkError::OutcomeUnknown`] when it cannot tell in time.
     pub async fn submit(&self) -> Result<(), SdkError> {
         self.inner
             .client
-            .post("submit", &self.inner.request)
+            .submit_truthfully(&self.inner.request)
             .await
-            .map(drop)
     }
 
     /// Rolls back: the coordinator cancels every branch.
@@ -196,6 +198,12 @@ impl SettleClient {
             Err(e) => Err(e),
         };
         if let Err(e) = &result {
+            if matches!(e, SdkError::OutcomeUnknown { .. }) {
+                // It may have committed: an abort now could race its submit. The caller must
+                // find out (query) before doing anything again.
+                warn!(gid = %tcc.gid(), error = %e, "submit outcome unknown; not aborting");
+                return result;
+            }
             if let Err(abort_error) = tcc.abort().await {
                 warn!(gid = %tcc.gid(), error = %e, abort_error = %abort_error, "abort after a failed TCC did not go through; the coordinator cancels it after its timeout");
             }

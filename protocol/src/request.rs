@@ -20,8 +20,9 @@ where
 
 /// Body of `prepare`, `submit` and `abort`: a global transaction and its options.
 ///
-/// Numeric options are in seconds; `0` means "the server's default".
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Numeric options are in seconds; `0` means "the server's default". `Debug` shows the names
+/// of `branch_headers` but not their values, which often carry credentials.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GlobalRequest {
     /// Global transaction id.
     #[serde(default, deserialize_with = "nullable")]
@@ -74,6 +75,40 @@ pub struct GlobalRequest {
     /// Retries made so far (sent back by DTM's clients; ignored on input).
     #[serde(default, deserialize_with = "nullable")]
     pub retry_count: i64,
+}
+
+/// Shows a header map's names with every value hidden, for `Debug` output.
+pub struct HiddenValues<'a>(pub &'a BTreeMap<String, String>);
+
+impl std::fmt::Debug for HiddenValues<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, format_args!("<hidden>"))))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for GlobalRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GlobalRequest")
+            .field("gid", &self.gid)
+            .field("trans_type", &self.trans_type)
+            .field("custom_data", &self.custom_data)
+            .field("steps", &self.steps)
+            .field("payloads", &self.payloads)
+            .field("query_prepared", &self.query_prepared)
+            .field("protocol", &self.protocol)
+            .field("rollback_reason", &self.rollback_reason)
+            .field("wait_result", &self.wait_result)
+            .field("timeout_to_fail", &self.timeout_to_fail)
+            .field("request_timeout", &self.request_timeout)
+            .field("retry_interval", &self.retry_interval)
+            .field("branch_headers", &HiddenValues(&self.branch_headers))
+            .field("concurrent", &self.concurrent)
+            .field("retry_limit", &self.retry_limit)
+            .field("retry_count", &self.retry_count)
+            .finish()
+    }
 }
 
 impl GlobalRequest {

@@ -40,10 +40,45 @@ pub enum Error {
     /// The broker answered, but not with a stored message.
     #[error("rocketmq send not acknowledged: {0}")]
     NotAcknowledged(String),
+    /// The message itself is refused (empty, too large, malformed): sending it again will
+    /// fail again.
+    #[error("rocketmq refused the message: {0}")]
+    Refused(String),
 }
 
+impl Error {
+    /// Whether sending the same message again cannot succeed: the client or broker refused
+    /// the message itself, not the moment (unreachable, busy, timed out).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Refused(_))
+    }
+}
+
+/// Error codes (and the response code name) that judge the message, not the moment.
+const PERMANENT: [&str; 7] = [
+    "core.argument.invalid",
+    "broker.message.too_large",
+    "broker.message.invalid",
+    "protocol.message.property.invalid",
+    "MessageIllegal",
+    "MESSAGE_ILLEGAL",
+    "message body",
+];
+
 fn client_error(e: impl std::fmt::Display) -> Error {
-    Error::Client(e.to_string())
+    let text = e.to_string();
+    if PERMANENT.iter().any(|p| text.contains(p)) {
+        Error::Refused(text)
+    } else {
+        Error::Client(text)
+    }
+}
+
+fn same_kind(e: &Error) -> Error {
+    match e {
+        Error::Refused(t) => Error::Refused(t.clone()),
+        other => Error::NotAcknowledged(other.to_string()),
+    }
 }
 
 /// The client runtime shared by producers and consumers of one process.
@@ -267,12 +302,33 @@ impl Producer {
                 end += 1;
             }
             let r = self.send_batch(msgs, queue, &members[start..end]).await;
-            let failed = r.is_err();
-            for _ in start..end {
-                out.push(match &r {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(Error::NotAcknowledged(e.to_string())),
-                });
+            let mut failed = r.is_err();
+            match r {
+                Err(e) if e.is_permanent() && end - start > 1 => {
+                    // One message spoils the batch: send them one by one to learn which, so
+                    // that only it is blamed.
+                    let mut stopped = false;
+                    for one in &members[start..end] {
+                        if stopped {
+                            out.push(Err(Error::NotAcknowledged(
+                                "not sent: an earlier message of its queue was not acknowledged"
+                                    .into(),
+                            )));
+                            continue;
+                        }
+                        let r = self
+                            .send_batch(msgs, queue, std::slice::from_ref(one))
+                            .await;
+                        stopped = r.is_err();
+                        out.push(r);
+                    }
+                    failed = stopped;
+                }
+                r => {
+                    for _ in start..end {
+                        out.push(r.as_ref().copied().map_err(same_kind));
+                    }
+                }
             }
             start = end;
             if failed {

@@ -579,3 +579,61 @@ impl Collector {
         self.consumer.shutdown().await;
     }
 }
+
+/// A TCP gate on 127.0.0.1 in front of a real service: forwards connections while open;
+/// [`TcpGate::close`] cuts every connection through it and refuses new ones until
+/// [`TcpGate::open`].
+#[derive(Clone)]
+pub struct TcpGate {
+    addr: SocketAddr,
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl TcpGate {
+    /// Starts a gate forwarding to `upstream` (`host:port`).
+    ///
+    /// # Errors
+    /// It cannot bind a port.
+    pub async fn start(upstream: &str) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.local_addr()?;
+        let (open, _) = tokio::sync::watch::channel(true);
+        let open = Arc::new(open);
+        let gate = open.clone();
+        let upstream = upstream.to_owned();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !*gate.borrow() {
+                    continue;
+                }
+                let mut closed = gate.subscribe();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = closed.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { addr, open })
+    }
+
+    /// The gate's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Cuts every connection and refuses new ones.
+    pub fn close(&self) {
+        self.open.send_replace(false);
+    }
+
+    /// Lets connections through again.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+}

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+
 use serde_json::{json, Value};
 use settle_protocol::GlobalRequest;
 use settle_sdk::{Msg, SettleClient};
@@ -328,18 +330,23 @@ async fn messages_wait_in_the_store_while_the_broker_is_down_even_across_a_coord
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_key_that_cannot_be_delivered_holds_back_only_itself() -> anyhow::Result<()> {
+async fn a_message_the_broker_refuses_is_dead_lettered_and_its_key_moves_on() -> anyhow::Result<()>
+{
     let _broker = BROKER.lock().await;
     let db = TestDb::mysql().await?;
     let mut c = config(&db);
-    c.body_limit_bytes = 8 * 1024 * 1024;
+    c.body_limit_bytes = 16 * 1024 * 1024;
+    // The coordinator is told the broker takes 8 MiB, but the producer and broker take 4: a
+    // larger message passes the API and is then refused, every time, for what it is.
+    c.max_message_bytes = 8 * 1024 * 1024;
+    c.dead_letter_after = 2;
     let app = spawn_coordinator(c).await?;
     let rmq = settle_rocketmq::Client::new("test")?;
     let topic = new_topic(&rmq, "SettleStuck").await?;
     let collector = Collector::start(&rmq, &topic).await?;
     let client = SettleClient::new(app.api_url());
+    let http = reqwest::Client::new();
     let step = |key: &str| format!("rocketmq://{topic}?key={key}&tag=e");
-    // Key "stuck": a first message larger than any broker accepts, then a normal one.
     let huge = client.new_gid().await?;
     Msg::new(&client, &huge)
         .add(
@@ -353,7 +360,8 @@ async fn a_key_that_cannot_be_delivered_holds_back_only_itself() -> anyhow::Resu
         .add(&step("stuck"), &json!({"n": 1}))?
         .submit()
         .await?;
-    // Key "free": delivered all the same.
+    // Key "free": delivered all the same, even when it shares a queue (and a batch) with
+    // the refused message.
     for n in 0..5 {
         Msg::new(&client, &format!("{behind}-free-{n}"))
             .add(&step("free"), &json!({"n": n}))?
@@ -361,38 +369,96 @@ async fn a_key_that_cannot_be_delivered_holds_back_only_itself() -> anyhow::Resu
             .await?;
     }
     eventually(
-        "the free key's messages to arrive",
+        "the free key's messages and the stuck key's second one to arrive",
         Duration::from_secs(60),
         || async {
-            collector
-                .received()
-                .iter()
+            let got = collector.received();
+            got.iter()
                 .filter(|(d, _)| d.message_id.contains("-free-"))
                 .count()
                 >= 5
+                && got
+                    .iter()
+                    .any(|(d, _)| d.message_id == format!("{behind}-01"))
         },
     )
     .await?;
-    assert!(
-        collector.received().iter().all(|(d, _)| !d.message_id.starts_with(&behind[..]) || d.message_id.contains("-free-")),
-        "the stuck key's second message waits behind its first"
-    );
-    // The failure is visible on the stuck transaction, which stays unfinished.
+    let dead_letter = || async {
+        client
+            .query(&huge)
+            .await
+            .ok()
+            .and_then(|q| q.transaction)
+            .is_some_and(|t| {
+                t.status == "submitted" && t.last_error.contains("dead-lettered after 2 refusals")
+            })
+    };
     eventually(
-        "the delivery error to show",
+        "the dead letter to show on its transaction",
         Duration::from_secs(30),
-        || async {
-            client
-                .query(&huge)
-                .await
-                .ok()
-                .and_then(|q| q.transaction)
-                .is_some_and(|t| {
-                    t.status == "submitted" && t.last_error.contains("delivery of step 01")
-                })
+        dead_letter,
+    )
+    .await?;
+    assert_eq!(
+        client.wait_final(&behind, Duration::from_secs(30)).await?,
+        "succeed"
+    );
+    let metrics = http
+        .get(format!("http://{}/api/metrics", app.address()))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("settle_outbox_dead_letters 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("settle_messages_dead_lettered_total 1"),
+        "{metrics}"
+    );
+
+    // An operator redrives it: it is tried again (and, still too large, dead-lettered again).
+    let redrive = |gid: String| {
+        let http = http.clone();
+        let url = format!("http://{}/api/admin/redrive", app.address());
+        async move {
+            let r = http.post(url).json(&json!({"gid": gid})).send().await?;
+            anyhow::Ok((r.status().as_u16(), r.text().await?))
+        }
+    };
+    let (status, answer) = redrive(huge.clone()).await?;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("\"redriven\":1"), "{answer}");
+    let (status, answer) = redrive(behind.clone()).await?;
+    assert_eq!(status, 404, "nothing of it is dead: {answer}");
+    eventually(
+        "the redriven message to be dead-lettered again",
+        Duration::from_secs(30),
+        || {
+            async {
+                let metrics = http
+                    .get(format!("http://{}/api/metrics", app.address()))
+                    .send()
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()?;
+                Some(metrics.contains("settle_messages_dead_lettered_total 2"))
+            }
+            .map(|r| r.unwrap_or(false))
         },
     )
     .await?;
+    assert!(dead_letter().await);
+    assert!(
+        collector
+            .received()
+            .iter()
+            .all(|(d, _)| !d.message_id.starts_with(&huge[..])),
+        "a refused message never reaches consumers"
+    );
     collector.shutdown().await;
     app.stop().await;
     rmq.shutdown().await;

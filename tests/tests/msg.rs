@@ -373,3 +373,44 @@ async fn a_check_back_slower_than_the_lease_still_settles_the_message() -> anyho
     app.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delayed_message_goes_out_only_after_its_delay() -> anyhow::Result<()> {
+    let db = TestDb::mysql().await?;
+    let app = spawn_coordinator(test_config(&db.url)).await?;
+    let p = Participant::start().await?;
+    let client = SettleClient::new(app.api_url());
+    let gid = client.new_gid().await?;
+    let started = std::time::Instant::now();
+    Msg::with_options(
+        &client,
+        GlobalRequest {
+            custom_data: r#"{"delay": 2}"#.into(),
+            ..GlobalRequest::new(&gid, "msg")
+        },
+    )
+    .add(&p.url("step"), &json!({}))?
+    .submit()
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert!(routes(&p, &gid).is_empty(), "nothing before the delay");
+    assert_eq!(client.wait_final(&gid, SETTLE).await?, "succeed");
+    assert_eq!(routes(&p, &gid), ["step"]);
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    // A delay that is not a whole number of seconds is refused.
+    let bad = client.new_gid().await?;
+    let refused = Msg::with_options(
+        &client,
+        GlobalRequest {
+            custom_data: r#"{"delay": -3}"#.into(),
+            ..GlobalRequest::new(&bad, "msg")
+        },
+    )
+    .add(&p.url("step"), &json!({}))?
+    .submit()
+    .await
+    .expect_err("negative delay");
+    assert!(refused.to_string().contains("delay must be"), "{refused}");
+    app.stop().await;
+    Ok(())
+}

@@ -176,6 +176,60 @@ async fn two_coordinators_on_one_database_confirm_each_branch_exactly_once() -> 
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_whose_clock_is_30_s_fast_does_not_take_over_a_live_lease() -> anyhow::Result<()>
+{
+    let db = TestDb::mysql().await?;
+    let config = |id: &str| {
+        let mut c = test_config(&db.url);
+        c.instance_id = id.to_owned();
+        c.poll_interval_ms = 20;
+        c.lease_ms = 3_000;
+        c
+    };
+    let a = spawn_coordinator(config("clock-right")).await?;
+    // Leases and due times come from the database's clock, so this instance's wrong clock
+    // does not make a live lease look expired to it.
+    let b = settle_coordinator::Application::start_with_clock(
+        config("clock-30s-fast"),
+        settle_coordinator::clock::Clock::system_off_by(30_000),
+    )
+    .await?;
+    let p = Participant::start().await?;
+    // Confirms take 2 s, within A's 3 s lease but "long expired" on B's clock.
+    p.delay("confirm", Duration::from_millis(2_000), 3);
+    let client = SettleClient::new(a.api_url());
+    let request = GlobalRequest {
+        request_timeout: 5,
+        ..GlobalRequest::new("clock-skew", "tcc")
+    };
+    p.run_tcc(&client, request, 1).await?;
+    assert_eq!(
+        client
+            .wait_final("clock-skew", Duration::from_secs(20))
+            .await?,
+        "succeed"
+    );
+    assert_eq!(
+        p.arrived("confirm"),
+        1,
+        "the branch was confirmed by one instance only"
+    );
+    // And B still drives what is due on the database's clock.
+    let via_b = SettleClient::new(b.api_url());
+    p.run_tcc(&via_b, GlobalRequest::new("clock-skew-b", "tcc"), 1)
+        .await?;
+    assert_eq!(
+        via_b
+            .wait_final("clock-skew-b", Duration::from_secs(20))
+            .await?,
+        "succeed"
+    );
+    a.stop().await;
+    b.stop().await;
+    Ok(())
+}
+
 /// What one worker saw before the coordinator died.
 #[derive(Default)]
 struct Seen {

@@ -6,7 +6,7 @@
 // allowance does not reach them.
 #![allow(clippy::unwrap_used)]
 
-use settle_coordinator::store::{ConnectOptions, ListFilter, OutboxRow, Store, StoreError};
+use settle_coordinator::store::{ConnectOptions, Failed, ListFilter, OutboxRow, Store, StoreError};
 use settle_coordinator::txn::change::RetryNote;
 use settle_coordinator::txn::lease::RoundLeft;
 use settle_coordinator::txn::tcc::branch_ops;
@@ -807,10 +807,13 @@ on_both!(
             .unwrap();
         assert_eq!(ids(&released), ["t3-m01"]);
         // A failed delivery goes back, due later, and keeps its place.
-        store
-            .outbox_retry(&released[0], 9_000, "broker down")
-            .await
-            .unwrap();
+        let transient = Failed {
+            next_attempt_time: 9_000,
+            error: "broker down",
+            refused: false,
+            dead: false,
+        };
+        assert!(store.outbox_retry(&released[0], &transient).await.unwrap());
         assert!(
             store
                 .claim_outbox("me/5", 3_000, 60_000, 10, 64)
@@ -828,6 +831,44 @@ on_both!(
             .any(|r| r.message_id == "t3-m01" && r.attempts == 1));
         let (backlog, _) = store.outbox_backlog().await.unwrap();
         assert_eq!(backlog, 3, "t2-01, t2-02 (claimed, not sent) and t3-m01");
+        // Refused for what it is: a dead letter, out of the backlog, until redriven.
+        let t3 = later.iter().find(|r| r.message_id == "t3-m01").unwrap();
+        let refused = Failed {
+            next_attempt_time: 9_500,
+            error: "rocketmq refused the message: too large",
+            refused: true,
+            dead: true,
+        };
+        assert!(store.outbox_retry(t3, &refused).await.unwrap());
+        assert_eq!(store.outbox_dead().await.unwrap(), 1);
+        assert_eq!(store.outbox_backlog().await.unwrap().0, 2);
+        let shown = store.find("t3").await.unwrap().unwrap().last_error;
+        assert!(shown.contains("dead-lettered after 1 refusals"), "{shown}");
+        assert!(store
+            .claim_outbox("me/7", 99_000, 160_000, 10, 64)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.message_id != "t3-m01"));
+        assert_eq!(
+            store
+                .outbox_redrive("t3", Some("m02"), 99_000)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(store.outbox_redrive("t3", None, 99_000).await.unwrap(), 1);
+        assert_eq!(store.outbox_dead().await.unwrap(), 0);
+        let again = store
+            .claim_outbox("me/8", 99_000, 160_000, 10, 64)
+            .await
+            .unwrap();
+        assert!(
+            again
+                .iter()
+                .any(|r| r.message_id == "t3-m01" && r.refusals == 0 && r.attempts == 2),
+            "{again:?}"
+        );
         // A sent message marks its step done.
         let steps = store.find_branches("t1").await.unwrap();
         assert!(

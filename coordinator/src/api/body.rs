@@ -1,10 +1,19 @@
-//! Extracting JSON bodies and query strings with errors that name what is wrong.
+//! Extracting JSON bodies and query strings with errors that name what is wrong, and
+//! closing connections whose request body was left unread.
 
-use axum::body::Bytes;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use hyper::body::{Frame, SizeHint};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -71,4 +80,58 @@ fn serde_urlencoded_from_str<T: DeserializeOwned>(query: &str) -> Result<T, Stri
     )
     .map(|q| q.0)
     .map_err(|e| e.body_text())
+}
+
+/// Answers a request whose body was left unread (refused before it was read: too large,
+/// unauthorized, a route that takes none) with `Connection: close`.
+///
+/// The server cannot keep such a connection: the unread bytes are still in it. Without the
+/// header a keep-alive client would put the connection back in its pool and send its next
+/// request into a socket the server is closing, and see a broken pipe instead of an answer.
+pub async fn close_when_unread(request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let read = Arc::new(AtomicBool::new(body.is_end_stream()));
+    let tracked = Tracked {
+        inner: body,
+        read: read.clone(),
+    };
+    let mut response = next
+        .run(Request::from_parts(parts, Body::new(tracked)))
+        .await;
+    if !read.load(Ordering::Acquire) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A request body that notes when it has been read to its end.
+struct Tracked {
+    inner: Body,
+    read: Arc<AtomicBool>,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

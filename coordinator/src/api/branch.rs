@@ -43,6 +43,8 @@ pub async fn register_branch(
         validate::url("confirm", confirm)?;
         let cancel = field(&req, "cancel");
         validate::url("cancel", cancel)?;
+        state.allowlist.check_url(confirm)?;
+        state.allowlist.check_url(cancel)?;
         validate::text("data", field(&req, "data"), validate::MAX_TEXT_BYTES)?;
         Ok((gid, branch_id, trans_type, confirm, cancel))
     })();

@@ -11,6 +11,7 @@ use axum::Json;
 use serde_json::json;
 use tracing::error;
 
+use crate::access::{Denied, Refused};
 use crate::store::StoreError;
 use crate::txn::TxnError;
 
@@ -25,12 +26,21 @@ pub enum ApiError {
         /// What is wrong, naming the field.
         message: String,
     },
+    /// The caller sent no valid token for the route's scope.
+    #[error(transparent)]
+    Unauthorized(#[from] Denied),
+    /// The request names a destination the allowlist does not let the coordinator call.
+    #[error(transparent)]
+    Forbidden(#[from] Refused),
     /// The body is larger than the configured limit.
     #[error("{0}")]
     TooLarge(String),
     /// The state machine refused the operation.
     #[error(transparent)]
     Txn(#[from] TxnError),
+    /// What the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// The operation was accepted but has not finished within the wait (`wait_result`).
     #[error("{0}")]
     Ongoing(String),
@@ -62,6 +72,8 @@ impl ApiError {
         match self {
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "destination_not_allowed"),
             Self::Txn(TxnError::NotFound { .. }) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Txn(TxnError::Conflict { .. }) => (StatusCode::CONFLICT, "wrong_status"),
             Self::Txn(TxnError::TypeMismatch { .. }) => (StatusCode::CONFLICT, "wrong_trans_type"),
@@ -70,6 +82,7 @@ impl ApiError {
             Self::Txn(TxnError::LeaseLost { .. }) => (StatusCode::CONFLICT, "lease_lost"),
             Self::Txn(TxnError::TooMany { .. }) => (StatusCode::BAD_REQUEST, "too_many"),
             Self::Ongoing(_) => (StatusCode::TOO_EARLY, "ongoing"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -85,6 +98,11 @@ impl IntoResponse for ApiError {
                 (status, Json(body)).into_response()
             }
             Self::Ongoing(_) => (status, "ONGOING").into_response(),
+            Self::Unauthorized(_) => {
+                let body = json!({"message": self.to_string(), "code": code});
+                let challenge = [(axum::http::header::WWW_AUTHENTICATE, "Bearer")];
+                (status, challenge, Json(body)).into_response()
+            }
             _ if status == StatusCode::CONFLICT => {
                 let body =
                     json!({"dtm_result": "FAILURE", "message": self.to_string(), "code": code});

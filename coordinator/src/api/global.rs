@@ -14,6 +14,7 @@ use crate::driver::RoundEnd;
 use crate::store::Claimed;
 use crate::telemetry::ApiOp;
 use crate::txn::policy::{only_deliveries_left, policy, require};
+use crate::txn::target::Target;
 use crate::txn::{self, GlobalStatus, GlobalTxn, NewBranch, TransOptions, TransType};
 
 /// A request that passed validation.
@@ -35,12 +36,24 @@ fn check(state: &AppState, req: GlobalRequest) -> Result<Checked, ApiError> {
             trans_type,
             state.rocketmq_enabled(),
             state.config.max_branches,
+            state.config.max_message_bytes,
         )?;
         validate::text("custom_data", &req.custom_data, validate::MAX_TEXT_BYTES)?;
+        if trans_type == TransType::Msg {
+            if let Some(problem) = txn::msg::delay_problem(&req.custom_data) {
+                return Err(ApiError::bad("invalid_option", problem));
+            }
+        }
         validate::stored_json("steps", &req.steps)?;
         validate::stored_json("payloads", &req.payloads)?;
         if !req.query_prepared.is_empty() {
             validate::url("query_prepared", &req.query_prepared)?;
+            state.allowlist.check_url(&req.query_prepared)?;
+        }
+        for step in &steps {
+            if let Ok(Target::Http(url)) = Target::parse(&step.url) {
+                state.allowlist.check_url(&url)?;
+            }
         }
         Ok(Checked {
             req,
@@ -105,6 +118,10 @@ pub async fn prepare(
 
 /// Starts phase 2 on `claimed` (whose lease this instance now holds) and, with
 /// `wait_result`, waits up to `request_timeout` for it to finish.
+/// How often a `wait_result` request looks at the store while it waits to be told its
+/// transaction finished (which only this instance's writes tell).
+const FINISH_LOOK: Duration = Duration::from_millis(500);
+
 async fn start_phase_two(
     state: &AppState,
     claimed: Claimed,
@@ -114,6 +131,8 @@ async fn start_phase_two(
     let submitting = claimed.txn.status == GlobalStatus::Submitted;
     let timeout =
         Duration::from_secs(u64::try_from(claimed.txn.options.request_timeout).unwrap_or(3));
+    // Told when this instance finishes it; registered before anything can finish it.
+    let mut finished = wait.then(|| state.apply.when_finished(&gid));
     // A msg whose steps all go to brokers has nothing to call: the dispatcher delivers it and
     // its last acknowledgement finishes it (if none comes, the lease taken at submit runs out
     // and a round looks at it).
@@ -121,12 +140,13 @@ async fn start_phase_two(
         Some(p) if only_deliveries_left(p, claimed.txn.status, &claimed.branches) => None,
         _ => Some(state.driver.spawn(claimed)),
     };
-    if !wait {
+    let Some(finished) = finished.as_mut() else {
         return Ok(Json(DtmResult::success()));
-    }
+    };
     let deadline = tokio::time::Instant::now() + timeout;
     // The first round usually finishes it; if it ends waiting (a retry, or messages not yet
-    // acknowledged by their broker), follow the stored status until the deadline.
+    // acknowledged by their broker), wait to be told it finished, looking at the store now
+    // and then in case another instance finishes it.
     let mut status = match round {
         Some(round) => match tokio::time::timeout(timeout, round).await {
             Ok(Ok(RoundEnd::Finished(status))) => Some(status),
@@ -135,13 +155,23 @@ async fn start_phase_two(
         None => None,
     };
     while status.is_none() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        status = state
-            .store
-            .find(&gid)
-            .await?
-            .map(|t| t.status)
-            .filter(|s| s.is_final());
+        let look = (tokio::time::Instant::now() + FINISH_LOOK).min(deadline);
+        tokio::select! {
+            told = &mut *finished => {
+                status = told.ok();
+                if status.is_none() {
+                    break;
+                }
+            }
+            () = tokio::time::sleep_until(look) => {
+                status = state
+                    .store
+                    .find(&gid)
+                    .await?
+                    .map(|t| t.status)
+                    .filter(|s| s.is_final());
+            }
+        }
     }
     match status {
         Some(GlobalStatus::Failed) if submitting => Err(ApiError::Txn(txn::TxnError::Conflict {

@@ -1,5 +1,8 @@
 //! The HTTP API: DTM's routes under `/api/dtmsvr`, plus `/api/metrics`.
 //!
+//! Each route needs a scope ([`crate::access::tokens`]): `client` for running transactions
+//! and reading them, `operator` for steering them and for metrics.
+//!
 //! Handlers validate their input completely and hand the command to the orchestration layer
 //! ([`crate::apply`]), which decides and writes it; they answer once it is durable. Work that
 //! follows (phase 2) is handed to the driver with the state in memory.
@@ -15,20 +18,25 @@ pub mod branch;
 pub mod error;
 pub mod global;
 pub mod read;
+pub mod serve;
 pub mod validate;
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{from_fn_with_state, Next};
+use axum::response::Response;
+use axum::routing::{any, get, post};
 use axum::Router;
 use settle_protocol::API_PREFIX;
 
+use crate::access::{Allowlist, Scope, Tokens};
 use crate::apply::Orchestrator;
 use crate::config::Config;
 use crate::driver::Driver;
 use crate::store::Store;
-use crate::telemetry::Metrics;
+use crate::telemetry::{ApiOp, Metrics};
+use error::ApiError;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -43,6 +51,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Destinations the coordinator may call.
+    pub allowlist: Arc<Allowlist>,
+    /// Bearer tokens of the two scopes.
+    pub tokens: Arc<Tokens>,
 }
 
 impl AppState {
@@ -52,26 +64,76 @@ impl AppState {
     }
 }
 
-/// The router of the whole API.
+/// The router of the whole API. Every route needs the `client` or the `operator` scope
+/// (open when no token of that scope is configured); the caller's [`crate::access::Grant`] is left in the
+/// request's extensions for handlers that show more to operators.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.body_limit_bytes;
-    let dtm = Router::new()
+    let client = Router::new()
         .route("/version", get(read::version))
         .route("/newGid", get(read::new_gid))
         .route("/prepare", post(global::prepare))
         .route("/submit", post(global::submit))
         .route("/abort", post(global::abort))
-        .route("/forceStop", post(global::force_stop))
         .route("/registerBranch", post(branch::register_branch))
         .route("/registerTccBranch", post(branch::register_branch))
         .route("/registerXaBranch", post(branch::register_branch))
         .route("/query", get(read::query))
         .route("/all", get(read::all))
+        .route_layer(from_fn_with_state(state.clone(), client_scope));
+    let operator = Router::new()
+        .route("/forceStop", post(global::force_stop))
         .route("/resetCronTime", get(read::reset_cron_time))
-        .route("/resetNextCronTime", post(read::reset_next_cron_time));
-    Router::new()
-        .nest(API_PREFIX, dtm)
+        .route("/resetNextCronTime", post(read::reset_next_cron_time))
+        .route_layer(from_fn_with_state(state.clone(), operator_scope));
+    let metrics = Router::new()
         .route("/api/metrics", get(read::metrics))
+        .route("/api/admin/redrive", post(read::redrive))
+        .route("/api/admin/outbox", get(read::outbox))
+        .route_layer(from_fn_with_state(state.clone(), operator_scope));
+    // Probes need no token: they tell only whether the process and its store are up.
+    let health = Router::new()
+        .route("/api/ping", any(read::ping))
+        .route("/livez", get(read::livez))
+        .route("/readyz", get(read::readyz));
+    Router::new()
+        .nest(API_PREFIX, client.merge(operator))
+        .merge(metrics)
+        .merge(health)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(body::close_when_unread))
         .with_state(state)
+}
+
+async fn authorize(
+    state: &AppState,
+    scope: Scope,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let header = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .map(axum::http::HeaderValue::as_bytes);
+    let grant = state.tokens.check(header, scope).inspect_err(|_| {
+        state.metrics.request(ApiOp::Rejected);
+    })?;
+    request.extensions_mut().insert(grant);
+    Ok(next.run(request).await)
+}
+
+async fn client_scope(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    authorize(&state, Scope::Client, request, next).await
+}
+
+async fn operator_scope(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    authorize(&state, Scope::Operator, request, next).await
 }

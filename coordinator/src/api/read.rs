@@ -2,8 +2,9 @@
 //! `resetCronTime`, `resetNextCronTime` and `/api/metrics`.
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
+use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -13,13 +14,31 @@ use settle_protocol::{names, DtmResult, QueryAnswer, TransBranchView, TransGloba
 use super::body::{JsonBody, QueryParams};
 use super::error::ApiError;
 use super::{validate, AppState};
+use crate::access::Grant;
 use crate::store::{format_time, ListFilter};
 use crate::telemetry::ApiOp;
 use crate::txn::NEVER;
 use crate::txn::{BranchOp, GlobalStatus, GlobalTxn, TransType};
 
-/// The view `query` and `all` show of a transaction.
-pub fn global_view(t: &GlobalTxn) -> TransGlobalView {
+/// What `query` and `all` show instead of a `branch_headers` value to callers without the
+/// operator scope (the headers often carry credentials).
+pub const HIDDEN: &str = "<hidden>";
+
+/// The options as shown: `branch_headers` values only to operators.
+fn options_view(t: &GlobalTxn, operator: bool) -> String {
+    if operator || t.options.branch_headers.is_empty() {
+        return serde_json::to_string(&t.options).unwrap_or_default();
+    }
+    let mut options = t.options.clone();
+    for value in options.branch_headers.values_mut() {
+        HIDDEN.clone_into(value);
+    }
+    serde_json::to_string(&options).unwrap_or_default()
+}
+
+/// The view `query` and `all` show of a transaction; `operator` says whether the caller may
+/// see `branch_headers`.
+pub fn global_view(t: &GlobalTxn, operator: bool) -> TransGlobalView {
     TransGlobalView {
         gid: t.gid.clone(),
         trans_type: t.trans_type.as_str().to_owned(),
@@ -32,7 +51,7 @@ pub fn global_view(t: &GlobalTxn) -> TransGlobalView {
         update_time: format_time(t.update_time),
         finish_time: t.finish_time.map(format_time),
         rollback_time: t.rollback_time.map(format_time),
-        options: serde_json::to_string(&t.options).unwrap_or_default(),
+        options: options_view(t, operator),
         custom_data: t.custom_data.clone(),
         next_cron_interval: t.next_cron_interval,
         next_cron_time: (t.next_cron_time < NEVER).then(|| format_time(t.next_cron_time)),
@@ -55,6 +74,38 @@ fn branch_view(b: &BranchOp) -> TransBranchView {
         update_time: format_time(b.update_time),
         finish_time: b.finish_time.map(format_time),
     }
+}
+
+/// `/api/ping` (any method), as DTM answers it: `{"msg":"pong"}`.
+pub async fn ping() -> Json<Value> {
+    Json(json!({"msg": "pong"}))
+}
+
+/// `GET /livez`: the process serves requests.
+pub async fn livez() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: 200 while the store answers (within 2 s), 503 naming why otherwise.
+pub async fn readyz(State(state): State<AppState>) -> axum::response::Response {
+    let probe = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        state.store.database_now_ms(),
+    )
+    .await;
+    let why = match probe {
+        Ok(Ok(_)) => return (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
+        Ok(Err(e)) => format!(
+            "the store cannot be reached: {}",
+            crate::telemetry::error_chain(&e)
+        ),
+        Err(_) => "the store did not answer within 2 s".to_owned(),
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "not ready", "reason": why})),
+    )
+        .into_response()
 }
 
 /// `GET version`.
@@ -84,6 +135,7 @@ pub struct GidParam {
 /// 400 for a malformed gid.
 pub async fn query(
     State(state): State<AppState>,
+    Extension(grant): Extension<Grant>,
     QueryParams(p): QueryParams<GidParam>,
 ) -> Result<Json<QueryAnswer>, ApiError> {
     validate::id("gid", &p.gid)?;
@@ -96,7 +148,7 @@ pub async fn query(
     };
     let branches = state.store.find_branches(&p.gid).await?;
     Ok(Json(QueryAnswer {
-        transaction: Some(global_view(&txn)),
+        transaction: Some(global_view(&txn, grant.operator)),
         branches: branches.iter().map(branch_view).collect(),
     }))
 }
@@ -127,6 +179,7 @@ pub struct AllParams {
 /// 400 for a bad filter.
 pub async fn all(
     State(state): State<AppState>,
+    Extension(grant): Extension<Grant>,
     QueryParams(p): QueryParams<AllParams>,
 ) -> Result<Json<AllAnswer>, ApiError> {
     let mut filter = ListFilter {
@@ -172,7 +225,10 @@ pub async fn all(
     }
     let (txns, next) = state.store.list(&filter).await?;
     Ok(Json(AllAnswer {
-        transactions: txns.iter().map(global_view).collect(),
+        transactions: txns
+            .iter()
+            .map(|t| global_view(t, grant.operator))
+            .collect(),
         next_position: next.map(|p| p.to_string()).unwrap_or_default(),
     }))
 }
@@ -214,6 +270,87 @@ pub async fn reset_next_cron_time(
     Ok(Json(DtmResult::success()))
 }
 
+/// Body of `POST /api/admin/redrive`.
+#[derive(Debug, Deserialize)]
+pub struct RedriveParams {
+    #[serde(default)]
+    gid: String,
+    #[serde(default)]
+    branch_id: String,
+}
+
+/// `POST /api/admin/redrive` `{"gid": G, "branch_id": B}`: puts a transaction's
+/// dead-lettered messages (or the one of step `B`) back to deliver now. Answers how many.
+///
+/// # Errors
+/// 400 for a malformed gid or branch id, 404 if the transaction has no dead letter to
+/// redrive.
+pub async fn redrive(
+    State(state): State<AppState>,
+    JsonBody(p): JsonBody<RedriveParams>,
+) -> Result<Json<Value>, ApiError> {
+    validate::id("gid", &p.gid)?;
+    let branch = if p.branch_id.is_empty() {
+        None
+    } else {
+        validate::id("branch_id", &p.branch_id)?;
+        Some(p.branch_id.as_str())
+    };
+    let n = state
+        .store
+        .outbox_redrive(&p.gid, branch, state.apply.clock().now_ms())
+        .await?;
+    if n == 0 {
+        return Err(ApiError::NotFound(format!(
+            "transaction '{}' has no dead-lettered message{}",
+            p.gid,
+            branch.map(|b| format!(" of step {b}")).unwrap_or_default()
+        )));
+    }
+    tracing::info!(gid = %p.gid, messages = n, "dead letters redriven");
+    state.apply.wake_dispatcher();
+    Ok(Json(
+        json!({"dtm_result": names::RESULT_SUCCESS, "redriven": n}),
+    ))
+}
+
+/// Query of `GET /api/admin/outbox`.
+#[derive(Debug, Deserialize)]
+pub struct OutboxParams {
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+/// `GET /api/admin/outbox[?status=dead&limit=100]`: outbox messages, newest first.
+///
+/// # Errors
+/// 400 for an unknown status or a limit outside 1..=1000.
+pub async fn outbox(
+    State(state): State<AppState>,
+    QueryParams(p): QueryParams<OutboxParams>,
+) -> Result<Json<Value>, ApiError> {
+    let status = if p.status.is_empty() {
+        None
+    } else {
+        Some(
+            p.status
+                .parse::<crate::txn::OutboxState>()
+                .map_err(|e| ApiError::bad("invalid_query", e))?,
+        )
+    };
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad(
+            "invalid_query",
+            format!("limit must be between 1 and 1000, got {limit}"),
+        ));
+    }
+    let messages = state.store.outbox_list(status, limit).await?;
+    Ok(Json(json!({"messages": messages})))
+}
+
 /// `GET /api/metrics`: Prometheus text.
 ///
 /// # Errors
@@ -227,6 +364,12 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     );
     text.push_str("# TYPE settle_outbox_backlog gauge\n");
     text.push_str(&format!("settle_outbox_backlog {backlog}\n"));
+    let dead = state.store.outbox_dead().await?;
+    text.push_str(
+        "# HELP settle_outbox_dead_letters Messages dead-lettered (refused by the broker) and not redriven.\n",
+    );
+    text.push_str("# TYPE settle_outbox_dead_letters gauge\n");
+    text.push_str(&format!("settle_outbox_dead_letters {dead}\n"));
     text.push_str(
         "# HELP settle_transactions_set_aside_total Stored transactions found unreadable and set aside (never driven; see their last_error).\n",
     );

@@ -166,6 +166,7 @@ pub fn steps(
     trans_type: TransType,
     rocketmq: bool,
     max_steps: usize,
+    max_message_bytes: usize,
 ) -> Result<Vec<NewBranch>, ApiError> {
     let prefix = match trans_type {
         TransType::Msg => "",
@@ -241,7 +242,25 @@ pub fn steps(
         }
         match Target::parse(action) {
             Ok(Target::Http(_)) => {}
-            Ok(Target::RocketMq(_)) if rocketmq => {}
+            Ok(Target::RocketMq(_)) if rocketmq => {
+                // What the broker would refuse is refused here, before anything is stored.
+                if payload.is_empty() {
+                    return Err(ApiError::bad(
+                        "invalid_steps",
+                        format!("step {} goes to RocketMQ with an empty payload, which the broker refuses", i + 1),
+                    ));
+                }
+                if payload.len() > max_message_bytes {
+                    return Err(ApiError::bad(
+                        "too_large",
+                        format!(
+                            "the payload of step {} is {} bytes; a RocketMQ message may have at most {max_message_bytes} (--max-message-bytes)",
+                            i + 1,
+                            payload.len()
+                        ),
+                    ));
+                }
+            }
             Ok(Target::RocketMq(_)) => {
                 return Err(ApiError::bad(
                     "rocketmq_not_configured",
@@ -415,6 +434,7 @@ mod tests {
             TransType::Msg,
             false,
             99,
+            1024,
         )
         .unwrap();
         assert_eq!(b.len(), 2);
@@ -433,28 +453,41 @@ mod tests {
     #[test]
     fn bad_msg_steps_are_named() {
         assert!(
-            message(steps(&msg(&[], 0), TransType::Msg, false, 99)).contains("at least one step")
+            message(steps(&msg(&[], 0), TransType::Msg, false, 99, 1024))
+                .contains("at least one step")
         );
-        assert!(
-            message(steps(&msg(&["http://a/x"], 0), TransType::Msg, false, 99))
-                .contains("1 steps, 0 payloads")
-        );
-        assert!(
-            message(steps(&msg(&["mailto:x@y"], 1), TransType::Msg, false, 99))
-                .contains("scheme 'mailto'")
-        );
+        assert!(message(steps(
+            &msg(&["http://a/x"], 0),
+            TransType::Msg,
+            false,
+            99,
+            1024
+        ))
+        .contains("1 steps, 0 payloads"));
+        assert!(message(steps(
+            &msg(&["mailto:x@y"], 1),
+            TransType::Msg,
+            false,
+            99,
+            1024
+        ))
+        .contains("scheme 'mailto'"));
         assert!(message(steps(
             &msg(&["rocketmq://?key=1"], 1),
             TransType::Msg,
             false,
-            99
+            99,
+            1024
         ))
         .contains("names no topic"));
-        assert!(message(steps(&msg(&[""], 1), TransType::Msg, false, 99)).contains("no action"));
+        assert!(
+            message(steps(&msg(&[""], 1), TransType::Msg, false, 99, 1024)).contains("no action")
+        );
         let mut compensate = msg(&["http://a/x"], 1);
         compensate.steps[0].insert("compensate".into(), "http://a/y".into());
-        assert!(message(steps(&compensate, TransType::Msg, false, 99)).contains("has 'compensate'"));
-        let tcc = steps(&msg(&["http://a/x"], 1), TransType::Tcc, false, 99).unwrap();
+        assert!(message(steps(&compensate, TransType::Msg, false, 99, 1024))
+            .contains("has 'compensate'"));
+        let tcc = steps(&msg(&["http://a/x"], 1), TransType::Tcc, false, 99, 1024).unwrap();
         assert_eq!(
             tcc[0].branch_id, "m01",
             "a TCC's messages are branches m01, m02, ..."
@@ -463,17 +496,36 @@ mod tests {
             &msg(&["rocketmq://t?key=k"], 1),
             TransType::Msg,
             false,
-            99
+            99,
+            1024
         ))
         .contains("no RocketMQ name server"));
-        assert!(steps(&msg(&["rocketmq://t?key=k"], 1), TransType::Msg, true, 99).is_ok());
+        assert!(steps(
+            &msg(&["rocketmq://t?key=k"], 1),
+            TransType::Msg,
+            true,
+            99,
+            1024
+        )
+        .is_ok());
         assert!(message(steps(
             &msg(&["http://a/x", "http://b/y"], 2),
             TransType::Msg,
             false,
-            1
+            1,
+            1024
         ))
         .contains("at most 1 steps"));
+        let mut empty = msg(&["rocketmq://t?key=k"], 1);
+        empty.payloads[0].clear();
+        assert!(message(steps(&empty, TransType::Msg, true, 99, 1024)).contains("empty payload"));
+        let mut big = msg(&["rocketmq://t?key=k"], 1);
+        big.payloads[0] = "x".repeat(1025);
+        let why = message(steps(&big, TransType::Msg, true, 99, 1024));
+        assert!(
+            why.contains("1025 bytes") && why.contains("at most 1024"),
+            "{why}"
+        );
     }
 
     #[test]

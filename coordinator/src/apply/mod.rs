@@ -10,9 +10,10 @@
 //!
 //! Module arrows point one way: api → apply → store, driver → apply → store.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use crate::clock::Clock;
 use crate::store::{Applied, Claimed, Result, Stamp, Store};
@@ -36,7 +37,11 @@ pub struct Orchestrator {
     lease_ms: i64,
     metrics: Arc<Metrics>,
     dispatch: Arc<Notify>,
+    waiters: Arc<Waiters>,
 }
+
+/// Requests waiting for transactions to finish (`wait_result`), by gid.
+type Waiters = std::sync::Mutex<HashMap<String, Vec<oneshot::Sender<GlobalStatus>>>>;
 
 impl std::fmt::Debug for Orchestrator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -71,7 +76,23 @@ impl Orchestrator {
             lease_ms,
             metrics,
             dispatch,
+            waiters: Arc::default(),
         }
+    }
+
+    /// Resolves when this instance writes a final status for `gid` (a transaction finished by
+    /// another instance is not seen: callers also look at the store now and then).
+    pub fn when_finished(&self, gid: &str) -> oneshot::Receiver<GlobalStatus> {
+        let (tx, rx) = oneshot::channel();
+        let mut waiters = self
+            .waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let list = waiters.entry(gid.to_owned()).or_default();
+        // Waiters that gave up are dropped here, so the list stays short.
+        list.retain(|w| !w.is_closed());
+        list.push(tx);
+        rx
     }
 
     /// The clock transitions are timed by.
@@ -82,6 +103,11 @@ impl Orchestrator {
     /// Counters.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Wakes the delivery dispatcher (messages became deliverable outside a transition).
+    pub fn wake_dispatcher(&self) {
+        self.dispatch.notify_one();
     }
 
     /// The store written through.
@@ -112,6 +138,16 @@ impl Orchestrator {
         if let Some(t) = &applied.current.txn {
             if !applied.duplicate && t.status.is_final() {
                 self.metrics.transaction_finished(t.status);
+            }
+            if t.status.is_final() {
+                let waiting = self
+                    .waiters
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&t.gid);
+                for w in waiting.into_iter().flatten() {
+                    let _ = w.send(t.status);
+                }
             }
         }
     }
@@ -163,7 +199,7 @@ impl Orchestrator {
 
     /// `submit`: commits the transaction (creating `txn` if it was never prepared) with the
     /// steps it carries, taking its lease for this instance. Returns what phase 2 must drive,
-    /// or `None` if it was already submitted.
+    /// or `None` if it was already submitted or its phase 2 waits for a delay.
     ///
     /// # Errors
     /// [`crate::store::StoreError::Txn`] for an illegal submit; a database error.
@@ -181,6 +217,15 @@ impl Orchestrator {
             return Ok(None);
         }
         self.dispatch.notify_one();
+        if applied
+            .current
+            .txn
+            .as_ref()
+            .is_some_and(|t| t.lease_token.is_empty())
+        {
+            // Delayed: the scheduler takes it when it comes due.
+            return Ok(None);
+        }
         Ok(claimed(applied.current))
     }
 

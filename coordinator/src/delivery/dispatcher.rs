@@ -9,7 +9,10 @@
 //! leased).
 //!
 //! A failed publish gives the key's first failed message back with a capped exponential
-//! backoff and the key's later ones untouched; the key waits, other keys do not. A claim is a
+//! backoff and the key's later ones untouched; the key waits, other keys do not. A message
+//! the broker refuses as such (empty, too large, malformed) `dead_letter_after` times is
+//! dead-lettered: kept in the outbox as `dead`, shown on its transaction, counted, and out of
+//! its key's way, until an operator redrives it. This is the one exception to per-key order. A claim is a
 //! lease: if this instance dies, another one takes the key over when it runs out (the message
 //! may then be published twice; consumers dedupe by its id, and order is kept).
 
@@ -23,19 +26,29 @@ use tracing::{debug, info, warn};
 
 use crate::apply::{new_token, Orchestrator};
 use crate::clock::Clock;
-use crate::store::{OutboxRow, StoreError};
+use crate::store::{Failed, OutboxRow, StoreError};
 use crate::txn::retry::retry_delay_ms;
 use crate::txn::SentMessage;
 
 /// Most messages of one key claimed in one pass.
 const RUN_PER_KEY: i64 = 64;
 
+/// Why a message was not published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// What the broker or client said.
+    pub error: String,
+    /// The message itself was refused (empty, too large, malformed): publishing it again
+    /// will fail again. Otherwise the failure is the moment's (broker down, timed out).
+    pub permanent: bool,
+}
+
 /// Where messages are published.
 pub trait Sink: Send + Sync + 'static {
     /// Publishes `messages` (each key's in sequence order) and resolves with each one's
     /// result, once the broker answered. For every key, the messages acknowledged must be a
     /// prefix of its messages given: once one fails, the key's later ones are not published.
-    fn publish<'a>(&'a self, messages: &'a [OutboxRow]) -> BoxFuture<'a, Vec<Result<(), String>>>;
+    fn publish<'a>(&'a self, messages: &'a [OutboxRow]) -> BoxFuture<'a, Vec<Result<(), Failure>>>;
 }
 
 /// Settings of the dispatcher.
@@ -51,6 +64,9 @@ pub struct DispatchSettings {
     pub max_inflight: usize,
     /// Longest pause between attempts at one message, in seconds.
     pub retry_cap_s: i64,
+    /// Permanent refusals after which a message is dead-lettered: kept aside, and its key
+    /// moves on.
+    pub dead_letter_after: i64,
     /// The clock.
     pub clock: Clock,
 }
@@ -155,7 +171,7 @@ impl Dispatcher {
         let results = self.sink.publish(&claimed).await;
         let mut sent: BTreeMap<&str, Vec<SentMessage>> = BTreeMap::new();
         let mut failed_keys: HashSet<String> = HashSet::new();
-        let mut retry: Vec<(&OutboxRow, String)> = Vec::new();
+        let mut retry: Vec<(&OutboxRow, Failure)> = Vec::new();
         let mut untouched: Vec<i64> = Vec::new();
         for (row, result) in claimed.iter().zip(results) {
             let key = key_of(row);
@@ -202,21 +218,32 @@ impl Dispatcher {
         });
         futures_util::future::join_all(acks).await;
         let now = self.settings.clock.now_ms();
-        for (row, error) in retry {
+        for (row, failure) in retry {
             let delay = retry_delay_ms(
                 1,
                 self.settings.retry_cap_s,
                 row.attempts,
                 rand::random::<f64>(),
             );
-            info!(message_id = %row.message_id, key = %row.sharding_key, attempts = row.attempts + 1, error = %error, "delivery failed; will retry");
-            if let Err(e) = self
-                .apply
-                .store()
-                .outbox_retry(row, now + delay, &error)
-                .await
-            {
-                warn!(message_id = %row.message_id, error = %e, "could not record a failed delivery");
+            let error = &failure.error;
+            let dead = failure.permanent && row.refusals + 1 >= self.settings.dead_letter_after;
+            if dead {
+                warn!(message_id = %row.message_id, gid = %row.gid, key = %row.sharding_key, refusals = row.refusals + 1, error = %error, "the broker refuses this message; dead-lettered, its key moves on");
+            } else {
+                info!(message_id = %row.message_id, key = %row.sharding_key, attempts = row.attempts + 1, permanent = failure.permanent, error = %error, "delivery failed; will retry");
+            }
+            let outcome = Failed {
+                next_attempt_time: now + delay,
+                error,
+                refused: failure.permanent,
+                dead,
+            };
+            match self.apply.store().outbox_retry(row, &outcome).await {
+                Ok(true) if dead => self.apply.metrics().dead_lettered(),
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(message_id = %row.message_id, error = %e, "could not record a failed delivery");
+                }
             }
         }
         if let Some(first) = claimed.first() {

@@ -14,4 +14,4 @@ pub mod dispatcher;
 pub mod rocketmq;
 
 pub use crate::txn::target::Target;
-pub use dispatcher::{DispatchSettings, Dispatcher, Sink};
+pub use dispatcher::{DispatchSettings, Dispatcher, Failure, Sink};

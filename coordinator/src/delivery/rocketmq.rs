@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use settle_rocketmq::{Client, Outgoing, Producer};
 
-use super::dispatcher::Sink;
+use super::dispatcher::{Failure, Sink};
 use crate::store::OutboxRow;
 
 /// Publishes to RocketMQ.
@@ -37,7 +37,7 @@ impl RocketMqSink {
 }
 
 impl Sink for RocketMqSink {
-    fn publish<'a>(&'a self, messages: &'a [OutboxRow]) -> BoxFuture<'a, Vec<Result<(), String>>> {
+    fn publish<'a>(&'a self, messages: &'a [OutboxRow]) -> BoxFuture<'a, Vec<Result<(), Failure>>> {
         async move {
             let outgoing: Vec<Outgoing<'_>> = messages
                 .iter()
@@ -53,7 +53,12 @@ impl Sink for RocketMqSink {
                 .send_ordered(&outgoing)
                 .await
                 .into_iter()
-                .map(|r| r.map_err(|e| e.to_string()))
+                .map(|r| {
+                    r.map_err(|e| Failure {
+                        permanent: e.is_permanent(),
+                        error: e.to_string(),
+                    })
+                })
                 .collect()
         }
         .boxed()

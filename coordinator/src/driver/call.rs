@@ -29,6 +29,16 @@ fn request_timeout(txn: &GlobalTxn) -> Duration {
 impl Driver {
     /// Calls one branch operation and classifies the answer.
     pub async fn call(&self, txn: &GlobalTxn, branch: &BranchOp) -> CallResult {
+        if let Err(refused) = self.inner.settings.allowlist.check_url(&branch.url) {
+            self.inner
+                .apply
+                .metrics()
+                .branch_called(BranchOutcome::Error);
+            return CallResult {
+                outcome: BranchOutcome::Error,
+                detail: refused.to_string(),
+            };
+        }
         let timeout = request_timeout(txn);
         let params = [
             ("gid", txn.gid.as_str()),
@@ -95,6 +105,12 @@ impl Driver {
             return CheckBack::AskAgain {
                 ongoing: false,
                 detail: "the message has no query_prepared URL to check back".to_owned(),
+            };
+        }
+        if let Err(refused) = self.inner.settings.allowlist.check_url(&txn.query_prepared) {
+            return CheckBack::AskAgain {
+                ongoing: false,
+                detail: format!("check-back: {refused}"),
             };
         }
         let timeout = request_timeout(txn);

@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
+use crate::access::Allowlist;
 use crate::apply::Orchestrator;
 use crate::store::Claimed;
 use crate::telemetry::error_chain;
@@ -38,6 +39,9 @@ pub struct DriverSettings {
     pub max_answer_bytes: usize,
     /// Most branch calls one `concurrent` transaction makes at once.
     pub max_concurrent_calls: usize,
+    /// Where calls may go; checked before every call (the HTTP client's resolver checks the
+    /// addresses).
+    pub allowlist: Arc<Allowlist>,
 }
 
 /// Runs rounds of work on transactions.
@@ -86,6 +90,14 @@ impl Driver {
     /// How long a lease lasts.
     pub fn lease(&self) -> Duration {
         self.inner.settings.lease
+    }
+
+    /// Waits until no round is running, at most `within`. Returns whether none is.
+    pub async fn drain(&self, within: Duration) -> bool {
+        let all = u32::try_from(self.inner.settings.max_inflight.max(1)).unwrap_or(u32::MAX);
+        tokio::time::timeout(within, self.inner.inflight.acquire_many(all))
+            .await
+            .is_ok_and(|p| p.is_ok())
     }
 
     /// Starts a round on `claimed` in the background, waiting for a free slot first. The

@@ -325,11 +325,22 @@ impl Work {
     }
 }
 
+/// Messages one command committed.
+struct Enqueued {
+    gid: String,
+    /// When, ms.
+    now: i64,
+    /// When they may go out, ms.
+    due: i64,
+    state: OutboxState,
+    messages: Vec<OutboxMessage>,
+}
+
 /// Everything a batch decided, before it is written.
 #[derive(Default)]
 struct Plan {
     /// Messages committed: transaction, when, state, messages.
-    enqueue: Vec<(String, i64, OutboxState, Vec<OutboxMessage>)>,
+    enqueue: Vec<Enqueued>,
     /// Transactions whose held messages go out, by the time they do.
     release_held: BTreeMap<i64, BTreeSet<String>>,
     /// Transactions whose held messages are dropped, by the time they are.
@@ -343,7 +354,13 @@ struct Plan {
 impl Plan {
     fn add(&mut self, gid: &str, now: i64, effect: OutboxEffect) {
         if let Some((state, messages)) = effect.enqueue {
-            self.enqueue.push((gid.to_owned(), now, state, messages));
+            self.enqueue.push(Enqueued {
+                gid: gid.to_owned(),
+                now,
+                due: effect.deliver_from,
+                state,
+                messages,
+            });
         }
         if effect.release_held {
             self.release_held
@@ -598,7 +615,7 @@ where
         let answers = run_script::<DB>(conn, &read).await?;
         if let [_, found, ops] = answers.as_slice() {
             for row in &found.rows {
-                let t = rows::decode_global(row)?;
+                let t = rows::decode_global(row, rows::Reading::Strict)?;
                 if let Some(w) = work.get_mut(&t.gid) {
                     w.existed = true;
                     w.current.txn = Some(t);
@@ -666,13 +683,13 @@ where
     for<'r> String: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
     for<'r> i64: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
 {
-    // Per key: how many messages, and the earliest time one of them was committed.
+    // Per key: how many messages, and the earliest time one of them may go out.
     let mut counts: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
-    for (_, now, _, messages) in &plan.enqueue {
-        for m in messages.iter().filter(|m| !m.sharding_key.is_empty()) {
-            let c = counts.entry(m.sharding_key.as_str()).or_insert((0, *now));
+    for e in &plan.enqueue {
+        for m in e.messages.iter().filter(|m| !m.sharding_key.is_empty()) {
+            let c = counts.entry(m.sharding_key.as_str()).or_insert((0, e.due));
             c.0 += 1;
-            c.1 = c.1.min(*now);
+            c.1 = c.1.min(e.due);
         }
     }
     let keys: Vec<(&str, i64, i64)> = counts.iter().map(|(k, (n, t))| (*k, *n, *t)).collect();
@@ -920,9 +937,9 @@ fn write_outbox(
     plan: &Plan,
     mut next: HashMap<String, i64>,
 ) {
-    let mut rows_out: Vec<(&str, i64, &OutboxMessage, OutboxState, Option<i64>)> = Vec::new();
-    for (gid, now, state, messages) in &plan.enqueue {
-        for m in messages {
+    let mut rows_out: Vec<(&Enqueued, &OutboxMessage, Option<i64>)> = Vec::new();
+    for e in &plan.enqueue {
+        for m in &e.messages {
             let seq = if m.sharding_key.is_empty() {
                 None
             } else {
@@ -931,7 +948,7 @@ fn write_outbox(
                 *slot += 1;
                 Some(s)
             };
-            rows_out.push((gid.as_str(), *now, m, *state, seq));
+            rows_out.push((e, m, seq));
         }
     }
     insert_rows(
@@ -939,9 +956,9 @@ fn write_outbox(
         dialect,
         INSERT_OUTBOX,
         &rows_out,
-        |sql, (gid, now, m, state, seq)| {
+        |sql, (e, m, seq)| {
             sql.push("(")
-                .text(gid)
+                .text(&e.gid)
                 .push(", ")
                 .text(&m.branch_id)
                 .push(", ")
@@ -953,15 +970,15 @@ fn write_outbox(
                 .push(", ")
                 .opt_int(*seq)
                 .push(", ")
-                .text(&format!("{gid}-{}", m.branch_id))
+                .text(&format!("{}-{}", e.gid, m.branch_id))
                 .push(", ")
                 .text(&m.body)
                 .push(", ")
-                .text(state.as_str())
+                .text(e.state.as_str())
                 .push(", ")
-                .int(*now)
+                .int(e.due)
                 .push(", ")
-                .int(*now)
+                .int(e.now)
                 .push(")");
         },
     );

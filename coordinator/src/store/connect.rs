@@ -217,6 +217,23 @@ impl Store {
         })
     }
 
+    /// The database server's clock, in ms since the Unix epoch.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn database_now_ms(&self) -> Result<i64> {
+        let sql = match self.dialect() {
+            Dialect::MySql => "SELECT CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+            Dialect::Sqlite => {
+                "SELECT CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)"
+            }
+        };
+        on_pool!(self, pool => {
+            let row = sqlx::query(sql).fetch_one(pool).await?;
+            Ok(sqlx::Row::try_get::<i64, _>(&row, 0)?)
+        })
+    }
+
     /// The SQL dialect of the database.
     pub fn dialect(&self) -> Dialect {
         match self.backend {

@@ -35,7 +35,7 @@ impl Store {
         let sql = format!("SELECT {GLOBAL_COLUMNS} FROM trans_global WHERE gid = ?");
         on_pool!(self, pool => {
             let row = sqlx::query(&sql).bind(gid).fetch_optional(pool).await?;
-            row.as_ref().map(rows::decode_global_for_display).transpose()
+            row.as_ref().map(|r| rows::decode_global(r, rows::Reading::Lenient)).transpose()
         })
     }
 
@@ -89,7 +89,7 @@ impl Store {
             let mut out = Vec::with_capacity(rows.len());
             for row in &rows {
                 last_id = Some(row.try_get::<i64, _>("id")?);
-                out.push(rows::decode_global_for_display(row)?);
+                out.push(rows::decode_global(row, rows::Reading::Lenient)?);
             }
             let next = if i64::try_from(out.len()).unwrap_or(i64::MAX) == limit { last_id } else { None };
             Ok((out, next))

@@ -48,6 +48,11 @@ pub fn mysql() -> Migrator {
             "key queue",
             include_str!("../../migrations/mysql/0004_key_queue.sql"),
         ),
+        (
+            5,
+            "dead letters",
+            include_str!("../../migrations/mysql/0005_dead_letters.sql"),
+        ),
     ])
 }
 
@@ -73,6 +78,11 @@ pub fn sqlite() -> Migrator {
             4,
             "key queue",
             include_str!("../../migrations/sqlite/0004_key_queue.sql"),
+        ),
+        (
+            5,
+            "dead letters",
+            include_str!("../../migrations/sqlite/0005_dead_letters.sql"),
         ),
     ])
 }

@@ -86,7 +86,7 @@ pub use batch::{Applied, Stamp};
 pub use connect::{ConnectOptions, Dialect};
 pub use globals::ListFilter;
 pub use leases::Claimed;
-pub use outbox::OutboxRow;
+pub use outbox::{Failed, OutboxEntry, OutboxRow};
 pub use rows::{format_time, UNREADABLE};
 
 /// Errors of the store.

@@ -41,8 +41,50 @@ pub struct OutboxRow {
     pub body: String,
     /// Failed attempts so far.
     pub attempts: i64,
+    /// Of those, permanent refusals of the message itself.
+    pub refusals: i64,
     /// Who holds it.
     pub owner: String,
+}
+
+/// An outbox message as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OutboxEntry {
+    /// Row id.
+    pub id: i64,
+    /// Transaction.
+    pub gid: String,
+    /// Its step.
+    pub branch_id: String,
+    /// Topic.
+    pub topic: String,
+    /// Sharding key, empty for none.
+    pub sharding_key: String,
+    /// Sequence within the key.
+    pub seq: Option<i64>,
+    /// `held`, `pending`, `sent`, `dropped` or `dead`.
+    pub status: String,
+    /// Failed attempts.
+    pub attempts: i64,
+    /// Of those, refusals of the message itself.
+    pub refusals: i64,
+    /// Next attempt, ms since the epoch.
+    pub next_attempt_time: i64,
+    /// The last delivery error.
+    pub last_error: String,
+}
+
+/// How a delivery failed, as [`Store::outbox_retry`] records it.
+#[derive(Debug, Clone)]
+pub struct Failed<'a> {
+    /// When to try again.
+    pub next_attempt_time: i64,
+    /// What the broker or client said.
+    pub error: &'a str,
+    /// The broker refused the message itself.
+    pub refused: bool,
+    /// Set the message aside as a dead letter.
+    pub dead: bool,
 }
 
 /// An unsent message of a key, as a claim reads it.
@@ -107,7 +149,7 @@ impl KeyPlan {
 }
 
 const OUTBOX_COLUMNS: &str =
-    "id, gid, branch_id, topic, tag, sharding_key, seq, message_id, body, attempts, owner";
+    "id, gid, branch_id, topic, tag, sharding_key, seq, message_id, body, attempts, refusals, owner";
 
 fn decode<R>(row: &R) -> Result<OutboxRow>
 where
@@ -128,6 +170,7 @@ where
         message_id: row.try_get_unchecked("message_id")?,
         body: row.try_get_unchecked("body")?,
         attempts: row.try_get_unchecked("attempts")?,
+        refusals: row.try_get_unchecked("refusals")?,
         owner: row.try_get_unchecked("owner")?,
     })
 }
@@ -312,37 +355,159 @@ impl Store {
         })
     }
 
-    /// Gives a message back after a failed delivery, due again at `next_attempt_time`.
+    /// Records a failed delivery: the message is due again at `next_attempt_time`, or, when
+    /// `dead`, set aside as a dead letter and its key's next message may go at once. The
+    /// error is shown on the transaction. Returns whether the message was still this claim's.
     ///
     /// # Errors
     /// A database error.
-    pub async fn outbox_retry(
-        &self,
-        row: &OutboxRow,
-        next_attempt_time: i64,
-        last_error: &str,
-    ) -> Result<()> {
-        let sql =
-            "UPDATE outbox SET attempts = attempts + 1, next_attempt_time = ?, last_error = ?, \
-                   owner = '', lease_expire = 0 WHERE id = ? AND owner = ?";
-        let key_due = "UPDATE outbox_key_seq SET next_due = ? WHERE sharding_key = ?";
+    pub async fn outbox_retry(&self, row: &OutboxRow, failed: &Failed<'_>) -> Result<bool> {
+        let sql = "UPDATE outbox SET attempts = attempts + 1, refusals = refusals + ?, \
+                   next_attempt_time = ?, last_error = ?, status = ?, owner = '', lease_expire = 0 \
+                   WHERE id = ? AND owner = ?";
+        let key_due =
+            "UPDATE outbox_key_seq SET next_due = ?, wake = wake + 1 WHERE sharding_key = ?";
         // Operators see the error on the transaction too (`query`).
         let visible =
             "UPDATE trans_global SET last_error = ? WHERE gid = ? AND status = 'submitted'";
-        let mut error = last_error.to_owned();
+        let mut error = failed.error.to_owned();
         super::truncate_utf8(&mut error, 1900);
         let error = &error;
-        let shown = &format!("delivery of step {}: {error}", row.branch_id);
+        let shown = &if failed.dead {
+            format!(
+                "step {} dead-lettered after {} refusals by the broker (redrive it with POST /api/admin/redrive once fixed): {error}",
+                row.branch_id,
+                row.refusals + 1
+            )
+        } else {
+            format!("delivery of step {}: {error}", row.branch_id)
+        };
+        let status = if failed.dead {
+            OutboxState::Dead
+        } else {
+            OutboxState::Pending
+        };
+        // A dead letter is out of its key's way: the next message may go now.
+        let key_due_at = if failed.dead {
+            0
+        } else {
+            failed.next_attempt_time
+        };
         on_writer!(self, pool => {
-            let n = sqlx::query(sql).bind(next_attempt_time).bind(error).bind(row.id).bind(&row.owner).execute(pool).await?.rows_affected();
+            let n = sqlx::query(sql)
+                .bind(i64::from(failed.refused))
+                .bind(failed.next_attempt_time)
+                .bind(error)
+                .bind(status.as_str())
+                .bind(row.id)
+                .bind(&row.owner)
+                .execute(pool)
+                .await?
+                .rows_affected();
             if n > 0 && !row.sharding_key.is_empty() {
-                // The key waits for this message's next attempt.
-                sqlx::query(key_due).bind(next_attempt_time).bind(&row.sharding_key).execute(pool).await?;
+                sqlx::query(key_due).bind(key_due_at).bind(&row.sharding_key).execute(pool).await?;
             }
-            if !error.is_empty() {
+            if n > 0 && !error.is_empty() {
                 sqlx::query(visible).bind(shown).bind(&row.gid).execute(pool).await?;
             }
-            Ok(())
+            Ok(n > 0)
+        })
+    }
+
+    /// Puts a transaction's dead-lettered messages (all, or the one of `branch_id`) back to
+    /// deliver now, with their refusals forgotten. Returns how many.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn outbox_redrive(
+        &self,
+        gid: &str,
+        branch_id: Option<&str>,
+        now: i64,
+    ) -> Result<u64> {
+        let which = if branch_id.is_some() {
+            " AND branch_id = ?"
+        } else {
+            ""
+        };
+        let wake = format!(
+            "UPDATE outbox_key_seq SET next_due = 0, wake = wake + 1 WHERE sharding_key IN \
+             (SELECT sharding_key FROM outbox WHERE gid = ?{which})"
+        );
+        let sql = format!(
+            "UPDATE outbox SET status = 'pending', refusals = 0, next_attempt_time = ?, owner = '', \
+             lease_expire = 0 WHERE gid = ? AND status = 'dead'{which}"
+        );
+        // Pending first, then the wake: a dispatcher that read the key before it was woken
+        // cannot put it back to sleep.
+        on_writer!(self, pool => {
+            let mut q = sqlx::query(&sql).bind(now).bind(gid);
+            if let Some(b) = branch_id {
+                q = q.bind(b);
+            }
+            let n = q.execute(pool).await?.rows_affected();
+            let mut q = sqlx::query(&wake).bind(gid);
+            if let Some(b) = branch_id {
+                q = q.bind(b);
+            }
+            q.execute(pool).await?;
+            Ok(n)
+        })
+    }
+
+    /// Outbox messages for operators, newest first: all, or those in `status`; at most
+    /// `limit`.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn outbox_list(
+        &self,
+        status: Option<OutboxState>,
+        limit: i64,
+    ) -> Result<Vec<OutboxEntry>> {
+        let filter = if status.is_some() {
+            "WHERE status = ?"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT id, gid, branch_id, topic, sharding_key, seq, status, attempts, refusals, \
+             next_attempt_time, last_error FROM outbox {filter} ORDER BY id DESC LIMIT ?"
+        );
+        on_pool!(self, pool => {
+            let mut q = sqlx::query(&sql);
+            if let Some(s) = status {
+                q = q.bind(s.as_str());
+            }
+            let rows = q.bind(limit).fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(OutboxEntry {
+                        id: r.try_get(0)?,
+                        gid: r.try_get_unchecked(1)?,
+                        branch_id: r.try_get_unchecked(2)?,
+                        topic: r.try_get_unchecked(3)?,
+                        sharding_key: r.try_get_unchecked(4)?,
+                        seq: r.try_get_unchecked(5)?,
+                        status: r.try_get_unchecked(6)?,
+                        attempts: r.try_get(7)?,
+                        refusals: r.try_get(8)?,
+                        next_attempt_time: r.try_get(9)?,
+                        last_error: r.try_get_unchecked(10)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Dead-lettered messages.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn outbox_dead(&self) -> Result<i64> {
+        let sql = "SELECT COUNT(*) FROM outbox WHERE status = 'dead'";
+        on_writer!(self, pool => {
+            Ok(sqlx::query(sql).fetch_one(pool).await?.try_get::<i64, _>(0)?)
         })
     }
 

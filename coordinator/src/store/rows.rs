@@ -68,8 +68,19 @@ fn json_column<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
+/// How a `trans_global` row is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reading {
+    /// For driving it: any column that cannot be read is an error.
+    Strict,
+    /// For showing it (`query`, `all`): a row whose JSON columns cannot be read is shown with
+    /// those columns empty and `last_error` saying what is wrong, rather than failing the
+    /// whole answer. Status and type codes must still parse.
+    Lenient,
+}
+
 /// Reads a `trans_global` row.
-pub(crate) fn decode_global<R>(row: &R) -> Result<GlobalTxn>
+pub(crate) fn decode_global<R>(row: &R, reading: Reading) -> Result<GlobalTxn>
 where
     R: Row,
     for<'c> &'c str: ColumnIndex<R>,
@@ -77,31 +88,7 @@ where
     for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
 {
-    decode_global_row(row, false)
-}
-
-/// Reads a `trans_global` row for showing it (`query`, `all`): a row whose JSON columns
-/// cannot be read is shown with those columns empty and `last_error` saying what is wrong,
-/// rather than failing the whole answer. Status and type codes must still parse.
-pub(crate) fn decode_global_for_display<R>(row: &R) -> Result<GlobalTxn>
-where
-    R: Row,
-    for<'c> &'c str: ColumnIndex<R>,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
-{
-    decode_global_row(row, true)
-}
-
-fn decode_global_row<R>(row: &R, lenient: bool) -> Result<GlobalTxn>
-where
-    R: Row,
-    for<'c> &'c str: ColumnIndex<R>,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
-{
+    let lenient = reading == Reading::Lenient;
     let gid: String = get(row, "gid")?;
     let mut unreadable: Option<String> = None;
     let json = |column: &str| -> Result<String> { get::<_, String>(row, column) };

@@ -84,6 +84,8 @@ pub struct Change {
     pub complete: Vec<(String, Op)>,
     /// Commit the transaction's broker-bound steps to the outbox, in this state.
     pub enqueue: Option<OutboxState>,
+    /// When the enqueued messages may go out, ms (a delayed msg); `None`: at once.
+    pub deliver_from: Option<i64>,
     /// Let the transaction's held messages go out.
     pub release_held: bool,
     /// Messages the broker acknowledged: recorded as sent, if their claims still hold.
@@ -104,6 +106,7 @@ impl Change {
             add_branches: Vec::new(),
             complete: Vec::new(),
             enqueue: None,
+            deliver_from: None,
             release_held: false,
             sent: Vec::new(),
         }
@@ -139,6 +142,8 @@ impl Change {
 pub struct OutboxEffect {
     /// Messages committed now, in step order, and the state they enter in.
     pub enqueue: Option<(OutboxState, Vec<OutboxMessage>)>,
+    /// When they may go out, ms.
+    pub deliver_from: i64,
     /// Held messages go out now.
     pub release_held: bool,
     /// Held messages will never go out.
@@ -235,6 +240,7 @@ impl Current {
                 effect.drop_held = true;
             }
         }
+        effect.deliver_from = change.deliver_from.unwrap_or(now);
         if let Some(state) = change.enqueue {
             let messages = OutboxMessage::from_branches(&self.branches);
             if !messages.is_empty() {

@@ -9,7 +9,8 @@ use super::{BranchStatus, GlobalStatus, Op, TransType};
 
 /// Options of a global transaction, resolved against the server's defaults. Stored as JSON
 /// with the transaction. The default (all zero) stands for options that could not be read.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `Debug` hides the values of `branch_headers`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransOptions {
     /// Seconds a transaction may stay prepared before it is rolled back (TCC) or checked back
     /// (msg).
@@ -30,6 +31,23 @@ pub struct TransOptions {
     /// Retries after which automatic retrying stops (`0`: never stops).
     #[serde(default)]
     pub retry_limit: i64,
+}
+
+impl std::fmt::Debug for TransOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransOptions")
+            .field("timeout_to_fail", &self.timeout_to_fail)
+            .field("request_timeout", &self.request_timeout)
+            .field("retry_interval", &self.retry_interval)
+            .field(
+                "branch_headers",
+                &settle_protocol::request::HiddenValues(&self.branch_headers),
+            )
+            .field("concurrent", &self.concurrent)
+            .field("wait_result", &self.wait_result)
+            .field("retry_limit", &self.retry_limit)
+            .finish()
+    }
 }
 
 /// A global transaction as stored.
@@ -191,4 +209,25 @@ pub(crate) fn sample(trans_type: TransType, status: GlobalStatus) -> GlobalTxn {
         retry_limit: 0,
     };
     GlobalTxn::new("g", trans_type, status, options, 1_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_names_branch_headers_but_hides_their_values() {
+        let mut options = TransOptions::default();
+        options
+            .branch_headers
+            .insert("Authorization".into(), "Bearer s3cret".into());
+        let mut request = settle_protocol::GlobalRequest::new("g", "tcc");
+        request.branch_headers = options.branch_headers.clone();
+        for shown in [format!("{options:?}"), format!("{request:?}")] {
+            assert!(
+                shown.contains("Authorization") && !shown.contains("s3cret"),
+                "{shown}"
+            );
+        }
+    }
 }

@@ -9,6 +9,29 @@ use super::outbox::OutboxState;
 use super::policy::{DuePrepared, Order, Policy, Stage};
 use super::{GlobalStatus, GlobalTxn, Op, TransType};
 
+/// The delay a msg's `custom_data` asks for, in seconds: `{"delay": N}` with N a positive
+/// integer. `None` when it asks for none (a delay that is not such a number is refused at the
+/// API, see [`delay_problem`]).
+pub fn delay_s(custom_data: &str) -> Option<i64> {
+    let v: serde_json::Value = serde_json::from_str(custom_data).ok()?;
+    v.get("delay")?.as_i64().filter(|d| *d > 0)
+}
+
+/// What is wrong with the delay a msg's `custom_data` asks for, if anything.
+pub fn delay_problem(custom_data: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(custom_data).ok()?;
+    let d = v.get("delay")?;
+    match d.as_i64() {
+        Some(n) if (0..=MAX_DELAY_S).contains(&n) => None,
+        _ => Some(format!(
+            "custom_data delay must be a whole number of seconds from 0 to {MAX_DELAY_S}, got {d}"
+        )),
+    }
+}
+
+/// Longest delay of a msg, in seconds (30 days).
+pub const MAX_DELAY_S: i64 = 30 * 86_400;
+
 /// The msg policy.
 #[derive(Debug, Clone, Copy)]
 pub struct Msg;
@@ -40,6 +63,11 @@ impl Policy for Msg {
         OutboxState::Pending
     }
 
+    /// DTM's delayed message: `custom_data` `{"delay": N}` defers its steps by N seconds.
+    fn delay_ms(&self, txn: &GlobalTxn) -> i64 {
+        delay_s(&txn.custom_data).map_or(0, |s| s.saturating_mul(1000))
+    }
+
     fn on_timeout(&self, _txn: &GlobalTxn) -> DuePrepared {
         DuePrepared::CheckBack
     }
@@ -68,5 +96,17 @@ mod tests {
         assert_eq!(Msg.phase_two(GlobalStatus::Submitted)[0].op, Op::Action);
         assert!(Msg.phase_two(GlobalStatus::Aborting).is_empty());
         assert_eq!(Msg.outbox_at_commit(), OutboxState::Pending);
+    }
+
+    #[test]
+    fn a_delay_is_read_from_custom_data_and_a_bad_one_is_named() {
+        assert_eq!(delay_s(r#"{"delay": 5}"#), Some(5));
+        assert_eq!(delay_s(r#"{"delay": 0}"#), None);
+        assert_eq!(delay_s("not json"), None);
+        assert_eq!(delay_s(r#"{"other": 1}"#), None);
+        assert_eq!(delay_problem(r#"{"delay": 5}"#), None);
+        assert!(delay_problem(r#"{"delay": -1}"#).is_some_and(|p| p.contains("got -1")));
+        assert!(delay_problem(r#"{"delay": "5"}"#).is_some());
+        assert!(delay_problem(r#"{"delay": 99999999}"#).is_some());
     }
 }

@@ -14,6 +14,31 @@ pub enum OutboxState {
     Sent,
     /// Never to be delivered: its transaction failed or was stopped. Holds nothing back.
     Dropped,
+    /// Refused by the broker too many times; kept for an operator to redrive. Holds nothing
+    /// back.
+    Dead,
+}
+
+impl std::str::FromStr for OutboxState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            Self::Held,
+            Self::Pending,
+            Self::Sent,
+            Self::Dropped,
+            Self::Dead,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+        .ok_or_else(|| {
+            format!(
+                "unknown outbox status '{}': held, pending, sent, dropped or dead",
+                s.escape_default()
+            )
+        })
+    }
 }
 
 impl OutboxState {
@@ -24,6 +49,7 @@ impl OutboxState {
             Self::Pending => "pending",
             Self::Sent => "sent",
             Self::Dropped => "dropped",
+            Self::Dead => "dead",
         }
     }
 }

@@ -70,6 +70,11 @@ pub trait Policy: Send + Sync {
         }
     }
 
+    /// How long after its commit phase 2 starts, ms (a delayed msg); 0: at once.
+    fn delay_ms(&self, _txn: &GlobalTxn) -> i64 {
+        0
+    }
+
     /// What a prepared transaction past its `timeout_to_fail` needs.
     fn on_timeout(&self, txn: &GlobalTxn) -> DuePrepared;
 

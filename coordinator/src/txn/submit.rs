@@ -24,6 +24,15 @@ pub fn submit(
     let policy = require(txn.trans_type)?;
     let commit = |mut change: Change| {
         change.enqueue = Some(policy.outbox_at_commit());
+        let delay = policy.delay_ms(txn);
+        if delay > 0 {
+            // Nothing goes out before the delay: phase 2 is not started now but when the
+            // transaction comes due, by whichever instance claims it.
+            change.deliver_from = Some(now.saturating_add(delay));
+            return change
+                .to(GlobalStatus::Submitted)
+                .due(now.saturating_add(delay));
+        }
         change
             .to(GlobalStatus::Submitted)
             .due(lease.expire)
@@ -166,5 +175,30 @@ mod tests {
         let t = sample(TransType::Msg, Prepared);
         let err = submit(&stored(TransType::Tcc, Prepared), &t, &[], &lease(), 7);
         assert!(matches!(err, Err(TxnError::TypeMismatch { .. })));
+    }
+
+    #[test]
+    fn a_delayed_msg_commits_without_a_lease_and_comes_due_after_its_delay() {
+        let mut t = sample(TransType::Msg, Submitted);
+        t.custom_data = r#"{"delay": 30}"#.into();
+        let Ok(Decision::Apply(change)) =
+            submit(&Current::default(), &t, &[message()], &lease(), 1_000)
+        else {
+            panic!("submits");
+        };
+        assert_eq!(change.to, Some(Submitted));
+        assert_eq!(change.next_cron_time, Some(31_000));
+        assert_eq!(change.deliver_from, Some(31_000));
+        assert_eq!(
+            change.lease,
+            LeaseWrite::Keep,
+            "nobody drives it before then"
+        );
+        t.custom_data = r#"{"delay": 0}"#.into();
+        let Ok(Decision::Apply(now)) = submit(&Current::default(), &t, &[], &lease(), 1_000) else {
+            panic!("submits");
+        };
+        assert_eq!(now.deliver_from, None);
+        assert!(matches!(now.lease, LeaseWrite::Acquire(_)));
     }
 }
