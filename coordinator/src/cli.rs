@@ -256,11 +256,32 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Makes a panic anywhere in a serving coordinator stop the process, after reporting it.
+///
+/// A panic is a bug whose damage is unknown: a task it ended (the writer, the scheduler)
+/// would leave a process that answers probes but no longer works. Everything promised is in
+/// the store, so stopping is safe: leases run out and this or another instance carries on
+/// where the crash left off, as after a kill.
+fn crash_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("settle: stopping after a panic; a restart carries on from the store");
+        std::process::abort();
+    }));
+}
+
 /// Entry point of the `settle` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     install_crypto_provider();
     init_logging();
+    if matches!(cli.command, Command::Serve(_)) {
+        crash_on_panic();
+    }
+    // Fail points named in FAILPOINTS (`name=action;...`), for fault-injection tests.
+    #[cfg(feature = "failpoints")]
+    let _fail_points = fail::FailScenario::setup();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -14,6 +14,24 @@
 //! - [`app`]: wires these into a running server; [`cli`] is the `settle` command;
 //!   [`bench`] the load generator; [`ops`] the operator commands; [`config`],
 //!   [`telemetry`] and [`clock`] support them.
+//!
+//! # Fail points
+//! Built with the `failpoints` feature, these named places can be made to fail (`return`:
+//! the error a lost connection would give there), crash (`panic`: the `settle` binary then
+//! stops, as after a kill) or stall (`delay(ms)`), through the `FAILPOINTS` environment
+//! variable (`store::after_commit=1*panic`) or `fail::cfg`. Without the feature they are
+//! compiled out.
+//!
+//! | name | where |
+//! |---|---|
+//! | `store::before_commit` | a batch has written everything but its `COMMIT` |
+//! | `store::after_commit` | a batch committed; nobody has been answered |
+//! | `driver::before_call` | a status is durable; the branch has not been called |
+//! | `driver::after_answer` | a branch answered; its outcome is not recorded |
+//! | `scheduler::after_claim` | due transactions are leased; no round started |
+//! | `delivery::after_claim` | outbox messages are leased; nothing published |
+//! | `delivery::before_publish` | messages are about to go to the broker |
+//! | `delivery::after_publish` | the broker answered; acknowledgements not recorded |
 
 pub mod access;
 pub mod api;

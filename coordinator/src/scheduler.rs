@@ -69,6 +69,12 @@ impl Scheduler {
                 i64::try_from(free).unwrap_or(1),
             )
             .await?;
+        if !claimed.is_empty() {
+            // Claimed and leased; no round has started.
+            fail::fail_point!("scheduler::after_claim", |_| Err(
+                crate::store::StoreError::injected("scheduler::after_claim")
+            ));
+        }
         let n = claimed.len();
         for c in claimed {
             debug!(gid = %c.txn.gid, status = %c.txn.status, "claimed due transaction");

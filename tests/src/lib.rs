@@ -5,6 +5,8 @@
 //! The tests need a real MySQL (MariaDB) at `SETTLE_TEST_MYSQL_URL` (default
 //! `mysql://root@127.0.0.1:3306`); `deploy/test.sh` starts one.
 
+pub mod proxy;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -431,12 +433,26 @@ impl SettleProcess {
     /// # Errors
     /// It does not start or answer within 30 s.
     pub async fn start(binary: &str, database_url: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(binary, database_url, extra, &[]).await
+    }
+
+    /// [`SettleProcess::start`] with extra environment variables (such as `FAILPOINTS`).
+    ///
+    /// # Errors
+    /// It does not start or answer within 30 s.
+    pub async fn start_with_env(
+        binary: &str,
+        database_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
         let child = tokio::process::Command::new(binary)
             .args(["serve", "--listen", &listen, "--database-url", database_url])
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -455,6 +471,14 @@ impl SettleProcess {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Whether the process ended by itself within `within`.
+    pub async fn ended_within(&mut self, within: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(within, self.child.wait()).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.
@@ -577,63 +601,5 @@ impl Collector {
     /// Stops consuming.
     pub async fn shutdown(self) {
         self.consumer.shutdown().await;
-    }
-}
-
-/// A TCP gate on 127.0.0.1 in front of a real service: forwards connections while open;
-/// [`TcpGate::close`] cuts every connection through it and refuses new ones until
-/// [`TcpGate::open`].
-#[derive(Clone)]
-pub struct TcpGate {
-    addr: SocketAddr,
-    open: Arc<tokio::sync::watch::Sender<bool>>,
-}
-
-impl TcpGate {
-    /// Starts a gate forwarding to `upstream` (`host:port`).
-    ///
-    /// # Errors
-    /// It cannot bind a port.
-    pub async fn start(upstream: &str) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-        let addr = listener.local_addr()?;
-        let (open, _) = tokio::sync::watch::channel(true);
-        let open = Arc::new(open);
-        let gate = open.clone();
-        let upstream = upstream.to_owned();
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !*gate.borrow() {
-                    continue;
-                }
-                let mut closed = gate.subscribe();
-                let upstream = upstream.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = closed.wait_for(|open| !*open) => {}
-                    }
-                });
-            }
-        });
-        Ok(Self { addr, open })
-    }
-
-    /// The gate's address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Cuts every connection and refuses new ones.
-    pub fn close(&self) {
-        self.open.send_replace(false);
-    }
-
-    /// Lets connections through again.
-    pub fn open(&self) {
-        self.open.send_replace(true);
     }
 }

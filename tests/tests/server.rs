@@ -191,7 +191,7 @@ async fn probes_tell_whether_the_process_and_its_store_are_up() -> anyhow::Resul
         .next()
         .unwrap_or(host)
         .trim_end_matches('/');
-    let gate = settle_tests::TcpGate::start(host).await?;
+    let gate = settle_tests::proxy::FaultProxy::start(host).await?;
     let url = db.url.replacen(host, &gate.addr().to_string(), 1);
     let mut config = test_config(&url);
     config.max_connections = 2;
@@ -215,12 +215,12 @@ async fn probes_tell_whether_the_process_and_its_store_are_up() -> anyhow::Resul
     };
     assert_eq!(get("/livez").await?.0, 200);
     assert_eq!(get("/readyz").await?.0, 200);
-    gate.close();
+    gate.disable();
     let (status, body) = get("/readyz").await?;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("store"), "{body}");
     assert_eq!(get("/livez").await?.0, 200, "alive, though not ready");
-    gate.open();
+    gate.enable();
     settle_tests::eventually("ready again", Duration::from_secs(15), || async {
         get("/readyz").await.is_ok_and(|(s, _)| s == 200)
     })

@@ -43,6 +43,18 @@ pub struct Failure {
     pub permanent: bool,
 }
 
+impl Failure {
+    /// What a fail point makes of a publish of `n` messages: each failed for the moment.
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    fn injected(point: &str, n: usize) -> Vec<Result<(), Failure>> {
+        let failure = Self {
+            error: format!("fail point {point}"),
+            permanent: false,
+        };
+        vec![Err(failure); n]
+    }
+}
+
 /// Where messages are published.
 pub trait Sink: Send + Sync + 'static {
     /// Publishes `messages` (each key's in sequence order) and resolves with each one's
@@ -148,6 +160,10 @@ impl Dispatcher {
         if claimed.is_empty() {
             return Ok(0);
         }
+        // Claimed and leased; nothing published.
+        fail::fail_point!("delivery::after_claim", |_| Err(StoreError::injected(
+            "delivery::after_claim"
+        )));
         let n = claimed.len();
         let keys = claimed.iter().map(key_of).collect::<HashSet<_>>().len();
         let permits = u32::try_from(keys.min(free)).unwrap_or(1);
@@ -166,9 +182,25 @@ impl Dispatcher {
         Ok(n)
     }
 
+    /// Hands `claimed` to the sink; the fail points around it make every message fail as a
+    /// broker that cannot be reached would (before), or lose the acknowledgements of what
+    /// was published (after).
+    async fn publish(&self, claimed: &[OutboxRow]) -> Vec<Result<(), Failure>> {
+        fail::fail_point!("delivery::before_publish", |_| Failure::injected(
+            "delivery::before_publish",
+            claimed.len()
+        ));
+        let results = self.sink.publish(claimed).await;
+        fail::fail_point!("delivery::after_publish", |_| Failure::injected(
+            "delivery::after_publish",
+            claimed.len()
+        ));
+        results
+    }
+
     /// Publishes what one pass claimed and records the outcome.
     async fn deliver(&self, claimed: Vec<OutboxRow>) {
-        let results = self.sink.publish(&claimed).await;
+        let results = self.publish(&claimed).await;
         let mut sent: BTreeMap<&str, Vec<SentMessage>> = BTreeMap::new();
         let mut failed_keys: HashSet<String> = HashSet::new();
         let mut retry: Vec<(&OutboxRow, Failure)> = Vec::new();

@@ -22,6 +22,17 @@ pub struct CallResult {
     pub detail: String,
 }
 
+impl CallResult {
+    /// What a fail point makes of a call: an error, as if the connection broke.
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    fn injected(point: &str) -> Self {
+        Self {
+            outcome: BranchOutcome::Error,
+            detail: format!("fail point {point}"),
+        }
+    }
+}
+
 fn request_timeout(txn: &GlobalTxn) -> Duration {
     Duration::from_secs(u64::try_from(txn.options.request_timeout).unwrap_or(3))
 }
@@ -29,6 +40,10 @@ fn request_timeout(txn: &GlobalTxn) -> Duration {
 impl Driver {
     /// Calls one branch operation and classifies the answer.
     pub async fn call(&self, txn: &GlobalTxn, branch: &BranchOp) -> CallResult {
+        // The transaction's status is durable; the participant has not been called yet.
+        fail::fail_point!("driver::before_call", |_| CallResult::injected(
+            "driver::before_call"
+        ));
         if let Err(refused) = self.inner.settings.allowlist.check_url(&branch.url) {
             self.inner
                 .apply
@@ -78,6 +93,10 @@ impl Driver {
             },
         };
         self.inner.apply.metrics().branch_called(result.outcome);
+        // The participant answered; its outcome is not recorded yet.
+        fail::fail_point!("driver::after_answer", |_| CallResult::injected(
+            "driver::after_answer"
+        ));
         result
     }
 

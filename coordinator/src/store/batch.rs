@@ -651,7 +651,13 @@ where
         writes.add_text("COMMIT");
         // The next batch may start now: this one has only its writes and commit left.
         turn.take();
+        fail::fail_point!("store::before_commit", |_| Err(StoreError::injected(
+            "store::before_commit"
+        )));
         run_script::<DB>(conn, &writes).await?;
+        fail::fail_point!("store::after_commit", |_| Err(StoreError::injected(
+            "store::after_commit"
+        )));
         Ok(outcomes)
     }
     .await;

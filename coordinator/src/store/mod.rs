@@ -118,6 +118,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The error a fail point injects: a connection lost at that point.
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    pub(crate) fn injected(point: &str) -> Self {
+        Self::Database(sqlx::Error::Protocol(format!("fail point {point}")))
+    }
+
     /// Whether this is a lost lease: another instance drives the transaction now.
     pub fn is_lease_lost(&self) -> bool {
         matches!(self, Self::Txn(TxnError::LeaseLost { .. }))
