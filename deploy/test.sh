@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything Settle's tests need on this machine (MariaDB, Redis, RocketMQ, the
-# Python DTM client), then runs every test of the workspace. The README's test command.
+# Python DTM client), then runs every test of the workspace, then the fail-point tests (a
+# build with the `failpoints` feature). The README's test command.
 # A first run installs the Rust RocketMQ broker with cargo install, which takes about 25
 # minutes on 2 cores; later runs reuse it.
 set -euo pipefail
@@ -13,3 +14,5 @@ export SETTLE_TEST_MYSQL_URL SETTLE_TEST_REDIS_URL SETTLE_PYTHON SETTLE_TEST_ROC
 
 echo "[test] MySQL: $SETTLE_TEST_MYSQL_URL  Redis: $SETTLE_TEST_REDIS_URL  RocketMQ: $SETTLE_TEST_ROCKETMQ  Python: $SETTLE_PYTHON" >&2
 cargo test --workspace --locked "$@"
+# The fail-point tests need the coordinator built with its fail points compiled in.
+cargo test -p settle-tests --features failpoints --test failpoints --locked "$@"

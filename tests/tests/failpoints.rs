@@ -85,8 +85,8 @@ fn told(r: &Result<(), SdkError>) -> Option<bool> {
     }
 }
 
-/// Runs a committed TCC, a TCC whose second Try fails and a message to RocketMQ on the
-/// coordinator, with `point` set to `action`, then checks every transaction's outcome on a
+/// Runs a committed TCC (whose first confirms fail), a TCC whose second Try fails and a
+/// message to RocketMQ on the coordinator, with `point` set to `action`, then checks every transaction's outcome on a
 /// coordinator that is up (restarted if the fail point stopped it).
 async fn survives(point: &str, action: Action) -> anyhow::Result<()> {
     settle_tests::init();
@@ -109,6 +109,8 @@ async fn survives(point: &str, action: Action) -> anyhow::Result<()> {
         ..GlobalRequest::new(gid, kind)
     };
 
+    // Each branch's first confirm fails, so phase 2 also runs again from the scheduler.
+    p.fail_first("confirm", 1);
     let mut started = Vec::new();
     let tag = &group[3..];
     let gid = format!("fp-commit-{tag}");
