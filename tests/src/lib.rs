@@ -303,6 +303,16 @@ impl Participant {
         self.lock().calls.clone()
     }
 
+    /// How many calls of `op` on branch `branch_id` of `gid` were answered `status`.
+    pub fn answered(&self, gid: &str, branch_id: &str, op: &str, status: u16) -> usize {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| c.params.gid == gid && c.params.branch_id == branch_id)
+            .filter(|c| c.params.op == op && c.answered == status)
+            .count()
+    }
+
     /// The statuses answered to calls of `op` for `gid`, in order.
     pub fn answers(&self, gid: &str, op: &str) -> Vec<u16> {
         self.lock()

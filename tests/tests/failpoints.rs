@@ -184,13 +184,7 @@ async fn check(
             panic!("{at}: the initiator was told {told:?}, the transaction is {status:?}")
         }
     }
-    let confirms = |branch: &str| {
-        p.calls()
-            .iter()
-            .filter(|c| c.params.gid == s.gid && c.params.branch_id == branch)
-            .filter(|c| c.params.op == "confirm" && c.answered == 200)
-            .count()
-    };
+    let confirms = |branch: &str| p.answered(&s.gid, branch, "confirm", 200);
     let cancels = p.answers(&s.gid, "cancel");
     match (s.kind, status.as_deref()) {
         (Kind::Tcc, Some("succeed")) => {

@@ -34,13 +34,10 @@ async fn tcc_through(
 /// Every branch of `gid` was confirmed (answered 200) and nothing was cancelled.
 fn confirmed_everywhere(p: &Participant, gid: &str) {
     for branch in ["01", "02"] {
-        let ok = p
-            .calls()
-            .iter()
-            .filter(|c| c.params.gid == gid && c.params.branch_id == branch)
-            .filter(|c| c.params.op == "confirm" && c.answered == 200)
-            .count();
-        assert!(ok >= 1, "{gid}: branch {branch} was confirmed");
+        assert!(
+            p.answered(gid, branch, "confirm", 200) >= 1,
+            "{gid}: branch {branch} was confirmed"
+        );
     }
     assert!(
         p.answers(gid, "cancel").is_empty(),

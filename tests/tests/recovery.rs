@@ -15,19 +15,21 @@ use settle_tests::{
 
 const BINARY: &str = env!("CARGO_BIN_EXE_settle-under-test");
 
+/// Short leases and quick retries, so that take-overs happen within a test.
+const FAST: [&str; 6] = [
+    "--lease-ms",
+    "1500",
+    "--poll-interval-ms",
+    "100",
+    "--default-retry-interval-s",
+    "1",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_coordinator_killed_during_phase_two_settles_after_restart() -> anyhow::Result<()> {
     settle_tests::init();
     let db = TestDb::mysql().await?;
-    let fast = [
-        "--lease-ms",
-        "1500",
-        "--poll-interval-ms",
-        "100",
-        "--default-retry-interval-s",
-        "1",
-    ];
-    let first = SettleProcess::start(BINARY, &db.url, &fast).await?;
+    let first = SettleProcess::start(BINARY, &db.url, &FAST).await?;
     let p = Participant::start().await?;
     // The first confirm hangs, so the coordinator is killed while it waits for the answer.
     p.delay("confirm", Duration::from_secs(5), 1);
@@ -43,7 +45,7 @@ async fn a_coordinator_killed_during_phase_two_settles_after_restart() -> anyhow
     .await?;
     first.kill().await?;
 
-    let second = SettleProcess::start(BINARY, &db.url, &fast).await?;
+    let second = SettleProcess::start(BINARY, &db.url, &FAST).await?;
     let client = SettleClient::new(second.api.clone());
     assert_eq!(
         client.wait_final(&gid, Duration::from_secs(30)).await?,
@@ -71,15 +73,7 @@ async fn a_coordinator_killed_during_phase_two_settles_after_restart() -> anyhow
 async fn a_coordinator_killed_right_after_submit_settles_after_restart() -> anyhow::Result<()> {
     settle_tests::init();
     let db = TestDb::mysql().await?;
-    let fast = [
-        "--lease-ms",
-        "1500",
-        "--poll-interval-ms",
-        "100",
-        "--default-retry-interval-s",
-        "1",
-    ];
-    let first = SettleProcess::start(BINARY, &db.url, &fast).await?;
+    let first = SettleProcess::start(BINARY, &db.url, &FAST).await?;
     let p = Participant::start().await?;
     // Every confirm fails at first, so the transaction is still unfinished when killed.
     p.fail_first("confirm", 1);
@@ -103,7 +97,7 @@ async fn a_coordinator_killed_right_after_submit_settles_after_restart() -> anyh
         gids.push(gid);
     }
     first.kill().await?;
-    let second = SettleProcess::start(BINARY, &db.url, &fast).await?;
+    let second = SettleProcess::start(BINARY, &db.url, &FAST).await?;
     let client = SettleClient::new(second.api.clone());
     for gid in &gids {
         assert_eq!(
@@ -264,8 +258,7 @@ async fn a_coordinator_killed_with_batches_in_flight_keeps_exactly_what_it_answe
 ) -> anyhow::Result<()> {
     settle_tests::init();
     let db = TestDb::mysql().await?;
-    let fast = ["--lease-ms", "1500", "--poll-interval-ms", "100"];
-    let first = SettleProcess::start(BINARY, &db.url, &fast).await?;
+    let first = SettleProcess::start(BINARY, &db.url, &FAST).await?;
     let http = reqwest::Client::new();
     let mut workers = tokio::task::JoinSet::new();
     for w in 0..32 {
@@ -313,7 +306,7 @@ async fn a_coordinator_killed_with_batches_in_flight_keeps_exactly_what_it_answe
         seen.submitted.len()
     );
 
-    let second = SettleProcess::start(BINARY, &db.url, &fast).await?;
+    let second = SettleProcess::start(BINARY, &db.url, &FAST).await?;
     let client = SettleClient::new(second.api.clone());
     for gid in &seen.prepared {
         assert!(
@@ -342,16 +335,8 @@ async fn a_coordinator_killed_with_batches_in_flight_keeps_exactly_what_it_answe
 async fn a_paused_coordinator_is_taken_over_and_fenced_when_it_wakes() -> anyhow::Result<()> {
     settle_tests::init();
     let db = TestDb::mysql().await?;
-    let fast = [
-        "--lease-ms",
-        "1500",
-        "--poll-interval-ms",
-        "100",
-        "--default-retry-interval-s",
-        "1",
-    ];
-    let a = SettleProcess::start(BINARY, &db.url, &fast).await?;
-    let b = SettleProcess::start(BINARY, &db.url, &fast).await?;
+    let a = SettleProcess::start(BINARY, &db.url, &FAST).await?;
+    let b = SettleProcess::start(BINARY, &db.url, &FAST).await?;
     let p = Participant::start().await?;
     // The first confirms hang, so A holds leases and waits on calls when it is paused.
     p.delay("confirm", Duration::from_millis(1500), 2);
@@ -383,13 +368,10 @@ async fn a_paused_coordinator_is_taken_over_and_fenced_when_it_wakes() -> anyhow
     for gid in &gids {
         assert_eq!(via_b.status(gid).await?.as_deref(), Some("succeed"));
         for branch in ["01", "02"] {
-            let ok = p
-                .calls()
-                .iter()
-                .filter(|c| c.params.gid == *gid && c.params.branch_id == branch)
-                .filter(|c| c.params.op == "confirm" && c.answered == 200)
-                .count();
-            assert!(ok >= 1, "{gid}: branch {branch} was confirmed");
+            assert!(
+                p.answered(gid, branch, "confirm", 200) >= 1,
+                "{gid}: branch {branch} was confirmed"
+            );
         }
         assert!(
             p.answers(gid, "cancel").is_empty(),
