@@ -313,6 +313,24 @@ impl Participant {
             .count()
     }
 
+    /// Asserts that every one of `branches` of `gid` was confirmed (answered 200 at least
+    /// once) and that nothing of `gid` was cancelled.
+    ///
+    /// # Panics
+    /// When a branch was not confirmed or a cancel was made; the message names which.
+    pub fn assert_confirmed_everywhere(&self, gid: &str, branches: &[&str]) {
+        for branch in branches {
+            assert!(
+                self.answered(gid, branch, "confirm", 200) >= 1,
+                "{gid}: branch {branch} was confirmed"
+            );
+        }
+        assert!(
+            self.answers(gid, "cancel").is_empty(),
+            "{gid}: nothing was cancelled"
+        );
+    }
+
     /// The statuses answered to calls of `op` for `gid`, in order.
     pub fn answers(&self, gid: &str, op: &str) -> Vec<u16> {
         self.lock()

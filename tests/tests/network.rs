@@ -31,20 +31,6 @@ async fn tcc_through(
         .await
 }
 
-/// Every branch of `gid` was confirmed (answered 200) and nothing was cancelled.
-fn confirmed_everywhere(p: &Participant, gid: &str) {
-    for branch in ["01", "02"] {
-        assert!(
-            p.answered(gid, branch, "confirm", 200) >= 1,
-            "{gid}: branch {branch} was confirmed"
-        );
-    }
-    assert!(
-        p.answers(gid, "cancel").is_empty(),
-        "{gid}: nothing was cancelled"
-    );
-}
-
 fn participant_host(p: &Participant) -> String {
     p.url("x")
         .trim_start_matches("http://")
@@ -100,7 +86,7 @@ async fn confirms_through_a_slow_lossy_resetting_network_still_land() -> anyhow:
             client.wait_final(gid, Duration::from_secs(30)).await?,
             "succeed"
         );
-        confirmed_everywhere(&p, gid);
+        p.assert_confirmed_everywhere(gid, &["01", "02"]);
     }
     app.stop().await;
     Ok(())
@@ -160,7 +146,7 @@ async fn a_store_connection_reset_mid_load_loses_nothing_answered() -> anyhow::R
             client.wait_final(gid, Duration::from_secs(30)).await?,
             "succeed"
         );
-        confirmed_everywhere(&p, gid);
+        p.assert_confirmed_everywhere(gid, &["01", "02"]);
     }
     app.stop().await;
     Ok(())

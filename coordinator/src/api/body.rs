@@ -89,8 +89,12 @@ fn serde_urlencoded_from_str<T: DeserializeOwned>(query: &str) -> Result<T, Stri
 /// header a keep-alive client would put the connection back in its pool and send its next
 /// request into a socket the server is closing, and see a broken pipe instead of an answer.
 pub async fn close_when_unread(request: Request, next: Next) -> Response {
+    if request.body().is_end_stream() {
+        // Nothing to read (a GET, an empty body): nothing can be left unread.
+        return next.run(request).await;
+    }
     let (parts, body) = request.into_parts();
-    let read = Arc::new(AtomicBool::new(body.is_end_stream()));
+    let read = Arc::new(AtomicBool::new(false));
     let tracked = Tracked {
         inner: body,
         read: read.clone(),
