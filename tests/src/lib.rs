@@ -501,20 +501,6 @@ impl SettleProcess {
         }
     }
 
-    /// Sends `signal` (`STOP`, `CONT`, `TERM`, ...) to the process with `kill`.
-    ///
-    /// # Errors
-    /// The process has ended, or `kill` failed.
-    pub async fn signal(&self, signal: &str) -> anyhow::Result<()> {
-        let pid = self.child.id().context("the process has ended")?;
-        let status = tokio::process::Command::new("kill")
-            .args([format!("-{signal}"), pid.to_string()])
-            .status()
-            .await?;
-        anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
-        Ok(())
-    }
-
     /// Whether the process ended by itself within `within`.
     pub async fn ended_within(&mut self, within: Duration) -> bool {
         matches!(
