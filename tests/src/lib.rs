@@ -5,6 +5,7 @@
 //! The tests need a real MySQL (MariaDB) at `SETTLE_TEST_MYSQL_URL` (default
 //! `mysql://root@127.0.0.1:3306`); `deploy/test.sh` starts one.
 
+pub mod chaos;
 pub mod proxy;
 
 use std::collections::{HashMap, VecDeque};
@@ -474,7 +475,21 @@ impl SettleProcess {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let port = free_port()?;
+        Self::start_at(binary, free_port()?, database_url, extra, env).await
+    }
+
+    /// [`SettleProcess::start_with_env`] on a given port (to restart an instance where its
+    /// clients expect it).
+    ///
+    /// # Errors
+    /// It does not start or answer within 30 s.
+    pub async fn start_at(
+        binary: &str,
+        port: u16,
+        database_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let listen = format!("127.0.0.1:{port}");
         let child = tokio::process::Command::new(binary)
             .args(["serve", "--listen", &listen, "--database-url", database_url])
@@ -499,6 +514,11 @@ impl SettleProcess {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Whether the process ended by itself within `within`.

@@ -90,7 +90,8 @@ impl std::fmt::Display for Report {
     }
 }
 
-fn decoder() -> Decoder {
+/// Turns an order event into the `order:{id}` cache entry it sets (state, versioned).
+pub fn decoder() -> Decoder {
     Arc::new(|d| {
         Box::pin(async move {
             let e: OrderEvent = serde_json::from_slice(&d.body)

@@ -18,7 +18,7 @@ pub mod service;
 
 mod driver;
 
-pub use driver::{run, Options, Report};
+pub use driver::{decoder, run, Options, Report};
 
 /// The states an order moves through, in order.
 pub const STATES: [&str; 4] = ["created", "paid", "shipped", "completed"];

@@ -241,6 +241,87 @@ async fn bank_pool(mysql: &str, database: &str) -> anyhow::Result<MySqlPool> {
         .await?)
 }
 
+/// One transfer: `amount` from an account at one bank to an account at the other, in one TCC
+/// global transaction (debit branch `01`, credit branch `02`).
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    /// The global transaction id.
+    pub gid: String,
+    /// Base URLs of the bank debited and the bank credited.
+    pub banks: (String, String),
+    /// Their names (`a`, `b`), as in message keys.
+    pub names: (&'static str, &'static str),
+    /// Account debited, account credited.
+    pub accounts: (i64, i64),
+    /// Cents.
+    pub amount: i64,
+}
+
+impl Transfer {
+    /// Runs it through `client`. With a `topic`, the transaction carries one message per
+    /// account (keyed `{bank}-{account}`), delivered after commit. A `timeout_to_fail_s` above
+    /// 0 has the coordinator roll it back if it is not submitted in time.
+    ///
+    /// # Errors
+    /// As [`SettleClient::tcc_global_with`]: a refused Try, an unreachable coordinator.
+    pub async fn run(
+        &self,
+        client: &SettleClient,
+        topic: Option<&str>,
+        timeout_to_fail_s: i64,
+    ) -> Result<(), settle_sdk::SdkError> {
+        let mut request = GlobalRequest::new(&self.gid, "tcc");
+        if timeout_to_fail_s > 0 {
+            request.timeout_to_fail = timeout_to_fail_s;
+        }
+        if let Some(topic) = topic {
+            // After commit, tell the world both balances changed.
+            for (name, account) in [
+                (self.names.0, self.accounts.0),
+                (self.names.1, self.accounts.1),
+            ] {
+                request.steps.push(BTreeMap::from([(
+                    "action".to_owned(),
+                    format!("rocketmq://{topic}?key={name}-{account}&tag=balance"),
+                )]));
+                request
+                    .payloads
+                    .push(serde_json::json!({"bank": name, "account": account}).to_string());
+            }
+        }
+        let (src, dst) = (&self.banks.0, &self.banks.1);
+        let (debit, credit) = (
+            Movement {
+                account: self.accounts.0,
+                amount: self.amount,
+            },
+            Movement {
+                account: self.accounts.1,
+                amount: self.amount,
+            },
+        );
+        client
+            .tcc_global_with(request, |tcc| async move {
+                tcc.call_branch(
+                    &debit,
+                    &format!("{src}/debit/try"),
+                    &format!("{src}/debit/confirm"),
+                    &format!("{src}/debit/cancel"),
+                )
+                .await?;
+                tcc.call_branch(
+                    &credit,
+                    &format!("{dst}/credit/try"),
+                    &format!("{dst}/credit/confirm"),
+                    &format!("{dst}/credit/cancel"),
+                )
+                .await?;
+                Ok(())
+            })
+            .await
+    }
+}
+
 /// Runs the transfers and returns the report.
 ///
 /// # Errors
@@ -297,45 +378,17 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
                         rng.random_range(1..=options.accounts),
                     )
                 };
-                let (src, dst) = (urls[from].clone(), urls[1 - from].clone());
                 let gid = client.new_gid().await?;
                 // A refused transfer (injected failure, insufficient funds) is a normal
                 // outcome: the coordinator rolls it back.
-                let mut request = GlobalRequest::new(&gid, "tcc");
-                if let Some(topic) = &topic {
-                    // After commit, tell the world both balances changed.
-                    for (bank, account) in [(from, a), (1 - from, b)] {
-                        let name = BANKS[bank];
-                        request.steps.push(BTreeMap::from([(
-                            "action".to_owned(),
-                            format!("rocketmq://{topic}?key={name}-{account}&tag=balance"),
-                        )]));
-                        request.payloads.push(
-                            serde_json::json!({"bank": name, "account": account}).to_string(),
-                        );
-                    }
-                }
-                let _ = client
-                    .tcc_global_with(request, |tcc| async move {
-                        let debit = Movement { account: a, amount };
-                        tcc.call_branch(
-                            &debit,
-                            &format!("{src}/debit/try"),
-                            &format!("{src}/debit/confirm"),
-                            &format!("{src}/debit/cancel"),
-                        )
-                        .await?;
-                        let credit = Movement { account: b, amount };
-                        tcc.call_branch(
-                            &credit,
-                            &format!("{dst}/credit/try"),
-                            &format!("{dst}/credit/confirm"),
-                            &format!("{dst}/credit/cancel"),
-                        )
-                        .await?;
-                        Ok(())
-                    })
-                    .await;
+                let one = Transfer {
+                    gid: gid.clone(),
+                    banks: (urls[from].clone(), urls[1 - from].clone()),
+                    names: (BANKS[from], BANKS[1 - from]),
+                    accounts: (a, b),
+                    amount,
+                };
+                let _ = one.run(&client, topic.as_deref(), 0).await;
                 gids.push(gid);
             }
             anyhow::Ok(gids)

@@ -17,4 +17,4 @@
 pub mod bank;
 pub mod driver;
 
-pub use driver::{run, Options, Report};
+pub use driver::{run, Options, Report, Transfer};
