@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use settle_tests::chaos::{run, Options};
-use settle_tests::{mysql_server_url, redis_url, rocketmq_namesrv};
+use settle_tests::{redis_url, rocketmq_namesrv};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -28,7 +28,6 @@ async fn a_minute_of_seeded_faults_breaks_no_promise() -> anyhow::Result<()> {
         duration: Duration::from_secs(seconds),
         settle_timeout: Duration::from_secs(90),
         binary: env!("CARGO_BIN_EXE_settle-under-test").to_owned(),
-        mysql: mysql_server_url(),
         redis: redis_url(),
         namesrv: rocketmq_namesrv(),
         workers: 6,

@@ -62,7 +62,6 @@ fn main() -> ExitCode {
         duration: Duration::from_secs(args.duration),
         settle_timeout: Duration::from_secs(args.settle_timeout),
         binary,
-        mysql: settle_tests::mysql_server_url(),
         redis: settle_tests::redis_url(),
         namesrv: settle_tests::rocketmq_namesrv(),
         workers: args.workers,

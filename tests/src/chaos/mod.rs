@@ -14,6 +14,7 @@
 
 pub mod balancer;
 pub mod check;
+pub mod mariadb;
 pub mod schedule;
 pub mod workload;
 
@@ -50,8 +51,6 @@ pub struct Options {
     pub settle_timeout: Duration,
     /// The `settle` binary.
     pub binary: String,
-    /// MySQL server URL, without a database.
-    pub mysql: String,
     /// Redis URL.
     pub redis: String,
     /// RocketMQ name server (`host:port`).
@@ -171,6 +170,8 @@ struct Rig {
     participant_database: FaultProxy,
     banks: [FaultProxy; 2],
     redis: FaultProxy,
+    mariadb: mariadb::MariaDb,
+    mariadb_down: bool,
 }
 
 const COORDINATOR_FLAGS: [&str; 6] = [
@@ -244,6 +245,11 @@ impl Rig {
                 Toxic::Timeout { timeout: hold },
             ),
             Fault::BrokerRestart => rocketmq_script("restart-broker").await?,
+            Fault::DatabaseCrash => {
+                self.mariadb.kill().await?;
+                self.mariadb_down = true;
+            }
+            Fault::DatabasePause => self.mariadb.pause().await?,
             Fault::RedisResets => self.redis.add(
                 NAME,
                 Stream::Upstream,
@@ -257,6 +263,11 @@ impl Rig {
 
     /// Heals every fault; restarts killed coordinators.
     async fn heal(&mut self, namesrv: &str) -> anyhow::Result<()> {
+        if self.mariadb_down {
+            self.mariadb.restart().await?;
+            self.mariadb_down = false;
+        }
+        self.mariadb.resume().await?;
         for p in [
             &self.database,
             &self.participant_database,
@@ -322,17 +333,19 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
         o.seed,
         &uuid::Uuid::new_v4().simple().to_string()[..6]
     );
-    let mut admin = MySqlConnectOptions::from_str(&o.mysql)?
+    let mariadb = mariadb::MariaDb::start().await?;
+    let mysql = mariadb.url();
+    let mut admin = MySqlConnectOptions::from_str(&mysql)?
         .connect()
         .await
-        .with_context(|| format!("cannot reach MySQL at {}", o.mysql))?;
+        .with_context(|| format!("cannot reach MySQL at {mysql}"))?;
     let databases = ["store", "a", "b", "orders"].map(|d| format!("{prefix}_{d}"));
     for d in &databases {
         sqlx::query(&format!("CREATE DATABASE {d}"))
             .execute(&mut admin)
             .await?;
     }
-    let mysql_addr = host_port(&o.mysql)?;
+    let mysql_addr = host_port(&mysql)?;
     let database = FaultProxy::start(&mysql_addr).await?;
     let participant_database = FaultProxy::start(&mysql_addr).await?;
     let redis = FaultProxy::start(&host_port(&o.redis)?).await?;
@@ -341,7 +354,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
     let mut bank_pools = Vec::new();
     let mut bank_proxies = Vec::new();
     for d in &databases[1..3] {
-        let p = pool(&through(&o.mysql, &participant_database, d)?).await?;
+        let p = pool(&through(&mysql, &participant_database, d)?).await?;
         bank::reset(&p, ACCOUNTS, OPENING).await?;
         let url = bank::serve(
             p.clone(),
@@ -355,13 +368,13 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
         bank_pools.push(p);
     }
     let banks: [FaultProxy; 2] = [bank_proxies.remove(0), bank_proxies.remove(0)];
-    let direct = |d: &str| format!("{}/{d}", o.mysql.trim_end_matches('/'));
-    let orders_pool = pool(&through(&o.mysql, &participant_database, &databases[3])?).await?;
+    let direct = |d: &str| format!("{}/{d}", mysql.trim_end_matches('/'));
+    let orders_pool = pool(&through(&mysql, &participant_database, &databases[3])?).await?;
     settle_example_ordered_orders::service::reset(&orders_pool).await?;
 
     let mut rig = Rig {
         binary: o.binary.clone(),
-        store_url: through(&o.mysql, &database, &databases[0])?,
+        store_url: through(&mysql, &database, &databases[0])?,
         ports: (0..COORDINATORS)
             .map(|_| crate::free_port())
             .collect::<anyhow::Result<_>>()?,
@@ -370,6 +383,8 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
         participant_database,
         banks,
         redis,
+        mariadb,
+        mariadb_down: false,
     };
     for i in 0..COORDINATORS {
         rig.start_coordinator(i, &o.namesrv).await?;
@@ -529,13 +544,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
         duplicates,
         settled_in,
     };
-    if report.ok() {
-        for d in &databases {
-            let _ = sqlx::query(&format!("DROP DATABASE {d}"))
-                .execute(&mut admin)
-                .await;
-        }
-    }
+    drop(admin);
     Ok(report)
 }
 

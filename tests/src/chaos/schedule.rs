@@ -34,11 +34,15 @@ pub enum Fault {
     BrokerRestart,
     /// Every connection to Redis is reset, new ones too.
     RedisResets,
+    /// MariaDB is killed (SIGKILL) and started again (crash recovery) when the fault ends.
+    DatabaseCrash,
+    /// MariaDB is paused (SIGSTOP) and resumed (SIGCONT) when the fault ends.
+    DatabasePause,
 }
 
 impl Fault {
     /// Every fault kind, once (coordinator and bank faults on their first instance).
-    pub const KINDS: [&'static str; 9] = [
+    pub const KINDS: [&'static str; 11] = [
         "kill coordinator",
         "pause coordinator",
         "database black hole",
@@ -48,6 +52,8 @@ impl Fault {
         "participant database black hole",
         "broker restart",
         "redis resets",
+        "database crash",
+        "database pause",
     ];
 
     /// The kind, as the report names it.
@@ -62,6 +68,8 @@ impl Fault {
             Self::ParticipantDatabaseBlackHole => Self::KINDS[6],
             Self::BrokerRestart => Self::KINDS[7],
             Self::RedisResets => Self::KINDS[8],
+            Self::DatabaseCrash => Self::KINDS[9],
+            Self::DatabasePause => Self::KINDS[10],
         }
     }
 
@@ -77,7 +85,9 @@ impl Fault {
             5 => Self::ParticipantDown(bank),
             6 => Self::ParticipantDatabaseBlackHole,
             7 => Self::BrokerRestart,
-            _ => Self::RedisResets,
+            8 => Self::RedisResets,
+            9 => Self::DatabaseCrash,
+            _ => Self::DatabasePause,
         }
     }
 }
