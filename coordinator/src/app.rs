@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::access::{AllowlistResolver, Scope};
 use crate::api::serve::ServeLimits;
-use crate::api::{router, AppState};
+use crate::api::{router, AppState, Shared};
 use crate::apply::Orchestrator;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
@@ -273,7 +273,7 @@ impl Application {
             operator_tokens = tokens.required(Scope::Operator),
             "settle coordinator started"
         );
-        let state = AppState {
+        let state = AppState::new(Shared {
             store: store.clone(),
             apply,
             driver,
@@ -281,7 +281,7 @@ impl Application {
             metrics,
             allowlist,
             tokens,
-        };
+        });
         let stop_driver = state.driver.clone();
         let stop_clock = state.apply.clock();
         let grace_ms = state.config.shutdown_grace_ms;

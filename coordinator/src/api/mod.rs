@@ -38,9 +38,27 @@ use crate::store::Store;
 use crate::telemetry::{ApiOp, Metrics};
 use error::ApiError;
 
-/// What every handler can reach.
+/// What every handler can reach: a handle on [`Shared`], cloned for every request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// A handle on `shared`.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts every handler reaches, shared by all requests.
+pub struct Shared {
     /// The store (reads).
     pub store: Store,
     /// Carries out every transition.
@@ -57,7 +75,7 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
 }
 
-impl AppState {
+impl Shared {
     /// Whether `rocketmq://` steps can be delivered.
     pub fn rocketmq_enabled(&self) -> bool {
         !self.config.rocketmq_namesrv.is_empty()

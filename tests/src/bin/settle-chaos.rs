@@ -57,6 +57,12 @@ fn main() -> ExitCode {
             .and_then(|p| p.parent().map(|d| d.join("settle-under-test")))
             .map_or_else(|| "settle".to_owned(), |p| p.display().to_string())
     });
+    if !std::path::Path::new(&binary).exists() {
+        eprintln!(
+            "settle-chaos: no coordinator binary at {binary}: build it with `cargo build -p settle-tests --bins` (add --release as for this one), or pass --binary"
+        );
+        return ExitCode::from(2);
+    }
     let options = Options {
         seed,
         duration: Duration::from_secs(args.duration),

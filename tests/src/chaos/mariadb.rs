@@ -14,6 +14,7 @@ use tokio::process::Command;
 pub struct MariaDb {
     dir: PathBuf,
     port: u16,
+    keep: bool,
 }
 
 fn find(name: &str, dirs: &[&str]) -> Option<PathBuf> {
@@ -57,6 +58,7 @@ impl MariaDb {
         let db = Self {
             dir,
             port: crate::free_port()?,
+            keep: false,
         };
         db.launch().await?;
         Ok(db)
@@ -65,6 +67,13 @@ impl MariaDb {
     /// `mysql://root@127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("mysql://root@127.0.0.1:{}", self.port)
+    }
+
+    /// Keeps its data directory when it is dropped (the server is still stopped); returns
+    /// the directory, so that a failed run can be looked into (`mariadbd --datadir=DIR`).
+    pub fn keep(&mut self) -> PathBuf {
+        self.keep = true;
+        self.dir.join("data")
     }
 
     /// Its port.
@@ -197,6 +206,8 @@ impl Drop for MariaDb {
                 .args(["-KILL", &pid])
                 .status();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }

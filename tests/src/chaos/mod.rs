@@ -545,6 +545,12 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
         settled_in,
     };
     drop(admin);
+    if !report.ok() {
+        eprintln!(
+            "[chaos] the run's databases ({prefix}_*) are kept in {}",
+            rig.mariadb.keep().display()
+        );
+    }
     Ok(report)
 }
 
