@@ -34,7 +34,7 @@ pub fn init() {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 tracing_subscriber::EnvFilter::new(
-                    "warn,rocketmq_runtime=error,rocketmq_client_rust=error",
+                    "warn,rocketmq_runtime=error,rocketmq_client_rust=error,sqlx_core::pool=error,sqlx::query=error,sqlx::pool=error",
                 )
             }),
         )

@@ -233,6 +233,11 @@ fn clone_error(e: &StoreError) -> StoreError {
     match e {
         StoreError::Txn(t) => StoreError::Txn(t.clone()),
         StoreError::Closed => StoreError::Closed,
+        // The same text once, not wrapped in a second "database error".
+        StoreError::Database(sqlx::Error::Io(io)) => StoreError::Database(sqlx::Error::Io(
+            std::io::Error::new(io.kind(), io.to_string()),
+        )),
+        StoreError::Database(e) => StoreError::Database(sqlx::Error::Protocol(e.to_string())),
         other => StoreError::Database(sqlx::Error::Protocol(other.to_string())),
     }
 }

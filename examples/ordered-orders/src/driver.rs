@@ -90,14 +90,17 @@ impl std::fmt::Display for Report {
     }
 }
 
-/// Turns an order event into the `order:{id}` cache entry it sets (state, versioned).
-pub fn decoder() -> Decoder {
-    Arc::new(|d| {
+/// Turns an order event into the `{prefix}order:{id}` cache entry it sets (its state,
+/// versioned).
+pub fn decoder(prefix: &str) -> Decoder {
+    let prefix = Arc::new(prefix.to_owned());
+    Arc::new(move |d| {
+        let prefix = prefix.clone();
         Box::pin(async move {
             let e: OrderEvent = serde_json::from_slice(&d.body)
                 .map_err(|e| format!("bad event {}: {e}", d.message_id))?;
             Ok(Some(CacheUpdate {
-                key: format!("order:{}", e.order),
+                key: format!("{prefix}order:{}", e.order),
                 version: e.version,
                 value: e.state,
             }))
@@ -167,7 +170,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
         &format!("cache-{}", &run_id[..8]),
         &o.topic,
         cache.clone(),
-        decoder(),
+        decoder(""),
     )
     .await?;
 

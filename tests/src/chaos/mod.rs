@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::process::Stdio;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -157,8 +158,19 @@ impl fmt::Display for Report {
 const OPENING: i64 = 100_000;
 /// Accounts per bank.
 const ACCOUNTS: i64 = 20;
-/// Orders the order workload moves.
-const ORDERS: i64 = 300;
+/// The order cache as the checker reads it: Redis directly, under this run's prefix.
+#[derive(Clone)]
+struct OrderCache {
+    reader: VersionedCache,
+    prefix: String,
+    last_id: Arc<AtomicI64>,
+}
+
+impl OrderCache {
+    fn key(&self, id: i64) -> String {
+        format!("{}order:{id}", self.prefix)
+    }
+}
 
 /// Everything the faults act on.
 struct Rig {
@@ -417,21 +429,22 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
         },
     )
     .await?;
-    let reader = VersionedCache::connect(&o.redis, CacheSettings::default()).await?;
-    for id in 1..=ORDERS {
-        reader.remove(&format!("order:{id}")).await?;
-    }
+    let order_cache = OrderCache {
+        reader: VersionedCache::connect(&o.redis, CacheSettings::default()).await?,
+        prefix: format!("settle:chaos:{run_id}:"),
+        last_id: Arc::new(AtomicI64::new(0)),
+    };
     let consumer = CacheConsumer::start(
         &rmq,
         &o.namesrv,
         &format!("chaos-cache-{run_id}"),
         &order_topic,
         cache,
-        settle_example_ordered_orders::decoder(),
+        settle_example_ordered_orders::decoder(&order_cache.prefix),
     )
     .await?;
     let went_back = Arc::new(Mutex::new(Vec::new()));
-    let sampler = tokio::spawn(sample_cache(reader.clone(), went_back.clone()));
+    let sampler = tokio::spawn(sample_cache(order_cache.clone(), went_back.clone()));
 
     // Load and faults.
     let stop = Stop::default();
@@ -448,7 +461,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
         Orders {
             service,
             pool: orders_pool.clone(),
-            orders: ORDERS,
+            last_id: order_cache.last_id.clone(),
         }
         .run(o.workers, stop.clone()),
     );
@@ -496,7 +509,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
             &store,
             &direct_banks,
             &orders_direct,
-            &reader,
+            &order_cache,
             &collectors,
             [&balance_topic, &order_topic],
             &went_back,
@@ -556,11 +569,11 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
 
 /// Reads the order cache every 300 ms and records an entry seen at a lower version than
 /// before.
-async fn sample_cache(cache: VersionedCache, went_back: Arc<Mutex<Vec<String>>>) {
+async fn sample_cache(cache: OrderCache, went_back: Arc<Mutex<Vec<String>>>) {
     let mut highest: HashMap<i64, i64> = HashMap::new();
     loop {
-        for id in 1..=ORDERS {
-            if let Ok(Some(e)) = cache.get(&format!("order:{id}")).await {
+        for id in 1..=cache.last_id.load(Ordering::Relaxed) {
+            if let Ok(Some(e)) = cache.reader.get(&cache.key(id)).await {
                 let top = highest.entry(id).or_insert(e.version);
                 if e.version < *top {
                     went_back
@@ -581,7 +594,7 @@ async fn gather(
     store: &MySqlPool,
     banks: &[MySqlPool; 2],
     orders: &MySqlPool,
-    cache: &VersionedCache,
+    cache: &OrderCache,
     collectors: &[Collector; 2],
     topics: [&str; 2],
     went_back: &Mutex<Vec<String>>,
@@ -595,7 +608,8 @@ async fn gather(
         .fetch_all(store)
         .await?
     {
-        e.statuses.insert(r.try_get(0)?, r.try_get(1)?);
+        e.statuses
+            .insert(r.try_get_unchecked(0)?, r.try_get_unchecked(1)?);
     }
     for r in sqlx::query(
         "SELECT message_id, gid, topic, sharding_key, COALESCE(seq, 0), status FROM outbox",
@@ -604,12 +618,12 @@ async fn gather(
     .await?
     {
         e.outbox.push(Outboxed {
-            message_id: r.try_get(0)?,
-            gid: r.try_get(1)?,
-            topic: r.try_get(2)?,
-            key: r.try_get(3)?,
-            seq: r.try_get(4)?,
-            status: r.try_get(5)?,
+            message_id: r.try_get_unchecked(0)?,
+            gid: r.try_get_unchecked(1)?,
+            topic: r.try_get_unchecked(2)?,
+            key: r.try_get_unchecked(3)?,
+            seq: r.try_get_unchecked(4)?,
+            status: r.try_get_unchecked(5)?,
         });
     }
     for (bank, pool) in e.banks.iter_mut().zip(banks) {
@@ -617,26 +631,36 @@ async fn gather(
             .fetch_all(pool)
             .await?
         {
-            bank.accounts
-                .insert(r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?, r.try_get(3)?));
+            bank.accounts.insert(
+                r.try_get_unchecked(0)?,
+                (
+                    r.try_get_unchecked(1)?,
+                    r.try_get_unchecked(2)?,
+                    r.try_get_unchecked(3)?,
+                ),
+            );
         }
         for r in sqlx::query("SELECT gid, branch_id, op, reason FROM barrier")
             .fetch_all(pool)
             .await?
         {
-            bank.barrier
-                .insert((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?));
+            bank.barrier.insert((
+                r.try_get_unchecked(0)?,
+                r.try_get_unchecked(1)?,
+                r.try_get_unchecked(2)?,
+                r.try_get_unchecked(3)?,
+            ));
         }
     }
     for r in sqlx::query("SELECT id, version FROM orders")
         .fetch_all(orders)
         .await?
     {
-        let id: i64 = r.try_get(0)?;
-        e.orders.insert(id, r.try_get(1)?);
+        let id: i64 = r.try_get_unchecked(0)?;
+        e.orders.insert(id, r.try_get_unchecked(1)?);
         e.cached_orders.insert(
             id,
-            cache.get(&format!("order:{id}")).await?.map(|c| c.version),
+            cache.reader.get(&cache.key(id)).await?.map(|c| c.version),
         );
     }
     for (collector, topic) in collectors.iter().zip(topics) {

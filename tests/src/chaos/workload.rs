@@ -6,9 +6,9 @@
 //!   by account. The banks refuse a share of Tries and fail a share of Confirms on purpose.
 //! - **Orders** (transactional messages): the ordered-orders example's service moves orders
 //!   through their states, each step one local transaction with a message keyed by the
-//!   order; a cache consumer keeps `order:{id}` in Redis.
+//!   order; a cache consumer keeps each order's state in Redis.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -96,7 +96,12 @@ impl Transfers {
             set.spawn(async move {
                 while !stop.stopped() {
                     let t = w.one().await;
+                    let refused = t.told != Told::Committed;
                     lock(&done).push(t);
+                    if refused {
+                        // As a client would: do not hammer a system that just said no.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
             });
         }
@@ -142,10 +147,10 @@ impl Transfers {
 pub struct Orders {
     /// The order service (its client goes through the balancer).
     pub service: settle_example_ordered_orders::service::OrderService,
-    /// The service's database, read directly to learn an order's state.
+    /// The service's database, read to learn where an order is.
     pub pool: MySqlPool,
-    /// Orders (ids 1..=orders).
-    pub orders: i64,
+    /// The last order id taken (ids start at 1), shared with whoever reads the orders.
+    pub last_id: Arc<AtomicI64>,
 }
 
 /// What the order workload did.
@@ -157,9 +162,14 @@ pub struct OrderCounts {
     pub failed: u64,
 }
 
+/// Attempts at one step of an order before it is left where it is.
+const STEP_ATTEMPTS: usize = 5;
+
 impl Orders {
-    /// Runs `workers` workers, each moving a random unfinished order one step at a time,
-    /// until `stop` or every order is completed.
+    /// Runs `workers` workers until `stop`, each taking a new order and moving it through
+    /// every state, one local transaction with its message per step. A step that fails is
+    /// tried again from where the database says the order is (a step whose answer was lost
+    /// may have committed).
     pub async fn run(self, workers: usize, stop: Stop) -> OrderCounts {
         let (committed, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let mut set = tokio::task::JoinSet::new();
@@ -168,29 +178,27 @@ impl Orders {
             let (committed, failed) = (committed.clone(), failed.clone());
             set.spawn(async move {
                 while !stop.stopped() {
-                    let id = rand::rng().random_range(1..=w.orders);
-                    // The database says where the order is (a step whose answer was lost may
-                    // have committed).
-                    let step: Option<i64> =
-                        match sqlx::query_scalar("SELECT version FROM orders WHERE id = ?")
-                            .bind(id)
-                            .fetch_optional(&w.pool)
-                            .await
-                        {
-                            Ok(v) => v,
-                            Err(_) => {
-                                tokio::time::sleep(Duration::from_millis(100)).await;
+                    let id = w.last_id.fetch_add(1, Ordering::Relaxed) + 1;
+                    let mut attempts = 0;
+                    while attempts < STEP_ATTEMPTS && !stop.stopped() {
+                        let step = match w.step_of(id).await {
+                            Some(step) if step >= STATES.len() => break,
+                            Some(step) => step,
+                            None => {
+                                attempts += 1;
+                                tokio::time::sleep(Duration::from_millis(200)).await;
                                 continue;
                             }
                         };
-                    let step = usize::try_from(step.unwrap_or(0)).unwrap_or(0);
-                    if step >= STATES.len() {
-                        continue;
+                        if w.service.advance(id, step).await.is_ok() {
+                            committed.fetch_add(1, Ordering::Relaxed);
+                            attempts = 0;
+                        } else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            attempts += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                     }
-                    match w.service.advance(id, step).await {
-                        Ok(_) => committed.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                    };
                 }
             });
         }
@@ -199,6 +207,17 @@ impl Orders {
             committed: committed.load(Ordering::Relaxed),
             failed: failed.load(Ordering::Relaxed),
         }
+    }
+
+    /// The next step of order `id` (0 if it does not exist yet); none if the database cannot
+    /// tell now.
+    async fn step_of(&self, id: i64) -> Option<usize> {
+        let version: Option<i64> = sqlx::query_scalar("SELECT version FROM orders WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .ok()?;
+        Some(usize::try_from(version.unwrap_or(0)).unwrap_or(0))
     }
 }
 
