@@ -182,6 +182,16 @@ impl Application {
             .dns_resolver(Arc::new(AllowlistResolver(allowlist.clone())))
             .build()?;
         let metrics = Arc::new(Metrics::default());
+        let upkept = Arc::downgrade(&metrics);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                match upkept.upgrade() {
+                    Some(m) => m.upkeep(),
+                    None => return,
+                }
+            }
+        });
         let dispatch = Arc::new(tokio::sync::Notify::new());
         let apply = Orchestrator::new(
             store.clone(),

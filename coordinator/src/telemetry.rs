@@ -1,12 +1,22 @@
 //! Logs and metrics.
 //!
 //! Logs are structured `tracing` events, one per state change, with the gid, branch and
-//! outcome as fields; `RUST_LOG` sets the level (default `info`). Metrics are counters kept
-//! in memory and served in Prometheus' text format at `/api/metrics`.
+//! outcome as fields; `RUST_LOG` sets the level (default `info`). Metrics go through the
+//! `metrics` crate into a Prometheus recorder of this instance's own (not the process-wide
+//! one, so that several coordinators in one process, as in tests, keep theirs apart), and are
+//! served in Prometheus' text format at `/api/metrics`.
+//!
+//! DTM's metric names and labels are kept, so that dashboards and alerts written for DTM work
+//! (without DTM's per-gid and per-branch labels, which grow without bound):
+//! `dtm_server_process_total{type,api,status}`, `dtm_server_response_duration{type,api}`
+//! (seconds), `dtm_transaction_process_total{model,status}`,
+//! `dtm_transaction_handled_duration{model}` (seconds from creation to the final status),
+//! `dtm_branch_process_total{model,branchtype,status}`. Settle's own are named `settle_*`.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use settle_protocol::BranchOutcome;
 use tracing_subscriber::EnvFilter;
 
@@ -35,14 +45,22 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// Counters of what this instance did since it started.
-#[derive(Debug, Default)]
+/// What this instance did since it started, as Prometheus metrics.
 pub struct Metrics {
-    requests: [AtomicU64; 6],
-    finished_succeeded: AtomicU64,
-    finished_failed: AtomicU64,
-    branch_calls: [AtomicU64; 4],
-    dead_lettered: AtomicU64,
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// The API operations that are counted.
@@ -71,87 +89,194 @@ const API_OPS: [&str; 6] = [
     "rejected",
 ];
 
-const OUTCOMES: [BranchOutcome; 4] = [
-    BranchOutcome::Success,
-    BranchOutcome::Failure,
-    BranchOutcome::Ongoing,
-    BranchOutcome::Error,
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// Buckets of the duration histograms, in seconds.
+const SECONDS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
+
+const DESCRIPTIONS: [(&str, &str); 10] = [
+    (
+        "dtm_server_process_total",
+        "All requests received, by type, api and status (ok: below 400).",
+    ),
+    (
+        "dtm_server_response_duration",
+        "Seconds to answer a request, by type and api.",
+    ),
+    (
+        "dtm_transaction_process_total",
+        "Transactions that reached a final status, by model and status (ok: succeed).",
+    ),
+    (
+        "dtm_transaction_handled_duration",
+        "Seconds from a transaction's creation to its final status, by model.",
+    ),
+    (
+        "dtm_branch_process_total",
+        "Branch calls, by model, branchtype (the operation) and status (ok: success).",
+    ),
+    ("settle_requests_total", "API requests by operation."),
+    (
+        "settle_transactions_finished_total",
+        "Transactions that reached a final status.",
+    ),
+    (
+        "settle_branch_calls_total",
+        "Branch calls by classified outcome.",
+    ),
+    (
+        "settle_messages_dead_lettered_total",
+        "Messages this instance dead-lettered after the broker refused them.",
+    ),
+    (
+        "settle_unfinished_transactions",
+        "Unfinished transactions in the store by status.",
+    ),
 ];
 
 impl Metrics {
+    /// An empty set of metrics with its own recorder.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&SECONDS)
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+            .build_recorder();
+        for (name, help) in DESCRIPTIONS {
+            recorder.describe_counter(name.into(), None, SharedString::const_str(help));
+        }
+        let handle = recorder.handle();
+        Self { recorder, handle }
+    }
+
+    fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+        Key::from_parts(
+            name,
+            labels
+                .iter()
+                .map(|(k, v)| Label::new(*k, (*v).to_owned()))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+        self.recorder
+            .register_counter(&Self::key(name, labels), &METADATA)
+    }
+
+    fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
+        self.recorder
+            .register_histogram(&Self::key(name, labels), &METADATA)
+    }
+
+    fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+        self.recorder
+            .register_gauge(&Self::key(name, labels), &METADATA)
+    }
+
     /// Counts one API request.
     pub fn request(&self, op: ApiOp) {
-        self.requests[op as usize].fetch_add(1, Ordering::Relaxed);
+        self.counter("settle_requests_total", &[("op", API_OPS[op as usize])])
+            .increment(1);
     }
 
-    /// Counts one transaction reaching a final status.
-    pub fn transaction_finished(&self, status: GlobalStatus) {
-        match status {
-            GlobalStatus::Succeeded => self.finished_succeeded.fetch_add(1, Ordering::Relaxed),
-            _ => self.finished_failed.fetch_add(1, Ordering::Relaxed),
+    /// Counts one HTTP request answered with `status` after `took`, as DTM does: `api` is
+    /// the last segment of the path.
+    pub fn http_request(&self, api: &str, status: u16, took: Duration) {
+        let ok = if status >= 400 { "fail" } else { "ok" };
+        self.counter(
+            "dtm_server_process_total",
+            &[("type", "http"), ("api", api), ("status", ok)],
+        )
+        .increment(1);
+        self.histogram(
+            "dtm_server_response_duration",
+            &[("type", "http"), ("api", api)],
+        )
+        .record(took.as_secs_f64());
+    }
+
+    /// Counts one transaction of type `model` reaching its final `status`, `age_ms` after it
+    /// was created.
+    pub fn transaction_finished(&self, model: &str, status: GlobalStatus, age_ms: i64) {
+        let (name, ok) = match status {
+            GlobalStatus::Succeeded => ("succeed", "ok"),
+            _ => ("failed", "fail"),
         };
+        self.counter("settle_transactions_finished_total", &[("status", name)])
+            .increment(1);
+        self.counter(
+            "dtm_transaction_process_total",
+            &[("model", model), ("status", ok)],
+        )
+        .increment(1);
+        #[allow(clippy::cast_precision_loss)]
+        let seconds = age_ms.max(0) as f64 / 1000.0;
+        self.histogram("dtm_transaction_handled_duration", &[("model", model)])
+            .record(seconds);
     }
 
-    /// Counts one branch call by outcome.
-    pub fn branch_called(&self, outcome: BranchOutcome) {
-        let i = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(3);
-        self.branch_calls[i].fetch_add(1, Ordering::Relaxed);
+    /// Counts one call of a branch operation (`op`: `confirm`, `cancel`, ...) of a
+    /// transaction of type `model`, by outcome.
+    pub fn branch_called(&self, model: &str, op: &str, outcome: BranchOutcome) {
+        self.counter(
+            "settle_branch_calls_total",
+            &[("outcome", outcome.as_str())],
+        )
+        .increment(1);
+        let ok = if outcome == BranchOutcome::Success {
+            "ok"
+        } else {
+            "fail"
+        };
+        self.counter(
+            "dtm_branch_process_total",
+            &[("model", model), ("branchtype", op), ("status", ok)],
+        )
+        .increment(1);
     }
 
     /// Counts one message dead-lettered.
     pub fn dead_lettered(&self) {
-        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.counter("settle_messages_dead_lettered_total", &[])
+            .increment(1);
     }
 
-    /// The counters in Prometheus' text format, plus the given gauge of unfinished
-    /// transactions by status.
+    /// Sets a gauge read from the store at scrape time (`settle_outbox_backlog`, say).
+    pub fn set_gauge(&self, name: &'static str, labels: &[(&'static str, &str)], value: f64) {
+        self.gauge(name, labels).set(value);
+    }
+
+    /// Sets a counter kept elsewhere (by the store, say) to its current total.
+    pub fn set_counter(&self, name: &'static str, labels: &[(&'static str, &str)], total: u64) {
+        self.counter(name, labels).absolute(total);
+    }
+
+    /// Describes a metric that has no description yet.
+    pub fn describe(&self, name: &'static str, help: &'static str) {
+        self.recorder
+            .describe_gauge(name.into(), None, SharedString::const_str(help));
+    }
+
+    /// Everything in Prometheus' text format, with the unfinished transactions by status
+    /// (read from the store by the caller) as a gauge.
     pub fn render(&self, unfinished: &[(String, i64)]) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP settle_requests_total API requests by operation.\n");
-        out.push_str("# TYPE settle_requests_total counter\n");
-        for (i, name) in API_OPS.iter().enumerate() {
-            let v = self.requests[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "settle_requests_total{{op=\"{name}\"}} {v}");
-        }
-        out.push_str(
-            "# HELP settle_transactions_finished_total Transactions that reached a final status.\n",
-        );
-        out.push_str("# TYPE settle_transactions_finished_total counter\n");
-        let _ = writeln!(
-            out,
-            "settle_transactions_finished_total{{status=\"succeed\"}} {}",
-            self.finished_succeeded.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "settle_transactions_finished_total{{status=\"failed\"}} {}",
-            self.finished_failed.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP settle_branch_calls_total Branch calls by classified outcome.\n");
-        out.push_str("# TYPE settle_branch_calls_total counter\n");
-        for (i, o) in OUTCOMES.iter().enumerate() {
-            let v = self.branch_calls[i].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "settle_branch_calls_total{{outcome=\"{}\"}} {v}",
-                o.as_str()
-            );
-        }
-        out.push_str("# HELP settle_messages_dead_lettered_total Messages this instance dead-lettered after the broker refused them.\n");
-        out.push_str("# TYPE settle_messages_dead_lettered_total counter\n");
-        let _ = writeln!(
-            out,
-            "settle_messages_dead_lettered_total {}",
-            self.dead_lettered.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP settle_unfinished_transactions Unfinished transactions in the store by status.\n");
-        out.push_str("# TYPE settle_unfinished_transactions gauge\n");
         for (status, n) in unfinished {
-            let _ = writeln!(
-                out,
-                "settle_unfinished_transactions{{status=\"{status}\"}} {n}"
+            #[allow(clippy::cast_precision_loss)]
+            self.set_gauge(
+                "settle_unfinished_transactions",
+                &[("status", status)],
+                *n as f64,
             );
         }
-        out
+        self.handle.render()
+    }
+
+    /// Folds recorded histogram samples into their buckets; run it every few seconds, so that
+    /// memory stays bounded between scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
     }
 }

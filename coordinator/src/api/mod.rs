@@ -120,7 +120,26 @@ pub fn router(state: AppState) -> Router {
         .merge(health)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(body::close_when_unread))
+        .layer(from_fn_with_state(state.clone(), measure))
         .with_state(state)
+}
+
+/// Counts and times every request, as DTM's `dtm_server_*` metrics do (by the last segment
+/// of the path).
+async fn measure(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let api = request
+        .uri()
+        .path()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .http_request(&api, response.status().as_u16(), started.elapsed());
+    response
 }
 
 async fn authorize(

@@ -358,25 +358,30 @@ pub async fn outbox(
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let unfinished = state.store.count_unfinished().await?;
     let (backlog, _) = state.store.outbox_backlog().await?;
-    let mut text = state.metrics.render(&unfinished);
-    text.push_str(
-        "# HELP settle_outbox_backlog Committed messages not yet acknowledged by their broker.\n",
-    );
-    text.push_str("# TYPE settle_outbox_backlog gauge\n");
-    text.push_str(&format!("settle_outbox_backlog {backlog}\n"));
     let dead = state.store.outbox_dead().await?;
-    text.push_str(
-        "# HELP settle_outbox_dead_letters Messages dead-lettered (refused by the broker) and not redriven.\n",
+    let m = &state.metrics;
+    m.describe(
+        "settle_outbox_backlog",
+        "Committed messages not yet acknowledged by their broker.",
     );
-    text.push_str("# TYPE settle_outbox_dead_letters gauge\n");
-    text.push_str(&format!("settle_outbox_dead_letters {dead}\n"));
-    text.push_str(
-        "# HELP settle_transactions_set_aside_total Stored transactions found unreadable and set aside (never driven; see their last_error).\n",
+    m.describe(
+        "settle_outbox_dead_letters",
+        "Messages dead-lettered (refused by the broker) and not redriven.",
     );
-    text.push_str("# TYPE settle_transactions_set_aside_total counter\n");
-    text.push_str(&format!(
-        "settle_transactions_set_aside_total {}\n",
-        state.store.set_aside_count()
-    ));
+    m.describe(
+        "settle_transactions_set_aside_total",
+        "Stored transactions found unreadable and set aside (never driven; see their last_error).",
+    );
+    #[allow(clippy::cast_precision_loss)]
+    {
+        m.set_gauge("settle_outbox_backlog", &[], backlog as f64);
+        m.set_gauge("settle_outbox_dead_letters", &[], dead as f64);
+        m.set_counter(
+            "settle_transactions_set_aside_total",
+            &[],
+            state.store.set_aside_count(),
+        );
+    }
+    let text = m.render(&unfinished);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }

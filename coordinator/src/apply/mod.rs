@@ -137,7 +137,11 @@ impl Orchestrator {
     fn finished(&self, applied: &Applied) {
         if let Some(t) = &applied.current.txn {
             if !applied.duplicate && t.status.is_final() {
-                self.metrics.transaction_finished(t.status);
+                self.metrics.transaction_finished(
+                    t.trans_type.as_str(),
+                    t.status,
+                    self.clock.now_ms() - t.create_time,
+                );
             }
             if t.status.is_final() {
                 let waiting = self

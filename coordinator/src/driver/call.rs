@@ -45,10 +45,11 @@ impl Driver {
             "driver::before_call"
         ));
         if let Err(refused) = self.inner.settings.allowlist.check_url(&branch.url) {
-            self.inner
-                .apply
-                .metrics()
-                .branch_called(BranchOutcome::Error);
+            self.inner.apply.metrics().branch_called(
+                txn.trans_type.as_str(),
+                branch.op.as_str(),
+                BranchOutcome::Error,
+            );
             return CallResult {
                 outcome: BranchOutcome::Error,
                 detail: refused.to_string(),
@@ -92,7 +93,11 @@ impl Driver {
                 },
             },
         };
-        self.inner.apply.metrics().branch_called(result.outcome);
+        self.inner.apply.metrics().branch_called(
+            txn.trans_type.as_str(),
+            branch.op.as_str(),
+            result.outcome,
+        );
         // The participant answered; its outcome is not recorded yet.
         fail::fail_point!("driver::after_answer", |_| CallResult::injected(
             "driver::after_answer"
