@@ -135,6 +135,7 @@ pub struct SettleClient {
     api: String,
     http: reqwest::Client,
     token: Option<String>,
+    traceparent: Option<String>,
     outcome_wait: Duration,
 }
 
@@ -166,6 +167,7 @@ impl SettleClient {
             api: api_url.into().trim_end_matches('/').to_owned(),
             http,
             token: None,
+            traceparent: None,
             outcome_wait: Duration::from_secs(10),
         }
     }
@@ -233,6 +235,30 @@ impl SettleClient {
         self
     }
 
+    /// The same client sending this W3C `traceparent` (the caller's current span) with every
+    /// request, to the coordinator and to the Tries it calls: the coordinator carries its trace
+    /// id on to every branch call and published message of the transaction. An invalid value
+    /// is not sent.
+    #[must_use]
+    pub fn with_traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        let tp = traceparent.into();
+        self.traceparent = settle_protocol::trace::is_valid(&tp).then_some(tp);
+        self
+    }
+
+    /// The `traceparent` this client sends, if any.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
+    }
+
+    /// `request` with this client's `traceparent`, if it has one.
+    pub fn traced(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.traceparent {
+            Some(tp) => request.header(settle_protocol::trace::HEADER, tp),
+            None => request,
+        }
+    }
+
     /// The API URL.
     pub fn api_url(&self) -> &str {
         &self.api
@@ -257,6 +283,7 @@ impl SettleClient {
             Some(token) => request.bearer_auth(token),
             None => request,
         };
+        let request = self.traced(request);
         let response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
         let body = response.text().await.map_err(transport)?;

@@ -145,11 +145,9 @@ impl Tcc {
             ("branch_id", branch_id.as_str()),
             ("op", names::OP_TRY),
         ];
-        let response = self
-            .inner
-            .client
-            .http()
-            .post(try_url)
+        let client = &self.inner.client;
+        let response = client
+            .traced(client.http().post(try_url))
             .query(&params)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(data)

@@ -16,6 +16,7 @@ pub mod answer;
 pub mod branch;
 pub mod names;
 pub mod request;
+pub mod trace;
 
 pub use answer::{DtmResult, QueryAnswer, TransBranchView, TransGlobalView};
 pub use branch::{classify_answer, BranchOutcome, BranchParams};

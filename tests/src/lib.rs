@@ -225,6 +225,8 @@ pub struct Call {
     pub answered: u16,
     /// When it arrived.
     pub at: Instant,
+    /// The W3C `traceparent` it carried.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Default)]
@@ -381,6 +383,7 @@ async fn participant_call(
     State(state): State<Arc<Mutex<Behaviour>>>,
     Path(op): Path<String>,
     Query(params): Query<BranchParams>,
+    headers: axum::http::HeaderMap,
     body: String,
 ) -> Response {
     let (status, delay) = {
@@ -427,6 +430,10 @@ async fn participant_call(
             body,
             answered: status,
             at: Instant::now(),
+            traceparent: headers
+                .get(settle_protocol::trace::HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
         });
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     match status {

@@ -56,6 +56,7 @@ fn txn(gid: &str, status: GlobalStatus, now: i64) -> GlobalTxn {
         branch_headers: [("x-tenant".to_owned(), "7".to_owned())].into(),
         concurrent: false,
         wait_result: false,
+        traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
         retry_limit: 0,
     };
     let mut t = GlobalTxn::new(gid, TransType::Tcc, status, options, now);

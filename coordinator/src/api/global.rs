@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::Json;
-use settle_protocol::{DtmResult, GlobalRequest};
+use settle_protocol::{trace, DtmResult, GlobalRequest};
 use tracing::info;
 
 use super::body::JsonBody;
@@ -68,6 +69,17 @@ fn check(state: &AppState, req: GlobalRequest) -> Result<Checked, ApiError> {
     result
 }
 
+/// The request's W3C `traceparent`, if it sent a valid one (an invalid one is ignored, as
+/// the W3C recommendation says).
+fn traceparent(headers: &HeaderMap) -> String {
+    headers
+        .get(trace::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| trace::is_valid(v))
+        .map(str::to_owned)
+        .unwrap_or_default()
+}
+
 /// The transaction a request describes, as it would be created at `now` in `status`.
 fn new_txn(c: &Checked, status: GlobalStatus, now: i64) -> GlobalTxn {
     let mut txn = GlobalTxn::new(
@@ -90,9 +102,11 @@ fn new_txn(c: &Checked, status: GlobalStatus, now: i64) -> GlobalTxn {
 /// 400 for bad input, 409 if the transaction exists and is no longer prepared.
 pub async fn prepare(
     State(state): State<AppState>,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<GlobalRequest>,
 ) -> Result<Json<DtmResult>, ApiError> {
-    let c = check(&state, req)?;
+    let mut c = check(&state, req)?;
+    c.options.traceparent = traceparent(&headers);
     if !require(c.trans_type)?.steps_at_prepare() && !c.steps.is_empty() {
         state.metrics.request(ApiOp::Rejected);
         return Err(ApiError::bad(
@@ -194,9 +208,11 @@ async fn start_phase_two(
 /// 400 for bad input, 409 after an abort.
 pub async fn submit(
     State(state): State<AppState>,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<GlobalRequest>,
 ) -> Result<Json<DtmResult>, ApiError> {
-    let c = check(&state, req)?;
+    let mut c = check(&state, req)?;
+    c.options.traceparent = traceparent(&headers);
     state.metrics.request(ApiOp::Submit);
     let wait = c.options.wait_result;
     let txn = new_txn(&c, GlobalStatus::Submitted, state.apply.clock().now_ms());

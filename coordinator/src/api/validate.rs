@@ -377,6 +377,7 @@ pub fn options(req: &GlobalRequest, config: &Config) -> Result<TransOptions, Api
         concurrent: req.concurrent,
         wait_result: req.wait_result,
         retry_limit: req.retry_limit,
+        traceparent: String::new(),
     })
 }
 

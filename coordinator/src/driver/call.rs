@@ -33,6 +33,23 @@ impl CallResult {
     }
 }
 
+/// Adds what every call for `txn` carries: its `branch_headers`, and the initiator's trace
+/// with this call as a span of its own.
+fn with_transaction_headers(
+    mut request: reqwest::RequestBuilder,
+    txn: &GlobalTxn,
+) -> reqwest::RequestBuilder {
+    for (k, v) in &txn.options.branch_headers {
+        request = request.header(k.as_str(), v.as_str());
+    }
+    if let Some(tp) =
+        settle_protocol::trace::child(&txn.options.traceparent, rand::random::<u64>() | 1)
+    {
+        request = request.header(settle_protocol::trace::HEADER, tp);
+    }
+    request
+}
+
 fn request_timeout(txn: &GlobalTxn) -> Duration {
     Duration::from_secs(u64::try_from(txn.options.request_timeout).unwrap_or(3))
 }
@@ -72,9 +89,7 @@ impl Driver {
             .query(&params)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .timeout(timeout);
-        for (k, v) in &txn.options.branch_headers {
-            request = request.header(k.as_str(), v.as_str());
-        }
+        request = with_transaction_headers(request, txn);
         let result = match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -150,9 +165,7 @@ impl Driver {
             .get(&txn.query_prepared)
             .query(&params)
             .timeout(timeout);
-        for (k, v) in &txn.options.branch_headers {
-            request = request.header(k.as_str(), v.as_str());
-        }
+        request = with_transaction_headers(request, txn);
         match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();

@@ -31,6 +31,10 @@ pub struct TransOptions {
     /// Retries after which automatic retrying stops (`0`: never stops).
     #[serde(default)]
     pub retry_limit: i64,
+    /// The W3C `traceparent` the initiator sent (empty: none): every branch call carries
+    /// its trace id on, so that one business request is one trace across services.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub traceparent: String,
 }
 
 impl std::fmt::Debug for TransOptions {
@@ -46,6 +50,7 @@ impl std::fmt::Debug for TransOptions {
             .field("concurrent", &self.concurrent)
             .field("wait_result", &self.wait_result)
             .field("retry_limit", &self.retry_limit)
+            .field("traceparent", &self.traceparent)
             .finish()
     }
 }
@@ -207,6 +212,7 @@ pub(crate) fn sample(trans_type: TransType, status: GlobalStatus) -> GlobalTxn {
         concurrent: false,
         wait_result: false,
         retry_limit: 0,
+        traceparent: String::new(),
     };
     GlobalTxn::new("g", trans_type, status, options, 1_000_000)
 }
