@@ -90,6 +90,33 @@ async fn keep_aligned(store: Store, clock: Clock, mut shutdown: watch::Receiver<
     }
 }
 
+/// Writes this instance's row of `settle_instance` every 5 s, so that operators see which
+/// coordinators share the database.
+async fn report_alive(
+    store: Store,
+    clock: Clock,
+    id: String,
+    address: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let started_time = clock.now_ms();
+    loop {
+        let me = crate::store::Heartbeat {
+            id: &id,
+            address: &address,
+            version: env!("CARGO_PKG_VERSION"),
+            started_time,
+        };
+        if let Err(e) = store.heartbeat(&me, clock.now_ms()).await {
+            warn!(error = %crate::telemetry::error_chain(&e), "cannot record this instance in the store");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// A started coordinator.
 pub struct Application {
     address: SocketAddr,
@@ -257,6 +284,13 @@ impl Application {
             config.claim_batch,
         );
         let scheduler = tokio::spawn(scheduler.run(shutdown_rx.clone()));
+        tokio::spawn(report_alive(
+            store.clone(),
+            clock.clone(),
+            instance_id.clone(),
+            address.to_string(),
+            shutdown_rx.clone(),
+        ));
         if clock.is_alignable() {
             tokio::spawn(keep_aligned(
                 store.clone(),

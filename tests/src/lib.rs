@@ -5,6 +5,7 @@
 //! The tests need a real MySQL (MariaDB) at `SETTLE_TEST_MYSQL_URL` (default
 //! `mysql://root@127.0.0.1:3306`); `deploy/test.sh` starts one.
 
+pub mod browser;
 pub mod chaos;
 pub mod proxy;
 

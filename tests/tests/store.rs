@@ -56,8 +56,8 @@ fn txn(gid: &str, status: GlobalStatus, now: i64) -> GlobalTxn {
         branch_headers: [("x-tenant".to_owned(), "7".to_owned())].into(),
         concurrent: false,
         wait_result: false,
-        traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
         retry_limit: 0,
+        traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
     };
     let mut t = GlobalTxn::new(gid, TransType::Tcc, status, options, now);
     t.custom_data = "{\"k\":\"v\"}".to_owned();
@@ -683,6 +683,143 @@ on_both!(listing_pages_newest_first_with_filters, |store| {
     assert_eq!(window.len(), 2);
     let counts = store.count_unfinished().await.unwrap();
     assert_eq!(counts, [("prepared".to_owned(), 3)]);
+});
+
+on_both!(
+    operators_find_stuck_transactions_read_their_timeline_and_retry_them,
+    |store| {
+        // (gid, status, failed rounds, next due)
+        for (gid, status, retries, due) in [
+            ("shop_1", GlobalStatus::Submitted, 5, 1_000),
+            ("shop-2", GlobalStatus::Submitted, 1, 90_000),
+            ("shopX3", GlobalStatus::Aborting, 0, 95_000),
+            ("bank-1", GlobalStatus::Submitted, 7, 99_000),
+            ("shop-4", GlobalStatus::Succeeded, 9, 1_000),
+        ] {
+            let mut t = txn(gid, status, 500);
+            t.retry_count = retries;
+            t.next_cron_time = due;
+            insert(&store, t, vec![]).await;
+        }
+        let gids = |f: ListFilter| {
+            let store = store.clone();
+            async move {
+                let (page, _) = store.list(&ListFilter { limit: 10, ..f }).await.unwrap();
+                let mut g: Vec<String> = page.into_iter().map(|t| t.gid).collect();
+                g.sort();
+                g
+            }
+        };
+        // `_` in a prefix is itself, not any character.
+        let prefixed = gids(ListFilter {
+            gid_prefix: Some("shop_".into()),
+            ..ListFilter::default()
+        })
+        .await;
+        assert_eq!(prefixed, ["shop_1"]);
+        let retried = gids(ListFilter {
+            retried_more_than: Some(3),
+            ..ListFilter::default()
+        })
+        .await;
+        assert_eq!(
+            retried,
+            ["bank-1", "shop_1"],
+            "finished ones are never stuck"
+        );
+        let overdue = gids(ListFilter {
+            due_before: Some(50_000),
+            ..ListFilter::default()
+        })
+        .await;
+        assert_eq!(overdue, ["shop_1"]);
+
+        // A round that did not settle is one line of the timeline.
+        for (round, at) in [(6, 2_000), (7, 3_000)] {
+            store
+                .write("bank-1", move |_, _| {
+                    let mut c = Change::at(at);
+                    c.next_cron_time = Some(at + 60_000);
+                    c.retry = Some(RetryNote {
+                        interval_s: 60,
+                        count: round,
+                        last_error: format!("branch 01 confirm: HTTP 500 (round {round})"),
+                    });
+                    Ok(Decision::Apply(c))
+                })
+                .await
+                .unwrap();
+        }
+        let timeline = store.attempts("bank-1", 10).await.unwrap();
+        assert_eq!(
+            timeline
+                .iter()
+                .map(|a| (a.at, a.round, a.next_retry))
+                .collect::<Vec<_>>(),
+            [(2_000, 6, 62_000), (3_000, 7, 63_000)]
+        );
+        assert!(timeline[1].error.contains("round 7"));
+
+        // Bulk retry by filter touches only what waits and matches.
+        let n = store
+            .reset_cron_where(
+                &ListFilter {
+                    gid_prefix: Some("shop".into()),
+                    ..ListFilter::default()
+                },
+                10_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            n, 2,
+            "shop-2 and shopX3 wait; shop_1 is due already, shop-4 finished"
+        );
+        let t = store.find("shop-2").await.unwrap().unwrap();
+        assert_eq!((t.next_cron_time, t.retry_count), (10_000, 0));
+        assert_eq!(store.find("bank-1").await.unwrap().unwrap().retry_count, 7);
+
+        // The timeline goes with its transaction.
+        store
+            .write("bank-1", |_, _| {
+                let mut c = Change::at(4_000);
+                c.to = Some(GlobalStatus::Succeeded);
+                Ok(Decision::Apply(c))
+            })
+            .await
+            .unwrap();
+        store.purge_finished(i64::MAX, 10).await.unwrap();
+        assert!(store.attempts("bank-1", 10).await.unwrap().is_empty());
+    }
+);
+
+on_both!(instances_report_themselves_and_what_they_hold, |store| {
+    use settle_coordinator::store::Heartbeat;
+    for (id, now) in [("a", 1_000), ("b", 2_000), ("a", 3_000)] {
+        let me = Heartbeat {
+            id,
+            address: "127.0.0.1:1",
+            version: "1",
+            started_time: 500,
+        };
+        store.heartbeat(&me, now).await.unwrap();
+    }
+    let mut t = txn("held", GlobalStatus::Submitted, 500);
+    t.owner = "b".into();
+    t.lease_token = "tok".into();
+    t.lease_expire = 10_000;
+    insert(&store, t, vec![]).await;
+    let instances = store.instances(5_000).await.unwrap();
+    assert_eq!(
+        instances
+            .iter()
+            .map(|i| (i.id.as_str(), i.seen_time, i.transactions))
+            .collect::<Vec<_>>(),
+        [("a", 3_000, 0), ("b", 2_000, 1)]
+    );
+    // Once the lease ran out, b holds nothing.
+    let later = store.instances(20_000).await.unwrap();
+    assert!(later.iter().all(|i| i.transactions == 0), "{later:?}");
 });
 
 #[tokio::test]

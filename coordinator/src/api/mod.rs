@@ -1,4 +1,5 @@
-//! The HTTP API: DTM's routes under `/api/dtmsvr`, plus `/api/metrics`.
+//! The HTTP API: DTM's routes under `/api/dtmsvr`, plus `/api/metrics`, the operator routes
+//! under `/api/admin` and the admin UI at `/admin`.
 //!
 //! Each route needs a scope ([`crate::access::tokens`]): `client` for running transactions
 //! and reading them, `operator` for steering them and for metrics.
@@ -11,8 +12,10 @@
 //! - [`global`]: `prepare`, `submit`, `abort`, `forceStop`.
 //! - [`branch`]: `registerBranch` and its aliases.
 //! - [`read`]: `query`, `all`, `newGid`, `version`, the cron resets and metrics.
+//! - [`admin`]: the admin UI and the operator routes it reads.
 //! - [`validate`]: input rules; [`body`]: extractors with clear errors; [`error`]: answers.
 
+pub mod admin;
 pub mod body;
 pub mod branch;
 pub mod error;
@@ -108,9 +111,19 @@ pub fn router(state: AppState) -> Router {
         .route("/api/metrics", get(read::metrics))
         .route("/api/admin/redrive", post(read::redrive))
         .route("/api/admin/outbox", get(read::outbox))
+        .route("/api/admin/transactions", get(admin::transactions))
+        .route("/api/admin/transaction", get(admin::transaction))
+        .route("/api/admin/retry", post(admin::retry))
+        .route("/api/admin/backlog", get(admin::backlog))
+        .route("/api/admin/instances", get(admin::instances))
         .route_layer(from_fn_with_state(state.clone(), operator_scope));
-    // Probes need no token: they tell only whether the process and its store are up.
+    // Probes need no token: they tell only whether the process and its store are up. Nor
+    // do the admin page's files: they hold no data.
     let health = Router::new()
+        .route("/admin", get(admin::index))
+        .route("/admin/", get(admin::index))
+        .route("/admin/app.js", get(admin::script))
+        .route("/admin/app.css", get(admin::style))
         .route("/api/ping", any(read::ping))
         .route("/livez", get(read::livez))
         .route("/readyz", get(read::readyz));

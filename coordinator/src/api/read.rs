@@ -62,7 +62,8 @@ pub fn global_view(t: &GlobalTxn, operator: bool) -> TransGlobalView {
     }
 }
 
-fn branch_view(b: &BranchOp) -> TransBranchView {
+/// The view `query` shows of a branch operation.
+pub fn branch_view(b: &BranchOp) -> TransBranchView {
     TransBranchView {
         gid: b.gid.clone(),
         url: b.url.clone(),
@@ -126,6 +127,13 @@ pub async fn new_gid() -> Json<NewGidAnswer> {
 pub struct GidParam {
     #[serde(default)]
     gid: String,
+}
+
+impl GidParam {
+    /// The gid asked for (empty when none).
+    pub fn gid(&self) -> &str {
+        &self.gid
+    }
 }
 
 /// `GET query?gid=`: a transaction and its branches; `transaction` is `null` for an unknown
@@ -347,7 +355,7 @@ pub async fn outbox(
             format!("limit must be between 1 and 1000, got {limit}"),
         ));
     }
-    let messages = state.store.outbox_list(status, limit).await?;
+    let messages = state.store.outbox_list(status, None, limit).await?;
     Ok(Json(json!({"messages": messages})))
 }
 

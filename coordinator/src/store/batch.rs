@@ -40,7 +40,7 @@ use super::connect::{is_transient, pause_before_retry, Dialect, TRANSIENT_RETRIE
 use super::sql::{Script, Sql};
 use super::{rows, Result, Store, StoreError, BRANCH_COLUMNS, GLOBAL_COLUMNS};
 use crate::clock::Clock;
-use crate::txn::change::OutboxEffect;
+use crate::txn::change::{Attempt, OutboxEffect};
 use crate::txn::{
     BranchOp, BranchStatus, Change, Current, Decision, GlobalTxn, OutboxMessage, OutboxState,
     TxnError,
@@ -244,14 +244,8 @@ fn clone_error(e: &StoreError) -> StoreError {
 
 /// Whether the batch met a row another writer inserted after it read (MySQL 1062, SQLite
 /// 2067): reading again sees it.
-fn is_duplicate_key(e: &sqlx::Error) -> bool {
-    let sqlx::Error::Database(db) = e else {
-        return false;
-    };
-    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-        return my.number() == 1062;
-    }
-    false
+pub(super) fn is_duplicate_key(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 type Outcomes = Vec<std::result::Result<Applied, TxnError>>;
@@ -354,10 +348,15 @@ struct Plan {
     sent: BTreeMap<(i64, String), Vec<(i64, String)>>,
     /// Sharding keys whose next message may go now, by the time it may.
     wake: BTreeMap<i64, BTreeSet<String>>,
+    /// Rounds that did not settle their transaction, for its timeline.
+    attempts: Vec<(String, Attempt)>,
 }
 
 impl Plan {
     fn add(&mut self, gid: &str, now: i64, effect: OutboxEffect) {
+        if let Some(a) = effect.attempt {
+            self.attempts.push((gid.to_owned(), a));
+        }
         if let Some((state, messages)) = effect.enqueue {
             self.enqueue.push(Enqueued {
                 gid: gid.to_owned(),
@@ -453,6 +452,12 @@ const INSERT_BRANCH: &str = "INSERT INTO trans_branch_op (gid, branch_id, op, ur
 
 const INSERT_OUTBOX: &str = "INSERT INTO outbox (gid, branch_id, topic, tag, sharding_key, \
      seq, message_id, body, status, next_attempt_time, create_time) VALUES ";
+
+const INSERT_ATTEMPT: &str =
+    "INSERT INTO trans_attempt (gid, at_time, round, error, next_retry) VALUES ";
+
+/// Longest error text kept with an attempt, bytes.
+const ATTEMPT_ERROR_BYTES: usize = 500;
 
 /// Most rows in one multi-row statement.
 const ROWS_PER_STATEMENT: usize = 500;
@@ -653,6 +658,7 @@ where
         write_globals(&mut writes, dialect, &dirty);
         write_branches(&mut writes, dialect, &dirty);
         write_outbox(&mut writes, dialect, &plan, seqs);
+        write_attempts(&mut writes, dialect, &plan.attempts);
         writes.add_text("COMMIT");
         // The next batch may start now: this one has only its writes and commit left.
         turn.take();
@@ -938,6 +944,31 @@ fn write_branches(script: &mut Script, dialect: Dialect, dirty: &[&Work]) {
             script.add(sql);
         }
     }
+}
+
+/// Rounds that did not settle their transaction, each a row of its timeline.
+fn write_attempts(script: &mut Script, dialect: Dialect, attempts: &[(String, Attempt)]) {
+    insert_rows(
+        script,
+        dialect,
+        INSERT_ATTEMPT,
+        attempts,
+        |sql, (gid, a)| {
+            let mut error = a.error.clone();
+            super::truncate_utf8(&mut error, ATTEMPT_ERROR_BYTES);
+            sql.push("(")
+                .text(gid)
+                .push(", ")
+                .int(a.at)
+                .push(", ")
+                .int(a.count)
+                .push(", ")
+                .text(&error)
+                .push(", ")
+                .int(a.next_retry)
+                .push(")");
+        },
+    );
 }
 
 /// Messages committed (with the sequence numbers taken from `next`, each key's first new

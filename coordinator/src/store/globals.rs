@@ -23,6 +23,69 @@ pub struct ListFilter {
     pub position: Option<i64>,
     /// Page size.
     pub limit: i64,
+    /// Only gids that start with this.
+    pub gid_prefix: Option<String>,
+    /// Only unfinished transactions whose failed attempts in a row exceed this.
+    pub retried_more_than: Option<i64>,
+    /// Only unfinished transactions that were due before this time, ms (overdue: nobody
+    /// drove them when they were due).
+    pub due_before: Option<i64>,
+}
+
+/// A `WHERE` clause and its arguments: strings bind first, then integers, so clauses push
+/// string conditions before integer ones.
+struct Clause<'a> {
+    sql: String,
+    strings: Vec<std::borrow::Cow<'a, str>>,
+    ints: Vec<i64>,
+}
+
+impl ListFilter {
+    /// The conditions every filter field sets (not the paging).
+    fn clause(&self) -> Clause<'_> {
+        let mut c = Clause {
+            sql: String::from(" WHERE 1 = 1"),
+            strings: Vec::new(),
+            ints: Vec::new(),
+        };
+        if let Some(gid) = &self.gid {
+            c.sql.push_str(" AND gid = ?");
+            c.strings.push(gid.as_str().into());
+        }
+        if let Some(prefix) = &self.gid_prefix {
+            c.sql.push_str(" AND gid LIKE ? ESCAPE '!'");
+            c.strings.push(super::like_prefix(prefix).into());
+        }
+        if let Some(s) = self.status {
+            c.sql.push_str(" AND status = ?");
+            c.strings.push(s.as_str().into());
+        }
+        if let Some(t) = self.trans_type {
+            c.sql.push_str(" AND trans_type = ?");
+            c.strings.push(t.as_str().into());
+        }
+        if self.retried_more_than.is_some() || self.due_before.is_some() {
+            c.sql
+                .push_str(" AND status IN ('prepared', 'submitted', 'aborting')");
+        }
+        if let Some(t) = self.create_time_start {
+            c.sql.push_str(" AND create_time >= ?");
+            c.ints.push(t);
+        }
+        if let Some(t) = self.create_time_end {
+            c.sql.push_str(" AND create_time <= ?");
+            c.ints.push(t);
+        }
+        if let Some(n) = self.retried_more_than {
+            c.sql.push_str(" AND retry_count > ?");
+            c.ints.push(n);
+        }
+        if let Some(t) = self.due_before {
+            c.sql.push_str(" AND next_cron_time < ?");
+            c.ints.push(t);
+        }
+        c
+    }
 }
 
 impl Store {
@@ -45,30 +108,12 @@ impl Store {
     /// # Errors
     /// A database error, or a stored status or type code Settle does not know.
     pub async fn list(&self, filter: &ListFilter) -> Result<(Vec<GlobalTxn>, Option<i64>)> {
-        let mut sql = format!("SELECT {GLOBAL_COLUMNS} FROM trans_global WHERE 1 = 1");
-        let mut strings: Vec<&str> = Vec::new();
-        let mut ints: Vec<i64> = Vec::new();
-        // Strings bind first, then integers: the clauses are pushed in that order.
-        if let Some(gid) = &filter.gid {
-            sql.push_str(" AND gid = ?");
-            strings.push(gid);
-        }
-        if let Some(s) = filter.status {
-            sql.push_str(" AND status = ?");
-            strings.push(s.as_str());
-        }
-        if let Some(t) = filter.trans_type {
-            sql.push_str(" AND trans_type = ?");
-            strings.push(t.as_str());
-        }
-        if let Some(t) = filter.create_time_start {
-            sql.push_str(" AND create_time >= ?");
-            ints.push(t);
-        }
-        if let Some(t) = filter.create_time_end {
-            sql.push_str(" AND create_time <= ?");
-            ints.push(t);
-        }
+        let Clause {
+            mut sql,
+            strings,
+            mut ints,
+        } = filter.clause();
+        sql.insert_str(0, &format!("SELECT {GLOBAL_COLUMNS} FROM trans_global"));
         if let Some(p) = filter.position {
             sql.push_str(" AND id < ?");
             ints.push(p);
@@ -79,7 +124,7 @@ impl Store {
         on_pool!(self, pool => {
             let mut q = sqlx::query(&sql);
             for s in &strings {
-                q = q.bind(*s);
+                q = q.bind(s.as_ref());
             }
             for i in &ints {
                 q = q.bind(*i);
@@ -118,19 +163,37 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn reset_cron(&self, gid: Option<&str>, now: i64) -> Result<u64> {
-        let mut sql = String::from(
-            "UPDATE trans_global SET next_cron_time = ?, retry_count = 0 \
-             WHERE status IN ('submitted', 'aborting') AND next_cron_time > ?",
+        let filter = ListFilter {
+            gid: gid.map(str::to_owned),
+            ..ListFilter::default()
+        };
+        self.reset_cron_where(&filter, now).await
+    }
+
+    /// Makes the unfinished transactions `filter` selects due now and restarts their retry
+    /// schedule (paging fields are ignored). Returns how many were touched.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn reset_cron_where(&self, filter: &ListFilter, now: i64) -> Result<u64> {
+        let Clause {
+            sql: cond,
+            strings,
+            ints,
+        } = filter.clause();
+        let sql = format!(
+            "UPDATE trans_global SET next_cron_time = ?, retry_count = 0{cond} \
+             AND status IN ('submitted', 'aborting') AND next_cron_time > ?"
         );
-        if gid.is_some() {
-            sql.push_str(" AND gid = ?");
-        }
         on_writer!(self, pool => {
-            let mut q = sqlx::query(&sql).bind(now).bind(now);
-            if let Some(gid) = gid {
-                q = q.bind(gid);
+            let mut q = sqlx::query(&sql).bind(now);
+            for s in &strings {
+                q = q.bind(s.as_ref());
             }
-            Ok(q.execute(pool).await?.rows_affected())
+            for i in &ints {
+                q = q.bind(*i);
+            }
+            Ok(q.bind(now).execute(pool).await?.rows_affected())
         })
     }
 }

@@ -43,15 +43,8 @@ impl Store {
         let txns = "UPDATE trans_global SET owner = '', lease_token = '', lease_expire = 0, \
                     next_cron_time = ? WHERE owner = ? AND lease_expire > ? \
                     AND status IN ('prepared', 'submitted', 'aborting')";
-        // The dispatcher's claims are `OWNER/TOKEN`; `!` escapes LIKE's wildcards in the id.
-        let escaped: String = owner
-            .chars()
-            .flat_map(|c| match c {
-                '!' | '%' | '_' => vec!['!', c],
-                c => vec![c],
-            })
-            .collect();
-        let mine = format!("{escaped}/%");
+        // The dispatcher's claims are `OWNER/TOKEN`.
+        let mine = super::like_prefix(&format!("{owner}/"));
         let messages = "UPDATE outbox SET owner = '', lease_expire = 0 \
                         WHERE owner LIKE ? ESCAPE '!' AND status = 'pending'";
         let wake = "UPDATE outbox_key_seq SET next_due = 0, wake = wake + 1 WHERE sharding_key IN \

@@ -53,6 +53,11 @@ pub fn mysql() -> Migrator {
             "dead letters",
             include_str!("../../migrations/mysql/0005_dead_letters.sql"),
         ),
+        (
+            6,
+            "operations",
+            include_str!("../../migrations/mysql/0006_operations.sql"),
+        ),
     ])
 }
 
@@ -83,6 +88,11 @@ pub fn sqlite() -> Migrator {
             5,
             "dead letters",
             include_str!("../../migrations/sqlite/0005_dead_letters.sql"),
+        ),
+        (
+            6,
+            "operations",
+            include_str!("../../migrations/sqlite/0006_operations.sql"),
         ),
     ])
 }

@@ -75,6 +75,7 @@ pub mod connect;
 pub mod globals;
 pub mod leases;
 mod migrate;
+pub mod operators;
 pub mod outbox;
 pub mod retention;
 mod rows;
@@ -82,11 +83,26 @@ mod sql;
 
 use crate::txn::TxnError;
 
+/// A `LIKE ... ESCAPE '!'` pattern matching every text that starts with `prefix` (`!`, `%`
+/// and `_` in it match themselves).
+pub(crate) fn like_prefix(prefix: &str) -> String {
+    let mut p = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '!' | '%' | '_') {
+            p.push('!');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
 pub use batch::{Applied, Stamp};
 pub use connect::{ConnectOptions, Dialect};
 pub use globals::ListFilter;
 pub use leases::Claimed;
-pub use outbox::{Failed, OutboxEntry, OutboxRow};
+pub use operators::{AttemptRow, Heartbeat, Instance};
+pub use outbox::{Failed, KeyBacklog, OutboxEntry, OutboxRow};
 pub use rows::{format_time, UNREADABLE};
 
 /// Errors of the store.
@@ -213,6 +229,12 @@ mod tests {
         let mut s = "ééé".to_owned();
         truncate_utf8(&mut s, 3);
         assert_eq!(s, "é");
+    }
+
+    #[test]
+    fn like_prefixes_escape_wildcards_and_the_escape() {
+        assert_eq!(like_prefix("order-"), "order-%");
+        assert_eq!(like_prefix("a_b%c!"), "a!_b!%c!!%");
     }
 
     #[test]

@@ -74,6 +74,21 @@ pub struct OutboxEntry {
     pub last_error: String,
 }
 
+/// One sharding key's undelivered messages, as operators see them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyBacklog {
+    /// Topic.
+    pub topic: String,
+    /// Sharding key, empty for none.
+    pub sharding_key: String,
+    /// Messages held, pending or dead.
+    pub unsent: i64,
+    /// Creation time of the oldest, ms.
+    pub oldest_create_time: i64,
+    /// Of those, dead letters (they block nothing, but wait for an operator).
+    pub dead: i64,
+}
+
 /// How a delivery failed, as [`Store::outbox_retry`] records it.
 #[derive(Debug, Clone)]
 pub struct Failed<'a> {
@@ -463,13 +478,16 @@ impl Store {
     pub async fn outbox_list(
         &self,
         status: Option<OutboxState>,
+        gid: Option<&str>,
         limit: i64,
     ) -> Result<Vec<OutboxEntry>> {
-        let filter = if status.is_some() {
-            "WHERE status = ?"
-        } else {
-            ""
-        };
+        let mut filter = String::from("WHERE 1 = 1");
+        if status.is_some() {
+            filter.push_str(" AND status = ?");
+        }
+        if gid.is_some() {
+            filter.push_str(" AND gid = ?");
+        }
         let sql = format!(
             "SELECT id, gid, branch_id, topic, sharding_key, seq, status, attempts, refusals, \
              next_attempt_time, last_error FROM outbox {filter} ORDER BY id DESC LIMIT ?"
@@ -478,6 +496,9 @@ impl Store {
             let mut q = sqlx::query(&sql);
             if let Some(s) = status {
                 q = q.bind(s.as_str());
+            }
+            if let Some(g) = gid {
+                q = q.bind(g);
             }
             let rows = q.bind(limit).fetch_all(pool).await?;
             rows.iter()
@@ -508,6 +529,33 @@ impl Store {
         let sql = "SELECT COUNT(*) FROM outbox WHERE status = 'dead'";
         on_writer!(self, pool => {
             Ok(sqlx::query(sql).fetch_one(pool).await?.try_get::<i64, _>(0)?)
+        })
+    }
+
+    /// The keys with the most messages not yet acknowledged (held, pending or dead), per
+    /// topic: how many, the oldest one's creation time (ms) and its status, most first; at
+    /// most `limit` keys.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn outbox_backlog_by_key(&self, limit: i64) -> Result<Vec<KeyBacklog>> {
+        let sql = "SELECT topic, sharding_key, COUNT(*), MIN(create_time), \
+                   COUNT(CASE WHEN status = 'dead' THEN 1 END) \
+                   FROM outbox WHERE status IN ('held', 'pending', 'dead') \
+                   GROUP BY topic, sharding_key ORDER BY COUNT(*) DESC, MIN(create_time) LIMIT ?";
+        on_pool!(self, pool => {
+            let rows = sqlx::query(sql).bind(limit).fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(KeyBacklog {
+                        topic: r.try_get_unchecked(0)?,
+                        sharding_key: r.try_get_unchecked(1)?,
+                        unsent: r.try_get(2)?,
+                        oldest_create_time: r.try_get(3)?,
+                        dead: r.try_get(4)?,
+                    })
+                })
+                .collect()
         })
     }
 

@@ -1,5 +1,5 @@
-//! Retention: transactions that finished long ago are deleted, with their branch operations
-//! and their outbox rows, in small batches that never hold locks for long.
+//! Retention: transactions that finished long ago are deleted, with their branch operations,
+//! their attempts and their outbox rows, in small batches that never hold locks for long.
 //!
 //! A key's sequence row goes too once no outbox row of the key is left; it is locked first,
 //! so a commit taking the key's next sequence at the same moment either waits and starts the
@@ -86,7 +86,7 @@ impl Store {
                 .fetch_all(&mut *tx)
                 .await?)?;
             let mut purged = Purged::default();
-            for (table, counter) in [("outbox", 0), ("trans_branch_op", 1), ("trans_global", 2)] {
+            for (table, counter) in [("outbox", 0), ("trans_branch_op", 1), ("trans_attempt", 3), ("trans_global", 2)] {
                 let sql = format!("DELETE FROM {table} WHERE gid IN ({list})");
                 let mut q = sqlx::query(&sql);
                 for g in &gids {
@@ -96,7 +96,8 @@ impl Store {
                 match counter {
                     0 => purged.messages = n,
                     1 => purged.branches = n,
-                    _ => purged.transactions = n,
+                    2 => purged.transactions = n,
+                    _ => {}
                 }
             }
             if !keys.is_empty() {

@@ -154,6 +154,22 @@ pub struct OutboxEffect {
     pub wake_keys: Vec<String>,
     /// The transaction's own row changed (not only its branches).
     pub global_changed: bool,
+    /// A round that did not finish, for the transaction's timeline.
+    pub attempt: Option<Attempt>,
+}
+
+/// A round of phase 2 (or a check-back) that did not settle its transaction, as its
+/// timeline shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// When, ms.
+    pub at: i64,
+    /// Failed rounds in a row, this one included.
+    pub count: i64,
+    /// What went wrong (the answer's beginning, or the error).
+    pub error: String,
+    /// When the next round is due, ms.
+    pub next_retry: i64,
 }
 
 impl Current {
@@ -194,6 +210,12 @@ impl Current {
         if let Some(r) = change.retry {
             txn.next_cron_interval = r.interval_s;
             txn.retry_count = r.count;
+            effect.attempt = Some(Attempt {
+                at: now,
+                count: r.count,
+                error: r.last_error.clone(),
+                next_retry: txn.next_cron_time,
+            });
             txn.last_error = r.last_error;
         }
         match change.lease {
