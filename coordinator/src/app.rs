@@ -12,13 +12,16 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::access::{AllowlistResolver, Scope};
+use crate::alert::AlertSettings;
 use crate::api::serve::ServeLimits;
 use crate::api::{router, AppState, Shared};
 use crate::apply::Orchestrator;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
+use crate::delivery::dispatcher::Sink;
 use crate::delivery::rocketmq::RocketMqSink;
 use crate::delivery::{DispatchSettings, Dispatcher};
+use crate::driver::transport::{HttpTransport, Transport};
 use crate::driver::{Driver, DriverSettings};
 use crate::scheduler::Scheduler;
 use crate::store::retention::{self, RetentionSettings};
@@ -117,6 +120,18 @@ async fn report_alive(
     }
 }
 
+/// What the coordinator runs on besides its configuration. The default is the real thing:
+/// the system clock, participants over HTTP, RocketMQ (when `rocketmq_namesrv` is set).
+#[derive(Default)]
+pub struct Parts {
+    /// Where every part reads the time.
+    pub clock: Clock,
+    /// How branch calls and check-backs reach participants; `None`: HTTP.
+    pub transport: Option<Arc<dyn Transport>>,
+    /// Where `rocketmq://` steps are published; `None`: RocketMQ at `rocketmq_namesrv`.
+    pub sink: Option<Arc<dyn Sink>>,
+}
+
 /// A started coordinator.
 pub struct Application {
     address: SocketAddr,
@@ -148,6 +163,27 @@ impl Application {
     /// # Errors
     /// See [`StartError`].
     pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Self, StartError> {
+        Self::start_with(
+            config,
+            Parts {
+                clock,
+                ..Parts::default()
+            },
+        )
+        .await
+    }
+
+    /// [`Application::start`] with the parts given in `parts` in place of the real ones (a
+    /// simulation runs the coordinator against participants and a broker of its own).
+    ///
+    /// # Errors
+    /// See [`StartError`].
+    pub async fn start_with(config: Config, parts: Parts) -> Result<Self, StartError> {
+        let Parts {
+            clock,
+            transport,
+            sink,
+        } = parts;
         config.validate()?;
         let store = Store::connect(&ConnectOptions {
             url: config.database_url.clone(),
@@ -230,33 +266,37 @@ impl Application {
         );
         let driver = Driver::new(
             apply.clone(),
-            http,
+            transport
+                .unwrap_or_else(|| Arc::new(HttpTransport::new(http, config.max_answer_bytes))),
             DriverSettings {
                 lease: config.lease(),
                 retry_cap_s: config.retry_cap_s,
                 max_inflight: config.max_inflight,
-                max_answer_bytes: config.max_answer_bytes,
                 max_concurrent_calls: config.max_concurrent_calls,
                 allowlist: allowlist.clone(),
             },
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let dispatcher = if config.rocketmq_namesrv.is_empty() {
-            None
-        } else {
-            let sink = RocketMqSink::start(
-                &config.rocketmq_namesrv,
-                &config.rocketmq_producer_group,
-                Duration::from_millis(config.rocketmq_send_timeout_ms),
-            )
-            .await
-            .map_err(|e| StartError::RocketMq {
-                namesrv: config.rocketmq_namesrv.clone(),
-                reason: e.to_string(),
-            })?;
+        let sink: Option<Arc<dyn Sink>> = match sink {
+            Some(sink) => Some(sink),
+            None if config.rocketmq_namesrv.is_empty() => None,
+            None => Some(Arc::new(
+                RocketMqSink::start(
+                    &config.rocketmq_namesrv,
+                    &config.rocketmq_producer_group,
+                    Duration::from_millis(config.rocketmq_send_timeout_ms),
+                )
+                .await
+                .map_err(|e| StartError::RocketMq {
+                    namesrv: config.rocketmq_namesrv.clone(),
+                    reason: e.to_string(),
+                })?,
+            )),
+        };
+        let dispatcher = if let Some(sink) = sink {
             let dispatcher = Arc::new(Dispatcher::new(
                 apply.clone(),
-                Arc::new(sink),
+                sink,
                 DispatchSettings {
                     instance_id: instance_id.clone(),
                     poll_interval: Duration::from_millis(config.delivery_poll_interval_ms),
@@ -274,6 +314,8 @@ impl Application {
                 dispatch.clone(),
             ));
             Some(tokio::spawn(dispatcher.run(shutdown_rx.clone())))
+        } else {
+            None
         };
         let scheduler = Scheduler::new(
             store.clone(),
@@ -295,6 +337,31 @@ impl Application {
             tokio::spawn(keep_aligned(
                 store.clone(),
                 clock.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
+        if !config.alert_url.is_empty() {
+            // The webhook is the operators' own choice, not a tenant's: no allowlist.
+            let webhook = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?;
+            let settings = AlertSettings {
+                url: config.alert_url.clone(),
+                after_retries: (config.alert_after_retries > 0)
+                    .then_some(config.alert_after_retries),
+                after_age_ms: (config.alert_after_s > 0).then(|| {
+                    i64::try_from(config.alert_after_s.saturating_mul(1000)).unwrap_or(i64::MAX / 4)
+                }),
+                interval: Duration::from_millis(config.alert_interval_ms),
+                instance_id: instance_id.clone(),
+            };
+            tokio::spawn(crate::alert::run(
+                store.clone(),
+                clock.clone(),
+                webhook,
+                settings,
+                metrics.clone(),
                 shutdown_rx.clone(),
             ));
         }

@@ -191,6 +191,18 @@ pub struct ServeArgs {
     /// File of operator tokens, one per line.
     #[arg(long, env = "SETTLE_OPERATOR_TOKENS_FILE")]
     pub operator_tokens_file: Option<String>,
+    /// Webhook told when a transaction needs attention and when it settles [default: none].
+    #[arg(long, env = "SETTLE_ALERT_URL")]
+    pub alert_url: Option<String>,
+    /// Alert after more failed rounds in a row than this; 0: never [default: 10].
+    #[arg(long, env = "SETTLE_ALERT_AFTER_RETRIES")]
+    pub alert_after_retries: Option<i64>,
+    /// Alert when unfinished this many seconds after creation; 0: never [default: 3600].
+    #[arg(long, env = "SETTLE_ALERT_AFTER_S")]
+    pub alert_after_s: Option<u64>,
+    /// How often alerts are looked for and delivered, in ms [default: 5000].
+    #[arg(long, env = "SETTLE_ALERT_INTERVAL_MS")]
+    pub alert_interval_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -244,7 +256,11 @@ impl ServeArgs {
             client_tokens,
             operator_tokens,
             client_tokens_file,
-            operator_tokens_file
+            operator_tokens_file,
+            alert_url,
+            alert_after_retries,
+            alert_after_s,
+            alert_interval_ms
         );
         Ok(c)
     }

@@ -105,6 +105,17 @@ pub struct Config {
     pub client_tokens_file: String,
     /// A file with more operator tokens, one per line.
     pub operator_tokens_file: String,
+    /// Webhook (http or https URL) told when a transaction needs attention and when it
+    /// settles; empty: no alerts.
+    pub alert_url: String,
+    /// Alert when a transaction has failed more rounds in a row than this; 0: never for
+    /// this reason.
+    pub alert_after_retries: i64,
+    /// Alert when a transaction is still unfinished this many seconds after its creation;
+    /// 0: never for this reason.
+    pub alert_after_s: u64,
+    /// How often alerts are looked for and delivered, in ms.
+    pub alert_interval_ms: u64,
 }
 
 impl fmt::Debug for Config {
@@ -149,6 +160,10 @@ impl fmt::Debug for Config {
             .field("operator_tokens", &self.operator_tokens)
             .field("client_tokens_file", &self.client_tokens_file)
             .field("operator_tokens_file", &self.operator_tokens_file)
+            .field("alert_url", &self.alert_url)
+            .field("alert_after_retries", &self.alert_after_retries)
+            .field("alert_after_s", &self.alert_after_s)
+            .field("alert_interval_ms", &self.alert_interval_ms)
             .finish()
     }
 }
@@ -191,6 +206,10 @@ impl Default for Config {
             operator_tokens: Vec::new(),
             client_tokens_file: String::new(),
             operator_tokens_file: String::new(),
+            alert_url: String::new(),
+            alert_after_retries: 10,
+            alert_after_s: 3600,
+            alert_interval_ms: 5_000,
         }
     }
 }
@@ -270,6 +289,7 @@ impl Config {
             ("delivery_max_inflight", self.delivery_max_inflight as i64),
             ("dead_letter_after", self.dead_letter_after),
             ("max_message_bytes", self.max_message_bytes as i64),
+            ("alert_interval_ms", self.alert_interval_ms as i64),
         ];
         for (name, value) in positive {
             if value <= 0 {
@@ -286,6 +306,23 @@ impl Config {
                 "database_url must start with sqlite: or mysql://, got '{}'",
                 crate::store::redact_url(&self.database_url)
             )));
+        }
+        if self.alert_after_retries < 0 {
+            return Err(ConfigError::Invalid(format!(
+                "alert_after_retries must be 0 (off) or more, got {}",
+                self.alert_after_retries
+            )));
+        }
+        if !self.alert_url.is_empty() {
+            match reqwest::Url::parse(&self.alert_url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "alert_url must be an http or https URL, got '{}'",
+                        self.alert_url
+                    )))
+                }
+            }
         }
         self.allowlist()?;
         Ok(())
@@ -453,5 +490,17 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("database_url"));
+        for url in [
+            "ftp://alerts.example/hook",
+            "alerts.example/hook",
+            "http://",
+        ] {
+            let c = Config {
+                alert_url: url.into(),
+                ..Config::default()
+            };
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("alert_url") && err.contains(url), "{err}");
+        }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`driver`]: runs phase 2 (branch calls with timeouts and backoff).
 //! - [`scheduler`]: claims due transactions by lease and hands them to the driver.
 //! - [`delivery`]: where committed steps go (HTTP endpoints, RocketMQ topics).
+//! - [`alert`]: tells the operators' webhook about transactions that need attention.
 //! - [`app`]: wires these into a running server; [`cli`] is the `settle` command;
 //!   [`bench`] the load generator; [`ops`] the operator commands; [`config`],
 //!   [`telemetry`] and [`clock`] support them.
@@ -34,6 +35,7 @@
 //! | `delivery::after_publish` | the broker answered; acknowledgements not recorded |
 
 pub mod access;
+pub mod alert;
 pub mod api;
 pub mod app;
 pub mod apply;

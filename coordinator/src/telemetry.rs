@@ -97,7 +97,7 @@ const SECONDS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
 ];
 
-const DESCRIPTIONS: [(&str, &str); 10] = [
+const DESCRIPTIONS: [(&str, &str); 11] = [
     (
         "dtm_server_process_total",
         "All requests received, by type, api and status (ok: below 400).",
@@ -130,6 +130,10 @@ const DESCRIPTIONS: [(&str, &str); 10] = [
     (
         "settle_messages_dead_lettered_total",
         "Messages this instance dead-lettered after the broker refused them.",
+    ),
+    (
+        "settle_alerts_total",
+        "Alert events posted to the webhook, by event (firing, resolved) and outcome (ok, fail).",
     ),
     (
         "settle_unfinished_transactions",
@@ -242,6 +246,16 @@ impl Metrics {
     pub fn dead_lettered(&self) {
         self.counter("settle_messages_dead_lettered_total", &[])
             .increment(1);
+    }
+
+    /// Counts one alert event posted to the webhook (`firing` or `resolved`), taken or not.
+    pub fn alert_delivered(&self, event: &str, ok: bool) {
+        let outcome = if ok { "ok" } else { "fail" };
+        self.counter(
+            "settle_alerts_total",
+            &[("event", event), ("outcome", outcome)],
+        )
+        .increment(1);
     }
 
     /// Sets a gauge read from the store at scrape time (`settle_outbox_backlog`, say).

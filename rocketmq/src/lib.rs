@@ -123,6 +123,9 @@ impl Client {
     }
 }
 
+/// The user property carrying a message's W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+
 /// A message to publish.
 #[derive(Debug, Clone)]
 pub struct Outgoing<'a> {
@@ -136,6 +139,8 @@ pub struct Outgoing<'a> {
     pub message_id: &'a str,
     /// Body.
     pub body: &'a [u8],
+    /// W3C `traceparent`, set as the message's `traceparent` property; empty: none.
+    pub traceparent: &'a str,
 }
 
 /// Each topic's queues, as last fetched from the name server, and when.
@@ -441,6 +446,11 @@ fn build_message(msg: &Outgoing<'_>) -> Result<Message, Error> {
     if !msg.tag.is_empty() {
         builder = builder.tags(msg.tag.to_owned());
     }
+    if !msg.traceparent.is_empty() {
+        builder = builder
+            .raw_property(TRACEPARENT, msg.traceparent.to_owned())
+            .map_err(client_error)?;
+    }
     builder.build().map_err(client_error)
 }
 
@@ -477,6 +487,9 @@ pub struct Delivery {
     pub commit_log_offset: i64,
     /// Body.
     pub body: Vec<u8>,
+    /// The W3C `traceparent` property, if the producer set one: the trace this message is
+    /// part of.
+    pub traceparent: Option<String>,
 }
 
 impl Delivery {
@@ -495,6 +508,12 @@ impl Delivery {
             store_timestamp: m.store_timestamp(),
             commit_log_offset: m.commit_log_offset(),
             body: m.body().map(|b| b.to_vec()).unwrap_or_default(),
+            traceparent: rocketmq_model::common::message::MessageTrait::property(
+                m,
+                &TRACEPARENT.into(),
+            )
+            .map(|v| v.to_string())
+            .filter(|v| !v.is_empty()),
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod browser;
 pub mod chaos;
 pub mod proxy;
+pub mod sim;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

@@ -512,3 +512,53 @@ async fn a_step_is_read_the_same_whatever_the_case_of_its_scheme() -> anyhow::Re
     rmq.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_published_message_carries_its_initiators_trace() -> anyhow::Result<()> {
+    const TRACE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let _broker = BROKER.lock().await;
+    let db = TestDb::mysql().await?;
+    let app = spawn_coordinator(config(&db)).await?;
+    let rmq = settle_rocketmq::Client::new("test")?;
+    let topic = new_topic(&rmq, "SettleTrace").await?;
+    let collector = Collector::start(&rmq, &topic).await?;
+    let traced = SettleClient::new(app.api_url()).with_traceparent(TRACE);
+    let plain = SettleClient::new(app.api_url());
+    let step = format!("rocketmq://{topic}?key=t");
+    Msg::new(&traced, "trace-msg-traced")
+        .add(&step, &json!({"n": 1}))?
+        .submit()
+        .await?;
+    Msg::new(&plain, "trace-msg-plain")
+        .add(&step, &json!({"n": 2}))?
+        .submit()
+        .await?;
+    eventually(
+        "both messages to arrive",
+        Duration::from_secs(30),
+        || async { collector.distinct_ids().len() == 2 },
+    )
+    .await?;
+    let trace_of = |n: i64| {
+        collector
+            .received()
+            .into_iter()
+            .find(|(d, _)| body(d)["n"] == n)
+            .and_then(|(d, _)| d.traceparent)
+    };
+    let traced_tp = trace_of(1).expect("the traced message has a traceparent property");
+    assert_eq!(
+        settle_protocol::trace::trace_id(&traced_tp),
+        settle_protocol::trace::trace_id(TRACE),
+        "{traced_tp}"
+    );
+    assert_ne!(traced_tp, TRACE, "the publish is a span of its own");
+    assert_eq!(
+        trace_of(2),
+        None,
+        "a transaction begun without a trace starts none"
+    );
+    collector.shutdown().await;
+    app.stop().await;
+    Ok(())
+}

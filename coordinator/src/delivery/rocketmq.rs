@@ -1,6 +1,6 @@
 //! The RocketMQ sink: publishes outbox messages through `settle-rocketmq`, on the queue
 //! chosen by hashing the sharding key (one batch per queue), with `GID-BRANCH` as the
-//! message key.
+//! message key and the initiator's trace context as the `traceparent` property.
 
 use std::time::Duration;
 
@@ -39,14 +39,24 @@ impl RocketMqSink {
 impl Sink for RocketMqSink {
     fn publish<'a>(&'a self, messages: &'a [OutboxRow]) -> BoxFuture<'a, Vec<Result<(), Failure>>> {
         async move {
+            // Each publish is a span of the initiator's trace: the message carries it on.
+            let traces: Vec<String> = messages
+                .iter()
+                .map(|m| {
+                    settle_protocol::trace::child(&m.traceparent, rand::random::<u64>() | 1)
+                        .unwrap_or_default()
+                })
+                .collect();
             let outgoing: Vec<Outgoing<'_>> = messages
                 .iter()
-                .map(|m| Outgoing {
+                .zip(&traces)
+                .map(|(m, traceparent)| Outgoing {
                     topic: &m.topic,
                     tag: &m.tag,
                     sharding_key: &m.sharding_key,
                     message_id: &m.message_id,
                     body: m.body.as_bytes(),
+                    traceparent,
                 })
                 .collect();
             self.producer

@@ -1,4 +1,5 @@
-//! Calling participants over HTTP: a branch operation, and a msg's check-back.
+//! Calling participants (over HTTP, through the driver's [`super::transport`]): a branch
+//! operation, and a msg's check-back.
 //!
 //! A call is made as DTM makes it (query parameters `gid`, `trans_type`, `branch_id`, `op`,
 //! the registered body, `branch_headers`) with the transaction's `request_timeout`, and its
@@ -8,8 +9,8 @@ use std::time::Duration;
 
 use settle_protocol::{classify_answer, BranchOutcome};
 
+use super::transport::{Answer, Request};
 use super::Driver;
-use crate::telemetry::error_chain;
 use crate::txn::check_back::{after_check_back, CheckBack};
 use crate::txn::{BranchOp, GlobalTxn};
 
@@ -33,21 +34,21 @@ impl CallResult {
     }
 }
 
-/// Adds what every call for `txn` carries: its `branch_headers`, and the initiator's trace
-/// with this call as a span of its own.
-fn with_transaction_headers(
-    mut request: reqwest::RequestBuilder,
-    txn: &GlobalTxn,
-) -> reqwest::RequestBuilder {
-    for (k, v) in &txn.options.branch_headers {
-        request = request.header(k.as_str(), v.as_str());
-    }
+/// What every call for `txn` carries: its `branch_headers`, and the initiator's trace with
+/// this call as a span of its own.
+fn transaction_headers(txn: &GlobalTxn) -> Vec<(&str, String)> {
+    let mut headers: Vec<(&str, String)> = txn
+        .options
+        .branch_headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
     if let Some(tp) =
         settle_protocol::trace::child(&txn.options.traceparent, rand::random::<u64>() | 1)
     {
-        request = request.header(settle_protocol::trace::HEADER, tp);
+        headers.push((settle_protocol::trace::HEADER, tp));
     }
-    request
+    headers
 }
 
 fn request_timeout(txn: &GlobalTxn) -> Duration {
@@ -73,39 +74,32 @@ impl Driver {
             };
         }
         let timeout = request_timeout(txn);
-        let params = [
-            ("gid", txn.gid.as_str()),
-            ("trans_type", txn.trans_type.as_str()),
-            ("branch_id", branch.branch_id.as_str()),
-            ("op", branch.op.as_str()),
-        ];
-        let http = &self.inner.http;
-        let mut request = if branch.data.is_empty() {
-            http.get(&branch.url)
-        } else {
-            http.post(&branch.url).body(branch.data.clone())
+        let request = Request {
+            url: &branch.url,
+            query: [
+                ("gid", txn.gid.as_str()),
+                ("trans_type", txn.trans_type.as_str()),
+                ("branch_id", branch.branch_id.as_str()),
+                ("op", branch.op.as_str()),
+            ],
+            body: (!branch.data.is_empty()).then_some(branch.data.as_str()),
+            headers: transaction_headers(txn),
+            timeout,
         };
-        request = request
-            .query(&params)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .timeout(timeout);
-        request = with_transaction_headers(request, txn);
-        let result = match request.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let body = self.read_answer(response).await;
+        let result = match self.inner.transport.send(request).await {
+            Answer::Status(status, body) => {
                 let outcome = classify_answer(status, &body);
                 let mut detail = format!("HTTP {status} {}", body.trim());
                 crate::store::truncate_utf8(&mut detail, 500);
                 CallResult { outcome, detail }
             }
-            Err(e) => CallResult {
+            Answer::TimedOut => CallResult {
                 outcome: BranchOutcome::Error,
-                detail: if e.is_timeout() {
-                    format!("no answer within {}s", timeout.as_secs())
-                } else {
-                    error_chain(&e)
-                },
+                detail: format!("no answer within {}s", timeout.as_secs()),
+            },
+            Answer::Failed(detail) => CallResult {
+                outcome: BranchOutcome::Error,
+                detail,
             },
         };
         self.inner.apply.metrics().branch_called(
@@ -118,23 +112,6 @@ impl Driver {
             "driver::after_answer"
         ));
         result
-    }
-
-    /// Reads at most `max_answer_bytes` of an answer's body (an endless or huge answer must
-    /// not exhaust the coordinator's memory), as text; what does not read is left unread.
-    async fn read_answer(&self, mut response: reqwest::Response) -> String {
-        let max = self.inner.settings.max_answer_bytes;
-        let mut body: Vec<u8> = Vec::new();
-        while body.len() < max {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    let room = max - body.len();
-                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                }
-                Ok(None) | Err(_) => break,
-            }
-        }
-        String::from_utf8_lossy(&body).into_owned()
     }
 
     /// Asks a prepared msg's initiator whether its local transaction committed: GET
@@ -153,32 +130,27 @@ impl Driver {
             };
         }
         let timeout = request_timeout(txn);
-        let params = [
-            ("gid", txn.gid.as_str()),
-            ("trans_type", txn.trans_type.as_str()),
-            ("branch_id", "00"),
-            ("op", settle_protocol::names::OP_MSG),
-        ];
-        let mut request = self
-            .inner
-            .http
-            .get(&txn.query_prepared)
-            .query(&params)
-            .timeout(timeout);
-        request = with_transaction_headers(request, txn);
-        match request.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let body = self.read_answer(response).await;
-                after_check_back(status, &body)
-            }
-            Err(e) => CheckBack::AskAgain {
+        let request = Request {
+            url: &txn.query_prepared,
+            query: [
+                ("gid", txn.gid.as_str()),
+                ("trans_type", txn.trans_type.as_str()),
+                ("branch_id", "00"),
+                ("op", settle_protocol::names::OP_MSG),
+            ],
+            body: None,
+            headers: transaction_headers(txn),
+            timeout,
+        };
+        match self.inner.transport.send(request).await {
+            Answer::Status(status, body) => after_check_back(status, &body),
+            Answer::TimedOut => CheckBack::AskAgain {
                 ongoing: false,
-                detail: if e.is_timeout() {
-                    format!("check-back: no answer within {}s", timeout.as_secs())
-                } else {
-                    format!("check-back: {}", error_chain(&e))
-                },
+                detail: format!("check-back: no answer within {}s", timeout.as_secs()),
+            },
+            Answer::Failed(detail) => CheckBack::AskAgain {
+                ongoing: false,
+                detail: format!("check-back: {detail}"),
             },
         }
     }

@@ -14,6 +14,7 @@
 pub mod call;
 pub mod phase_two;
 pub mod round;
+pub mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use crate::access::Allowlist;
 use crate::apply::Orchestrator;
 use crate::store::Claimed;
 use crate::telemetry::error_chain;
+use transport::Transport;
 
 /// Settings of the driver.
 #[derive(Debug, Clone)]
@@ -35,8 +37,6 @@ pub struct DriverSettings {
     pub retry_cap_s: i64,
     /// Most rounds running at once on this instance.
     pub max_inflight: usize,
-    /// Most bytes of a participant's answer read.
-    pub max_answer_bytes: usize,
     /// Most branch calls one `concurrent` transaction makes at once.
     pub max_concurrent_calls: usize,
     /// Where calls may go; checked before every call (the HTTP client's resolver checks the
@@ -52,7 +52,7 @@ pub struct Driver {
 
 struct Inner {
     apply: Orchestrator,
-    http: reqwest::Client,
+    transport: Arc<dyn Transport>,
     settings: DriverSettings,
     inflight: Arc<Semaphore>,
 }
@@ -69,13 +69,18 @@ pub enum RoundEnd {
 }
 
 impl Driver {
-    /// A driver carrying out its changes through `apply`, calling branches with `http`.
-    pub fn new(apply: Orchestrator, http: reqwest::Client, settings: DriverSettings) -> Self {
+    /// A driver carrying out its changes through `apply`, calling participants through
+    /// `transport`.
+    pub fn new(
+        apply: Orchestrator,
+        transport: Arc<dyn Transport>,
+        settings: DriverSettings,
+    ) -> Self {
         let inflight = Arc::new(Semaphore::new(settings.max_inflight.max(1)));
         Self {
             inner: Arc::new(Inner {
                 apply,
-                http,
+                transport,
                 settings,
                 inflight,
             }),

@@ -327,6 +327,8 @@ impl Work {
 /// Messages one command committed.
 struct Enqueued {
     gid: String,
+    /// The transaction's W3C `traceparent`, carried by its messages.
+    traceparent: String,
     /// When, ms.
     now: i64,
     /// When they may go out, ms.
@@ -353,13 +355,14 @@ struct Plan {
 }
 
 impl Plan {
-    fn add(&mut self, gid: &str, now: i64, effect: OutboxEffect) {
+    fn add(&mut self, gid: &str, traceparent: &str, now: i64, effect: OutboxEffect) {
         if let Some(a) = effect.attempt {
             self.attempts.push((gid.to_owned(), a));
         }
         if let Some((state, messages)) = effect.enqueue {
             self.enqueue.push(Enqueued {
                 gid: gid.to_owned(),
+                traceparent: traceparent.to_owned(),
                 now,
                 due: effect.deliver_from,
                 state,
@@ -410,7 +413,12 @@ fn decide_all(
                     let effect = w.current.apply(change)?;
                     w.dirty = true;
                     w.global_dirty |= effect.global_changed;
-                    plan.add(&cmd.gid, now, effect);
+                    let traceparent = w
+                        .current
+                        .txn
+                        .as_ref()
+                        .map_or("", |t| t.options.traceparent.as_str());
+                    plan.add(&cmd.gid, traceparent, now, effect);
                     Ok(Applied {
                         duplicate: false,
                         current: w.current.clone(),
@@ -451,7 +459,7 @@ const INSERT_BRANCH: &str = "INSERT INTO trans_branch_op (gid, branch_id, op, ur
      status, create_time, update_time, finish_time) VALUES ";
 
 const INSERT_OUTBOX: &str = "INSERT INTO outbox (gid, branch_id, topic, tag, sharding_key, \
-     seq, message_id, body, status, next_attempt_time, create_time) VALUES ";
+     seq, message_id, body, status, next_attempt_time, create_time, traceparent) VALUES ";
 
 const INSERT_ATTEMPT: &str =
     "INSERT INTO trans_attempt (gid, at_time, round, error, next_retry) VALUES ";
@@ -1021,6 +1029,8 @@ fn write_outbox(
                 .int(e.due)
                 .push(", ")
                 .int(e.now)
+                .push(", ")
+                .text(&e.traceparent)
                 .push(")");
         },
     );

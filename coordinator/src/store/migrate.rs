@@ -58,6 +58,16 @@ pub fn mysql() -> Migrator {
             "operations",
             include_str!("../../migrations/mysql/0006_operations.sql"),
         ),
+        (
+            7,
+            "alerts",
+            include_str!("../../migrations/mysql/0007_alerts.sql"),
+        ),
+        (
+            8,
+            "outbox trace",
+            include_str!("../../migrations/mysql/0008_outbox_trace.sql"),
+        ),
     ])
 }
 
@@ -93,6 +103,16 @@ pub fn sqlite() -> Migrator {
             6,
             "operations",
             include_str!("../../migrations/sqlite/0006_operations.sql"),
+        ),
+        (
+            7,
+            "alerts",
+            include_str!("../../migrations/sqlite/0007_alerts.sql"),
+        ),
+        (
+            8,
+            "outbox trace",
+            include_str!("../../migrations/sqlite/0008_outbox_trace.sql"),
         ),
     ])
 }

@@ -69,6 +69,7 @@ macro_rules! on_writer {
     };
 }
 
+pub mod alerts;
 pub mod batch;
 pub mod branches;
 pub mod connect;
@@ -97,6 +98,7 @@ pub(crate) fn like_prefix(prefix: &str) -> String {
     p
 }
 
+pub use alerts::{AlertCandidate, PendingAlert, SettledAlert};
 pub use batch::{Applied, Stamp};
 pub use connect::{ConnectOptions, Dialect};
 pub use globals::ListFilter;

@@ -45,6 +45,8 @@ pub struct OutboxRow {
     pub refusals: i64,
     /// Who holds it.
     pub owner: String,
+    /// The W3C `traceparent` of the request that created its transaction; empty: none.
+    pub traceparent: String,
 }
 
 /// An outbox message as operators see it.
@@ -164,7 +166,8 @@ impl KeyPlan {
 }
 
 const OUTBOX_COLUMNS: &str =
-    "id, gid, branch_id, topic, tag, sharding_key, seq, message_id, body, attempts, refusals, owner";
+    "id, gid, branch_id, topic, tag, sharding_key, seq, message_id, body, attempts, refusals, owner, \
+     traceparent";
 
 fn decode<R>(row: &R) -> Result<OutboxRow>
 where
@@ -187,6 +190,7 @@ where
         attempts: row.try_get_unchecked("attempts")?,
         refusals: row.try_get_unchecked("refusals")?,
         owner: row.try_get_unchecked("owner")?,
+        traceparent: row.try_get_unchecked("traceparent")?,
     })
 }
 

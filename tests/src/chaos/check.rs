@@ -159,13 +159,14 @@ pub fn check(e: &Evidence) -> (Vec<Violation>, usize) {
     // Barriers: a transaction's branches all confirmed or all cancelled, a confirm only
     // after its Try.
     for (bank, b) in e.banks.iter().enumerate() {
-        let has = |gid: &str, branch: &str, op: &str, reason: Option<&str>| {
-            b.barrier.iter().any(|(g, br, o, r)| {
-                g == gid && br == branch && o == op && reason.is_none_or(|x| x == r)
-            })
-        };
+        let tried: HashSet<(&str, &str)> = b
+            .barrier
+            .iter()
+            .filter(|(_, _, op, reason)| op == "try" && reason == "try")
+            .map(|(gid, branch, _, _)| (gid.as_str(), branch.as_str()))
+            .collect();
         for (gid, branch, op, _) in &b.barrier {
-            if op == "confirm" && !has(gid, branch, "try", Some("try")) {
+            if op == "confirm" && !tried.contains(&(gid.as_str(), branch.as_str())) {
                 add(
                     KINDS[6],
                     format!("{gid} branch {branch} at bank {}", ["a", "b"][bank]),

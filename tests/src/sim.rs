@@ -1,0 +1,710 @@
+//! The simulation tier: the coordinator's scheduler, driver and dispatcher, run in this
+//! process over an in-memory SQLite store against simulated participants and a simulated
+//! broker that fail, stall and duplicate, on simulated time, everything chosen by one seed.
+//!
+//! A seed fixes the workload (which TCCs and messages, their branches, steps and keys, which
+//! Tries fail, which initiators crash, what each check-back will say), the clock's steps, and
+//! every fault: whether a call or publish fails is a function of the seed and of the call
+//! itself (transaction, branch, operation and how many times it was made before), not of
+//! the order calls happen to arrive in. Time is a stepped clock that moves only when the
+//! simulation steps it, so timeouts, retry backoff and leases run over minutes of simulated
+//! time in a fraction of a second.
+//!
+//! Once the faults stop, the transactions must settle within a bound of simulated time, and
+//! the same invariants the chaos runner checks must hold: each TCC confirmed everywhere or
+//! cancelled everywhere, as decided; no confirm without a successful Try; every effect
+//! applied once (duplicates absorbed and counted); a committed message delivered to every
+//! step, a rolled-back one to none (a check-back answered 200 with a body that is not a
+//! verdict is never a commit); each key's committed sequence received in order.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use settle_coordinator::app::{Application, Parts};
+use settle_coordinator::clock::Clock;
+use settle_coordinator::delivery::{Failure, Sink};
+use settle_coordinator::driver::transport::{Answer, Request, Transport};
+use settle_coordinator::store::OutboxRow;
+use settle_coordinator::Config;
+use settle_protocol::{GlobalRequest, RegisterBranchRequest};
+use settle_sdk::SettleClient;
+
+/// Where simulated participants are reached (the transport never opens it).
+const BASE: &str = "http://127.0.0.1:9";
+/// The topic of simulated `rocketmq://` steps.
+const TOPIC: &str = "SimOrders";
+/// Simulated time at the start, ms.
+const START_MS: i64 = 1_800_000_000_000;
+/// Simulated time during which faults happen, ms.
+const FAULTY_MS: i64 = 60_000;
+/// Simulated time after the faults stop within which everything must have settled, ms.
+const SETTLE_BOUND_MS: i64 = 240_000;
+
+/// SplitMix64: a small, fast generator whose sequence is fixed by its seed.
+#[derive(Debug, Clone)]
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        to_unit(self.next_u64())
+    }
+
+    /// A number in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo).max(1)
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn to_unit(bits: u64) -> f64 {
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A number in `[0, 1)` fixed by the seed and `what`: the same question gets the same
+/// answer in every run of the seed, whatever order the questions come in.
+fn roll(seed: u64, what: &impl Hash) -> f64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    seed.hash(&mut h);
+    what.hash(&mut h);
+    SplitMix::new(h.finish()).unit()
+}
+
+/// What a simulated initiator decided for a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Must end `succeed`, every branch confirmed or step delivered.
+    Commit,
+    /// Must end `failed`, every registered branch cancelled, nothing delivered.
+    Rollback,
+}
+
+/// A msg's local transaction, as its check-back reports it.
+#[derive(Debug, Clone, Copy)]
+struct Local {
+    committed: bool,
+    /// Check-backs answered "ongoing" before the verdict.
+    ongoing_first: u64,
+}
+
+#[derive(Debug, Default)]
+struct World {
+    faults_on: bool,
+    /// Calls made so far per call identity (transaction, branch, operation).
+    attempts: HashMap<String, u64>,
+    /// Tries that succeeded: (gid, branch).
+    tried: HashSet<(String, String)>,
+    /// Effects applied: (gid, branch, op) -> how many calls carried it (1 applied, the rest
+    /// absorbed as duplicates).
+    effects: HashMap<(String, String, String), u64>,
+    /// Messages the broker stored, in order: (key, message id).
+    received: Vec<(String, String)>,
+    locals: HashMap<String, Local>,
+    faults: BTreeMap<&'static str, u64>,
+}
+
+/// The participants, the initiators' check-back endpoints and the broker, in one place.
+#[derive(Debug, Clone)]
+struct Sim {
+    seed: u64,
+    world: Arc<Mutex<World>>,
+}
+
+impl Sim {
+    fn world(&self) -> MutexGuard<'_, World> {
+        self.world
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The fault, if any, hitting the `n`th call of `identity` (counted from 0).
+    fn fault(
+        &self,
+        w: &mut World,
+        identity: &str,
+        table: &[(&'static str, f64)],
+    ) -> Option<&'static str> {
+        let n = w.attempts.entry(identity.to_owned()).or_default();
+        let attempt = *n;
+        *n += 1;
+        if !w.faults_on {
+            return None;
+        }
+        let r = roll(self.seed, &(identity, attempt));
+        let mut edge = 0.0;
+        for (kind, p) in table {
+            edge += p;
+            if r < edge {
+                *w.faults.entry(kind).or_default() += 1;
+                return Some(kind);
+            }
+        }
+        None
+    }
+
+    /// A branch operation or message step: its effect is applied once, however often it is
+    /// called (as a barrier would).
+    fn branch(&self, gid: &str, branch: &str, op: &str) -> Answer {
+        let mut w = self.world();
+        let identity = format!("{gid}/{branch}/{op}");
+        let fault = self.fault(
+            &mut w,
+            &identity,
+            &[
+                ("participant answered 500", 0.2),
+                ("participant timed out", 0.07),
+                ("participant applied, answer lost", 0.1),
+            ],
+        );
+        match fault {
+            Some("participant answered 500") => {
+                return Answer::Status(500, "internal error".into());
+            }
+            Some("participant timed out") => return Answer::TimedOut,
+            _ => {}
+        }
+        *w.effects
+            .entry((gid.to_owned(), branch.to_owned(), op.to_owned()))
+            .or_default() += 1;
+        if fault.is_some() {
+            Answer::Failed("connection reset by peer".into())
+        } else {
+            Answer::Status(200, r#"{"dtm_result":"SUCCESS"}"#.into())
+        }
+    }
+
+    /// A msg's check-back.
+    fn check_back(&self, gid: &str) -> Answer {
+        let mut w = self.world();
+        let identity = format!("{gid}/00/msg");
+        let asked = w.attempts.get(&identity).copied().unwrap_or(0);
+        let fault = self.fault(
+            &mut w,
+            &identity,
+            &[
+                ("check-back answered 500", 0.15),
+                ("check-back answered 200 without a verdict", 0.1),
+                ("check-back timed out", 0.05),
+            ],
+        );
+        match fault {
+            Some("check-back answered 500") => return Answer::Status(500, String::new()),
+            Some("check-back answered 200 without a verdict") => {
+                return Answer::Status(200, "<html>maintenance</html>".into());
+            }
+            Some(_) => return Answer::TimedOut,
+            None => {}
+        }
+        let Some(local) = w.locals.get(gid).copied() else {
+            return Answer::Status(404, "unknown".into());
+        };
+        if asked < local.ongoing_first {
+            Answer::Status(425, r#"{"dtm_result":"ONGOING"}"#.into())
+        } else if local.committed {
+            Answer::Status(200, r#"{"dtm_result":"SUCCESS"}"#.into())
+        } else {
+            Answer::Status(409, r#"{"dtm_result":"FAILURE"}"#.into())
+        }
+    }
+}
+
+impl Transport for Sim {
+    fn send<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, Answer> {
+        let param = |name: &str| {
+            request
+                .query
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map_or("", |(_, v)| *v)
+        };
+        let (gid, branch, op) = (param("gid"), param("branch_id"), param("op"));
+        let answer = match request.url.strip_prefix(BASE) {
+            Some("/check") => self.check_back(gid),
+            Some(_) => self.branch(gid, branch, op),
+            None => Answer::Failed(format!("no simulated participant at {}", request.url)),
+        };
+        async move { answer }.boxed()
+    }
+}
+
+impl Sink for Sim {
+    fn publish<'a>(&'a self, messages: &'a [OutboxRow]) -> BoxFuture<'a, Vec<Result<(), Failure>>> {
+        let mut w = self.world();
+        let mut stopped: HashSet<&str> = HashSet::new();
+        let results = messages
+            .iter()
+            .map(|m| {
+                let transient = |error: &str| {
+                    Err(Failure {
+                        error: error.to_owned(),
+                        permanent: false,
+                    })
+                };
+                if stopped.contains(m.sharding_key.as_str()) {
+                    return transient("an earlier message of the key failed");
+                }
+                let fault = self.fault(
+                    &mut w,
+                    &format!("publish/{}", m.message_id),
+                    &[
+                        ("broker refused for now", 0.15),
+                        ("broker stored, ack lost", 0.1),
+                    ],
+                );
+                if fault != Some("broker refused for now") {
+                    w.received
+                        .push((m.sharding_key.clone(), m.message_id.clone()));
+                }
+                match fault {
+                    None => Ok(()),
+                    Some(kind) => {
+                        stopped.insert(&m.sharding_key);
+                        transient(kind)
+                    }
+                }
+            })
+            .collect();
+        async move { results }.boxed()
+    }
+}
+
+/// A transaction the simulation started, and what it must come to.
+#[derive(Debug, Clone)]
+struct Started {
+    gid: String,
+    trans_type: &'static str,
+    expect: Expect,
+    /// TCC: branch ids registered. Msg: (branch id, whether it is a broker step).
+    branches: Vec<(String, bool)>,
+}
+
+/// What one seed did and found.
+#[derive(Debug, Clone, Default)]
+pub struct SeedReport {
+    /// The seed.
+    pub seed: u64,
+    /// TCCs run.
+    pub tccs: usize,
+    /// Messages run.
+    pub msgs: usize,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Duplicate calls and publishes absorbed.
+    pub duplicates: u64,
+    /// Simulated time from the end of the faults until everything settled, ms.
+    pub settle_ms: i64,
+    /// What went wrong; empty when every invariant held.
+    pub violations: Vec<String>,
+}
+
+/// The coordinator's configuration in a simulation.
+fn config() -> Config {
+    Config {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        database_url: "sqlite::memory:".into(),
+        poll_interval_ms: 2,
+        delivery_poll_interval_ms: 2,
+        lease_ms: 20_000,
+        retry_cap_s: 8,
+        default_retry_interval_s: 1,
+        default_request_timeout_s: 3,
+        rocketmq_namesrv: "simulated".into(),
+        retention_s: 0,
+        ..Config::default()
+    }
+}
+
+/// Starts one simulated initiator's transaction, as the seed says.
+async fn start_one(
+    sim: &Sim,
+    client: &SettleClient,
+    rng: &mut SplitMix,
+    gid: String,
+) -> anyhow::Result<Started> {
+    if rng.unit() < 0.5 {
+        start_tcc(sim, client, rng, gid).await
+    } else {
+        start_msg(sim, client, rng, gid).await
+    }
+}
+
+async fn start_tcc(
+    sim: &Sim,
+    client: &SettleClient,
+    rng: &mut SplitMix,
+    gid: String,
+) -> anyhow::Result<Started> {
+    let request = GlobalRequest {
+        timeout_to_fail: i64::try_from(rng.range(3, 10)).unwrap_or(5),
+        concurrent: rng.unit() < 0.3,
+        ..GlobalRequest::new(&gid, "tcc")
+    };
+    client.post("prepare", &request).await?;
+    let mut branches = Vec::new();
+    let mut all_tried = true;
+    for n in 1..=rng.range(1, 4) {
+        let branch = format!("{n:02}");
+        let register: RegisterBranchRequest = [
+            ("gid", gid.as_str()),
+            ("trans_type", "tcc"),
+            ("branch_id", branch.as_str()),
+            ("data", r#"{"amount":1}"#),
+            ("confirm", &format!("{BASE}/tcc/confirm")),
+            ("cancel", &format!("{BASE}/tcc/cancel")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        client.post("registerBranch", &register).await?;
+        branches.push((branch.clone(), false));
+        // The Try, made by the initiator itself.
+        if rng.unit() < 0.15 {
+            all_tried = false;
+            break;
+        }
+        sim.world().tried.insert((gid.clone(), branch));
+    }
+    let crash = rng.unit() < 0.15;
+    let expect = if crash || !all_tried {
+        Expect::Rollback
+    } else {
+        Expect::Commit
+    };
+    if !crash {
+        let route = if expect == Expect::Commit {
+            "submit"
+        } else {
+            "abort"
+        };
+        client.post(route, &request).await?;
+    }
+    Ok(Started {
+        gid,
+        trans_type: "tcc",
+        expect,
+        branches,
+    })
+}
+
+async fn start_msg(
+    sim: &Sim,
+    client: &SettleClient,
+    rng: &mut SplitMix,
+    gid: String,
+) -> anyhow::Result<Started> {
+    let mut request = GlobalRequest {
+        timeout_to_fail: i64::try_from(rng.range(2, 6)).unwrap_or(3),
+        query_prepared: format!("{BASE}/check"),
+        ..GlobalRequest::new(&gid, "msg")
+    };
+    let mut branches = Vec::new();
+    for n in 1..=rng.range(1, 4) {
+        let broker = rng.unit() < 0.6;
+        let url = if broker {
+            format!("rocketmq://{TOPIC}?key=k{}", rng.range(0, 3))
+        } else {
+            format!("{BASE}/step/action")
+        };
+        request
+            .steps
+            .push(std::iter::once(("action".to_owned(), url)).collect());
+        request.payloads.push(format!(r#"{{"n":{n}}}"#));
+        branches.push((format!("{n:02}"), broker));
+    }
+    let mode = rng.unit();
+    let expect = if mode < 0.35 {
+        // Submitted at once, without a prepare.
+        client.post("submit", &request).await?;
+        Expect::Commit
+    } else if mode < 0.65 {
+        client.post("prepare", &request).await?;
+        sim.world().locals.insert(
+            gid.clone(),
+            Local {
+                committed: true,
+                ongoing_first: 0,
+            },
+        );
+        client.post("submit", &request).await?;
+        Expect::Commit
+    } else {
+        // Prepared, then the initiator goes silent: the check-back decides.
+        let local = Local {
+            committed: rng.unit() < 0.5,
+            ongoing_first: rng.range(0, 3),
+        };
+        sim.world().locals.insert(gid.clone(), local);
+        client.post("prepare", &request).await?;
+        if local.committed {
+            Expect::Commit
+        } else {
+            Expect::Rollback
+        }
+    };
+    Ok(Started {
+        gid,
+        trans_type: "msg",
+        expect,
+        branches,
+    })
+}
+
+/// Runs the simulation of `seed`.
+///
+/// # Errors
+/// The coordinator could not start, or refused the simulated initiators (not a
+/// violation: a broken simulation).
+pub async fn run_seed(seed: u64) -> anyhow::Result<SeedReport> {
+    let sim = Sim {
+        seed,
+        world: Arc::new(Mutex::new(World {
+            faults_on: true,
+            ..World::default()
+        })),
+    };
+    let clock = Clock::stepped(START_MS);
+    let app = Application::start_with(
+        config(),
+        Parts {
+            clock: clock.clone(),
+            transport: Some(Arc::new(sim.clone())),
+            sink: Some(Arc::new(sim.clone())),
+        },
+    )
+    .await?;
+    let client = SettleClient::new(app.api_url());
+    let mut rng = SplitMix::new(seed);
+    let count = rng.range(6, 16);
+    let mut started = Vec::new();
+    let mut next = 0;
+    let mut now = START_MS;
+    let mut settled_at = None;
+    while now < START_MS + FAULTY_MS + SETTLE_BOUND_MS {
+        // New transactions keep coming during most of the faulty period.
+        if next < count && rng.unit() < 0.4 {
+            started.push(start_one(&sim, &client, &mut rng, format!("sim{seed}-{next}")).await?);
+            next += 1;
+        }
+        let step = rng.range(100, 2_500);
+        clock.advance(Duration::from_millis(step));
+        now += i64::try_from(step).unwrap_or(0);
+        if now >= START_MS + FAULTY_MS {
+            sim.world().faults_on = false;
+            if next == count && all_settled(&app, &client, &started).await? {
+                settled_at = Some(now);
+                break;
+            }
+        }
+        // Let the scheduler, driver and dispatcher do what is due now.
+        tokio::time::sleep(Duration::from_millis(4)).await;
+    }
+    while next < count {
+        started.push(start_one(&sim, &client, &mut rng, format!("sim{seed}-{next}")).await?);
+        next += 1;
+    }
+    let mut report = SeedReport {
+        seed,
+        tccs: started.iter().filter(|s| s.trans_type == "tcc").count(),
+        msgs: started.iter().filter(|s| s.trans_type == "msg").count(),
+        settle_ms: settled_at.map_or(SETTLE_BOUND_MS, |t| t - START_MS - FAULTY_MS),
+        ..SeedReport::default()
+    };
+    check(&sim, &app, &client, &started, &mut report).await?;
+    if settled_at.is_none() {
+        report.violations.push(format!(
+            "not settled {} s of simulated time after the faults stopped",
+            SETTLE_BOUND_MS / 1000
+        ));
+    }
+    {
+        let w = sim.world();
+        report.faults = w.faults.clone();
+        report.duplicates = w.effects.values().map(|n| n.saturating_sub(1)).sum::<u64>()
+            + (w.received.len() as u64)
+                .saturating_sub(w.received.iter().collect::<HashSet<_>>().len() as u64);
+    }
+    app.stop().await;
+    Ok(report)
+}
+
+/// Whether every transaction is final and every committed message is out.
+async fn all_settled(
+    app: &Application,
+    client: &SettleClient,
+    started: &[Started],
+) -> anyhow::Result<bool> {
+    for s in started {
+        match client.status(&s.gid).await?.as_deref() {
+            Some("succeed" | "failed") => {}
+            _ => return Ok(false),
+        }
+    }
+    let unsent = app
+        .store()
+        .outbox_list(None, None, 10_000)
+        .await?
+        .into_iter()
+        .filter(|e| matches!(e.status.as_str(), "held" | "pending"))
+        .count();
+    Ok(unsent == 0)
+}
+
+/// Checks every invariant, adding what fails to `report`.
+///
+/// # Errors
+/// The coordinator cannot be read.
+async fn check(
+    sim: &Sim,
+    app: &Application,
+    client: &SettleClient,
+    started: &[Started],
+    report: &mut SeedReport,
+) -> anyhow::Result<()> {
+    let outbox = app.store().outbox_list(None, None, 10_000).await?;
+    let mut statuses = Vec::with_capacity(started.len());
+    for s in started {
+        statuses.push(client.status(&s.gid).await?.unwrap_or_default());
+    }
+    let w = sim.world();
+    let effect = |gid: &str, branch: &str, op: &str| {
+        w.effects
+            .get(&(gid.to_owned(), branch.to_owned(), op.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    };
+    let mut v = Vec::new();
+    for (s, status) in started.iter().zip(statuses) {
+        let want = match s.expect {
+            Expect::Commit => "succeed",
+            Expect::Rollback => "failed",
+        };
+        if status != want {
+            v.push(format!(
+                "{} ({}) ended '{status}', not '{want}'",
+                s.gid, s.trans_type
+            ));
+        }
+        for (branch, broker) in &s.branches {
+            let gid = s.gid.as_str();
+            if s.trans_type == "tcc" {
+                let (confirmed, cancelled) = (
+                    effect(gid, branch, "confirm"),
+                    effect(gid, branch, "cancel"),
+                );
+                if confirmed > 0 && !w.tried.contains(&(gid.to_owned(), branch.clone())) {
+                    v.push(format!(
+                        "{gid} branch {branch} confirmed without a successful Try"
+                    ));
+                }
+                let (done, not_done) = match s.expect {
+                    Expect::Commit => (confirmed, cancelled),
+                    Expect::Rollback => (cancelled, confirmed),
+                };
+                if done == 0 || not_done > 0 {
+                    v.push(format!(
+                        "{gid} branch {branch}: confirmed {confirmed}x, cancelled {cancelled}x, expected to {}",
+                        if s.expect == Expect::Commit { "confirm" } else { "cancel" }
+                    ));
+                }
+            } else {
+                let message_id = format!("{gid}-{branch}");
+                let delivered = if *broker {
+                    w.received
+                        .iter()
+                        .filter(|(_, id)| *id == message_id)
+                        .count() as u64
+                } else {
+                    effect(gid, branch, "action")
+                };
+                match s.expect {
+                    Expect::Commit if delivered == 0 => {
+                        v.push(format!(
+                            "{gid} step {branch} committed but never delivered (lost)"
+                        ));
+                    }
+                    Expect::Rollback if delivered > 0 => {
+                        v.push(format!(
+                            "{gid} step {branch} delivered though its transaction rolled back"
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    // Each key's committed sequence must be a subsequence of what the broker received.
+    let mut committed: BTreeMap<&str, Vec<(i64, String)>> = BTreeMap::new();
+    for e in outbox
+        .iter()
+        .filter(|e| !e.sharding_key.is_empty() && e.status == "sent")
+    {
+        committed
+            .entry(&e.sharding_key)
+            .or_default()
+            .push((e.seq.unwrap_or(0), format!("{}-{}", e.gid, e.branch_id)));
+    }
+    for (key, mut seq) in committed {
+        seq.sort();
+        let got: Vec<&str> = w
+            .received
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, id)| id.as_str())
+            .collect();
+        let mut at = 0;
+        for (_, id) in &seq {
+            match got[at..].iter().position(|g| g == id) {
+                Some(p) => at += p + 1,
+                None => {
+                    v.push(format!(
+                        "key {key}: committed order {:?} is not a subsequence of what arrived {got:?}",
+                        seq.iter().map(|(_, id)| id).collect::<Vec<_>>()
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+    report.violations.extend(v);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_gives_the_same_numbers_every_time() {
+        let a: Vec<u64> = (0..4).map(|_| SplitMix::new(7).next_u64()).collect();
+        assert!(a.windows(2).all(|w| w[0] == w[1]));
+        let mut g = SplitMix::new(7);
+        let first = g.next_u64();
+        assert_ne!(first, g.next_u64());
+        assert_eq!(roll(3, &("g/01/confirm", 0)), roll(3, &("g/01/confirm", 0)));
+        assert_ne!(roll(3, &("g/01/confirm", 0)), roll(3, &("g/01/confirm", 1)));
+        for _ in 0..1000 {
+            let u = g.unit();
+            assert!((0.0..1.0).contains(&u));
+            let r = g.range(2, 5);
+            assert!((2..5).contains(&r));
+        }
+    }
+}
