@@ -185,6 +185,7 @@ impl Application {
             sink,
         } = parts;
         config.validate()?;
+        let metrics = Arc::new(Metrics::default());
         let store = Store::connect(&ConnectOptions {
             url: config.database_url.clone(),
             max_connections: config.max_connections,
@@ -192,6 +193,7 @@ impl Application {
             writers: config.store_writers,
             max_batch: config.max_batch,
             clock: clock.clone(),
+            metrics: Some(metrics.clone()),
         })
         .await
         .map_err(|source| StartError::Store {
@@ -244,7 +246,6 @@ impl Application {
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::new(AllowlistResolver(allowlist.clone())))
             .build()?;
-        let metrics = Arc::new(Metrics::default());
         let upkept = Arc::downgrade(&metrics);
         tokio::spawn(async move {
             loop {

@@ -16,7 +16,9 @@
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use settle_protocol::BranchOutcome;
 use tracing_subscriber::EnvFilter;
 
@@ -49,6 +51,9 @@ pub fn init_logging() {
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// Topics given a per-topic gauge so far: one with nothing left reads 0, not its last
+    /// value.
+    topics: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -92,12 +97,20 @@ const API_OPS: [&str; 6] = [
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
+/// Buckets of the histograms of counts (commands per batch, rounds per transaction).
+const COUNTS: [f64; 12] = [
+    1.0, 2.0, 3.0, 5.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// Histograms of counts rather than seconds.
+const COUNT_HISTOGRAMS: [&str; 2] = ["settle_store_batch_commands", "settle_transaction_rounds"];
+
 /// Buckets of the duration histograms, in seconds.
 const SECONDS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
 ];
 
-const DESCRIPTIONS: [(&str, &str); 11] = [
+const DESCRIPTIONS: [(&str, &str); 15] = [
     (
         "dtm_server_process_total",
         "All requests received, by type, api and status (ok: below 400).",
@@ -132,6 +145,22 @@ const DESCRIPTIONS: [(&str, &str); 11] = [
         "Messages this instance dead-lettered after the broker refused them.",
     ),
     (
+        "settle_store_batch_commands",
+        "State changes written per database transaction by the batched writer.",
+    ),
+    (
+        "settle_store_batch_seconds",
+        "Seconds from a batch's start to its commit (or failure).",
+    ),
+    (
+        "settle_transaction_rounds",
+        "Rounds (phase 2 or check-back) a transaction took to reach its final status.",
+    ),
+    (
+        "settle_overdue_transactions",
+        "Unfinished transactions due more than 10 s ago and not driven since.",
+    ),
+    (
         "settle_alerts_total",
         "Alert events posted to the webhook, by event (firing, resolved) and outcome (ok, fail).",
     ),
@@ -144,15 +173,24 @@ const DESCRIPTIONS: [(&str, &str); 11] = [
 impl Metrics {
     /// An empty set of metrics with its own recorder.
     pub fn new() -> Self {
-        let recorder = PrometheusBuilder::new()
+        let mut builder = PrometheusBuilder::new()
             .set_buckets(&SECONDS)
-            .unwrap_or_else(|_| PrometheusBuilder::new())
-            .build_recorder();
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        for name in COUNT_HISTOGRAMS {
+            builder = builder
+                .set_buckets_for_metric(Matcher::Full(name.to_owned()), &COUNTS)
+                .expect("the count buckets are not empty");
+        }
+        let recorder = builder.build_recorder();
         for (name, help) in DESCRIPTIONS {
             recorder.describe_counter(name.into(), None, SharedString::const_str(help));
         }
         let handle = recorder.handle();
-        Self { recorder, handle }
+        Self {
+            recorder,
+            handle,
+            topics: std::sync::Mutex::default(),
+        }
     }
 
     fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
@@ -203,8 +241,14 @@ impl Metrics {
     }
 
     /// Counts one transaction of type `model` reaching its final `status`, `age_ms` after it
-    /// was created.
-    pub fn transaction_finished(&self, model: &str, status: GlobalStatus, age_ms: i64) {
+    /// was created, in `rounds` rounds.
+    pub fn transaction_finished(
+        &self,
+        model: &str,
+        status: GlobalStatus,
+        age_ms: i64,
+        rounds: i64,
+    ) {
         let (name, ok) = match status {
             GlobalStatus::Succeeded => ("succeed", "ok"),
             _ => ("failed", "fail"),
@@ -220,6 +264,18 @@ impl Metrics {
         let seconds = age_ms.max(0) as f64 / 1000.0;
         self.histogram("dtm_transaction_handled_duration", &[("model", model)])
             .record(seconds);
+        #[allow(clippy::cast_precision_loss)]
+        self.histogram("settle_transaction_rounds", &[("model", model)])
+            .record(rounds.max(1) as f64);
+    }
+
+    /// Records one batch of the store's writer: how many commands, how long it took.
+    pub fn store_batch(&self, commands: usize, took: Duration) {
+        #[allow(clippy::cast_precision_loss)]
+        self.histogram("settle_store_batch_commands", &[])
+            .record(commands as f64);
+        self.histogram("settle_store_batch_seconds", &[])
+            .record(took.as_secs_f64());
     }
 
     /// Counts one call of a branch operation (`op`: `confirm`, `cancel`, ...) of a
@@ -261,6 +317,34 @@ impl Metrics {
     /// Sets a gauge read from the store at scrape time (`settle_outbox_backlog`, say).
     pub fn set_gauge(&self, name: &'static str, labels: &[(&'static str, &str)], value: f64) {
         self.gauge(name, labels).set(value);
+    }
+
+    /// Sets the per-topic outbox gauges from `(topic, pending, oldest pending age in
+    /// seconds)`; topics seen before and absent now read 0.
+    pub fn set_outbox_topics(&self, topics: &[(String, f64, f64)]) {
+        let mut seen = self
+            .topics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for topic in seen.iter() {
+            if !topics.iter().any(|(t, _, _)| t == topic) {
+                self.set_gauge("settle_outbox_pending", &[("topic", topic)], 0.0);
+                self.set_gauge(
+                    "settle_outbox_oldest_pending_seconds",
+                    &[("topic", topic)],
+                    0.0,
+                );
+            }
+        }
+        for (topic, pending, age) in topics {
+            self.set_gauge("settle_outbox_pending", &[("topic", topic)], *pending);
+            self.set_gauge(
+                "settle_outbox_oldest_pending_seconds",
+                &[("topic", topic)],
+                *age,
+            );
+            seen.insert(topic.clone());
+        }
     }
 
     /// Sets a counter kept elsewhere (by the store, say) to its current total.

@@ -118,6 +118,25 @@ async fn metrics_count_a_known_workload_under_dtm_names() -> anyhow::Result<()> 
     );
     expect("settle_branch_calls_total", &[("outcome", "success")], 8.0);
     expect("settle_outbox_backlog", &[], 0.0);
+    expect("settle_overdue_transactions", &[], 0.0);
+    expect("settle_transaction_rounds_count", &[model], 4.0);
+    expect(
+        "settle_transaction_rounds_bucket",
+        &[model, ("le", "1")],
+        4.0,
+    );
+    let batches = sample(&text, "settle_store_batch_commands_count", &[]).unwrap_or(0.0);
+    let commands = sample(&text, "settle_store_batch_commands_sum", &[]).unwrap_or(0.0);
+    // Every prepare, registerBranch, submit, abort and branch outcome is a command.
+    assert!(
+        batches >= 1.0 && commands >= 4.0 + 8.0 + 3.0 + 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "settle_store_batch_seconds_count", &[]),
+        Some(batches),
+        "{text}"
+    );
     assert!(
         text.contains("# TYPE dtm_server_response_duration histogram"),
         "{text}"

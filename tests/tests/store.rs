@@ -969,6 +969,9 @@ on_both!(
             .any(|r| r.message_id == "t3-m01" && r.attempts == 1));
         let (backlog, _) = store.outbox_backlog().await.unwrap();
         assert_eq!(backlog, 3, "t2-01, t2-02 (claimed, not sent) and t3-m01");
+        let by_topic = store.outbox_pending_by_topic().await.unwrap();
+        assert_eq!(by_topic.len(), 1, "{by_topic:?}");
+        assert_eq!((by_topic[0].0.as_str(), by_topic[0].1), ("Events", 3));
         // Refused for what it is: a dead letter, out of the backlog, until redriven.
         let t3 = later.iter().find(|r| r.message_id == "t3-m01").unwrap();
         let refused = Failed {

@@ -367,7 +367,18 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     let unfinished = state.store.count_unfinished().await?;
     let (backlog, _) = state.store.outbox_backlog().await?;
     let dead = state.store.outbox_dead().await?;
+    let now = state.apply.clock().now_ms();
+    let overdue = state.store.count_overdue(now - 10_000).await?;
+    let topics = state.store.outbox_pending_by_topic().await?;
     let m = &state.metrics;
+    m.describe(
+        "settle_outbox_pending",
+        "Committed messages waiting for their broker, by topic.",
+    );
+    m.describe(
+        "settle_outbox_oldest_pending_seconds",
+        "Age of the oldest committed message waiting for its broker, by topic.",
+    );
     m.describe(
         "settle_outbox_backlog",
         "Committed messages not yet acknowledged by their broker.",
@@ -384,6 +395,12 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     {
         m.set_gauge("settle_outbox_backlog", &[], backlog as f64);
         m.set_gauge("settle_outbox_dead_letters", &[], dead as f64);
+        m.set_gauge("settle_overdue_transactions", &[], overdue as f64);
+        let topics: Vec<(String, f64, f64)> = topics
+            .into_iter()
+            .map(|(topic, n, oldest)| (topic, n as f64, ((now - oldest).max(0) as f64) / 1000.0))
+            .collect();
+        m.set_outbox_topics(&topics);
         m.set_counter(
             "settle_transactions_set_aside_total",
             &[],

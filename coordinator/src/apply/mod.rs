@@ -141,6 +141,7 @@ impl Orchestrator {
                     t.trans_type.as_str(),
                     t.status,
                     self.clock.now_ms() - t.create_time,
+                    t.retry_count + 1,
                 );
             }
             if t.status.is_final() {

@@ -40,6 +40,7 @@ use super::connect::{is_transient, pause_before_retry, Dialect, TRANSIENT_RETRIE
 use super::sql::{Script, Sql};
 use super::{rows, Result, Store, StoreError, BRANCH_COLUMNS, GLOBAL_COLUMNS};
 use crate::clock::Clock;
+use crate::telemetry::Metrics;
 use crate::txn::change::{Attempt, OutboxEffect};
 use crate::txn::{
     BranchOp, BranchStatus, Change, Current, Decision, GlobalTxn, OutboxMessage, OutboxState,
@@ -110,12 +111,25 @@ impl fmt::Debug for Writer {
 
 impl Writer {
     /// Starts one writer task per connection.
-    pub(crate) fn start(conns: Vec<Conn>, max_batch: usize, clock: Clock) -> Self {
+    pub(crate) fn start(
+        conns: Vec<Conn>,
+        max_batch: usize,
+        clock: Clock,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let tasks = conns
             .into_iter()
-            .map(|conn| tokio::spawn(run(rx.clone(), conn, max_batch, clock.clone())))
+            .map(|conn| {
+                tokio::spawn(run(
+                    rx.clone(),
+                    conn,
+                    max_batch,
+                    clock.clone(),
+                    metrics.clone(),
+                ))
+            })
             .collect();
         Self {
             queue: Arc::new(Mutex::new(Some(tx))),
@@ -180,6 +194,7 @@ async fn run(
     mut conn: Conn,
     max_batch: usize,
     clock: Clock,
+    metrics: Option<Arc<Metrics>>,
 ) {
     loop {
         let mut turn = rx.clone().lock_owned().await;
@@ -193,7 +208,11 @@ async fn run(
                 Err(_) => break,
             }
         }
+        let (started, commands) = (std::time::Instant::now(), batch.len());
         run_batch(&mut conn, batch, &clock, Some(turn)).await;
+        if let Some(m) = &metrics {
+            m.store_batch(commands, started.elapsed());
+        }
     }
 }
 

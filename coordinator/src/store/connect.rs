@@ -39,6 +39,8 @@ pub struct ConnectOptions {
     pub max_batch: usize,
     /// The clock batches take their time from.
     pub clock: Clock,
+    /// Where batch sizes and times are recorded; `None`: nowhere.
+    pub metrics: Option<std::sync::Arc<crate::telemetry::Metrics>>,
 }
 
 impl ConnectOptions {
@@ -52,6 +54,7 @@ impl ConnectOptions {
             writers: 1,
             max_batch: 256,
             clock: Clock::system(),
+            metrics: None,
         }
     }
 }
@@ -209,7 +212,12 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(redact_url(url)));
         };
-        let writer = batch::Writer::start(writers, options.max_batch.max(1), options.clock.clone());
+        let writer = batch::Writer::start(
+            writers,
+            options.max_batch.max(1),
+            options.clock.clone(),
+            options.metrics.clone(),
+        );
         Ok(Self {
             backend,
             writer,

@@ -156,6 +156,20 @@ impl Store {
         })
     }
 
+    /// Counts unfinished transactions that came due before `due_before` (ms) and were not
+    /// driven since (a round that fails moves the due time on): work nobody is doing.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn count_overdue(&self, due_before: i64) -> Result<i64> {
+        let sql = "SELECT COUNT(*) FROM trans_global \
+                   WHERE status IN ('prepared', 'submitted', 'aborting') AND next_cron_time < ?";
+        on_pool!(self, pool => {
+            let n: i64 = sqlx::query_scalar(sql).bind(due_before).fetch_one(pool).await?;
+            Ok(n)
+        })
+    }
+
     /// Makes unfinished transactions due now and restarts their retry schedule: the one with
     /// `gid`, or every one when `gid` is `None`. Leases held by live instances are kept.
     /// Returns how many were touched.

@@ -575,6 +575,22 @@ impl Store {
             Ok((row.try_get::<i64, _>(0)?, row.try_get_unchecked::<String, _>(1)?))
         })
     }
+
+    /// Committed messages waiting for their broker, per topic: how many, and when the oldest
+    /// was committed (ms). Reads only unsent rows.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn outbox_pending_by_topic(&self) -> Result<Vec<(String, i64, i64)>> {
+        let sql = "SELECT topic, COUNT(*), MIN(create_time) FROM outbox \
+                   WHERE status = 'pending' GROUP BY topic";
+        on_pool!(self, pool => {
+            let rows = sqlx::query(sql).fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get_unchecked(0)?, r.try_get(1)?, r.try_get(2)?)))
+                .collect()
+        })
+    }
 }
 
 #[cfg(test)]
