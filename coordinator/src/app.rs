@@ -23,6 +23,7 @@ use crate::delivery::rocketmq::RocketMqSink;
 use crate::delivery::{DispatchSettings, Dispatcher};
 use crate::driver::transport::{HttpTransport, Transport};
 use crate::driver::{Driver, DriverSettings};
+use crate::otlp::Tracer;
 use crate::scheduler::Scheduler;
 use crate::store::retention::{self, RetentionSettings};
 use crate::store::{redact_url, ConnectOptions, Store, StoreError};
@@ -185,7 +186,26 @@ impl Application {
             sink,
         } = parts;
         config.validate()?;
-        let metrics = Arc::new(Metrics::default());
+        let instance_id = if config.instance_id.is_empty() {
+            format!(
+                "settle-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            )
+        } else {
+            config.instance_id.clone()
+        };
+        let metrics = Arc::new(if config.otlp_endpoint.is_empty() {
+            Metrics::default()
+        } else {
+            Metrics::with_tracer(Tracer::start(
+                reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .build()?,
+                &config.otlp_endpoint,
+                "settle",
+                &instance_id,
+            ))
+        });
         let store = Store::connect(&ConnectOptions {
             url: config.database_url.clone(),
             max_connections: config.max_connections,
@@ -226,14 +246,6 @@ impl Application {
             addr: config.listen,
             source,
         })?;
-        let instance_id = if config.instance_id.is_empty() {
-            format!(
-                "settle-{}",
-                &uuid::Uuid::new_v4().simple().to_string()[..12]
-            )
-        } else {
-            config.instance_id.clone()
-        };
         let allowlist = Arc::new(config.allowlist()?);
         let tokens = Arc::new(config.tokens()?);
         if config.allow_all_destinations {

@@ -203,6 +203,10 @@ pub struct ServeArgs {
     /// How often alerts are looked for and delivered, in ms [default: 5000].
     #[arg(long, env = "SETTLE_ALERT_INTERVAL_MS")]
     pub alert_interval_ms: Option<u64>,
+    /// OpenTelemetry collector spans are sent to (OTLP/HTTP, e.g. http://127.0.0.1:4318)
+    /// [default: none].
+    #[arg(long, env = "SETTLE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ServeArgs {
@@ -260,7 +264,8 @@ impl ServeArgs {
             alert_url,
             alert_after_retries,
             alert_after_s,
-            alert_interval_ms
+            alert_interval_ms,
+            otlp_endpoint
         );
         Ok(c)
     }

@@ -116,6 +116,9 @@ pub struct Config {
     pub alert_after_s: u64,
     /// How often alerts are looked for and delivered, in ms.
     pub alert_interval_ms: u64,
+    /// OpenTelemetry collector (OTLP over HTTP, e.g. `http://127.0.0.1:4318`) spans are
+    /// sent to; empty: no spans.
+    pub otlp_endpoint: String,
 }
 
 impl fmt::Debug for Config {
@@ -164,6 +167,7 @@ impl fmt::Debug for Config {
             .field("alert_after_retries", &self.alert_after_retries)
             .field("alert_after_s", &self.alert_after_s)
             .field("alert_interval_ms", &self.alert_interval_ms)
+            .field("otlp_endpoint", &self.otlp_endpoint)
             .finish()
     }
 }
@@ -210,6 +214,7 @@ impl Default for Config {
             alert_after_retries: 10,
             alert_after_s: 3600,
             alert_interval_ms: 5_000,
+            otlp_endpoint: String::new(),
         }
     }
 }
@@ -313,13 +318,18 @@ impl Config {
                 self.alert_after_retries
             )));
         }
-        if !self.alert_url.is_empty() {
-            match reqwest::Url::parse(&self.alert_url) {
+        for (name, url) in [
+            ("alert_url", &self.alert_url),
+            ("otlp_endpoint", &self.otlp_endpoint),
+        ] {
+            if url.is_empty() {
+                continue;
+            }
+            match reqwest::Url::parse(url) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
                 _ => {
                     return Err(ConfigError::Invalid(format!(
-                        "alert_url must be an http or https URL, got '{}'",
-                        self.alert_url
+                        "{name} must be an http or https URL, got '{url}'"
                     )))
                 }
             }
@@ -501,6 +511,12 @@ mod tests {
             };
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains("alert_url") && err.contains(url), "{err}");
+            let c = Config {
+                otlp_endpoint: url.into(),
+                ..Config::default()
+            };
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("otlp_endpoint") && err.contains(url), "{err}");
         }
     }
 }

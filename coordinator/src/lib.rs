@@ -14,7 +14,7 @@
 //! - [`alert`]: tells the operators' webhook about transactions that need attention.
 //! - [`app`]: wires these into a running server; [`cli`] is the `settle` command;
 //!   [`bench`] the load generator; [`ops`] the operator commands; [`config`],
-//!   [`telemetry`] and [`clock`] support them.
+//!   [`telemetry`], [`otlp`] and [`clock`] support them.
 //!
 //! # Fail points
 //! Built with the `failpoints` feature, these named places can be made to fail (`return`:
@@ -46,6 +46,7 @@ pub mod config;
 pub mod delivery;
 pub mod driver;
 pub mod ops;
+pub mod otlp;
 pub mod scheduler;
 pub mod store;
 pub mod telemetry;

@@ -54,6 +54,7 @@ pub struct Metrics {
     /// Topics given a per-topic gauge so far: one with nothing left reads 0, not its last
     /// value.
     topics: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    tracer: crate::otlp::Tracer,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -190,7 +191,21 @@ impl Metrics {
             recorder,
             handle,
             topics: std::sync::Mutex::default(),
+            tracer: crate::otlp::Tracer::off(),
         }
+    }
+
+    /// An empty set of metrics whose instance records spans with `tracer`.
+    pub fn with_tracer(tracer: crate::otlp::Tracer) -> Self {
+        Self {
+            tracer,
+            ..Self::new()
+        }
+    }
+
+    /// Where this instance's spans go.
+    pub fn tracer(&self) -> &crate::otlp::Tracer {
+        &self.tracer
     }
 
     fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {

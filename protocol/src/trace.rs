@@ -41,6 +41,11 @@ pub fn trace_id(value: &str) -> Option<&str> {
     is_valid(value).then(|| &value[3..35])
 }
 
+/// The parent (span) id of a valid `traceparent`: the caller's span.
+pub fn parent_id(value: &str) -> Option<&str> {
+    is_valid(value).then(|| &value[36..52])
+}
+
 /// `value` (valid) with `span_id` as its parent id: what a call made on behalf of the span
 /// `value` names sends, once it opened its own span `span_id` (not zero).
 pub fn child(value: &str, span_id: u64) -> Option<String> {
@@ -67,6 +72,7 @@ mod tests {
             trace_id(W3C_EXAMPLE),
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
+        assert_eq!(parent_id(W3C_EXAMPLE), Some("00f067aa0ba902b7"));
         assert_eq!(
             child(W3C_EXAMPLE, 0xabc).as_deref(),
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000abc-01")

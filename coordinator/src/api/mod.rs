@@ -24,6 +24,7 @@ pub mod read;
 pub mod serve;
 pub mod validate;
 
+use crate::otlp::{new_span_id, Kind, Span};
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -138,7 +139,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Counts and times every request, as DTM's `dtm_server_*` metrics do (by the last segment
-/// of the path).
+/// of the path), and records it as a span of the caller's trace when spans are exported.
 async fn measure(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     let api = request
@@ -148,10 +149,31 @@ async fn measure(State(state): State<AppState>, request: Request, next: Next) ->
         .next()
         .unwrap_or_default()
         .to_ascii_lowercase();
+    let tracer = state.metrics.tracer();
+    let span = tracer.is_on().then(|| {
+        let traceparent = request
+            .headers()
+            .get(settle_protocol::trace::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        Span::start(
+            format!("{} {api}", request.method()),
+            Kind::Server,
+            traceparent,
+            new_span_id(),
+        )
+        .with("http.request.method", request.method().as_str())
+        .with("url.path", request.uri().path())
+    });
     let response = next.run(request).await;
-    state
-        .metrics
-        .http_request(&api, response.status().as_u16(), started.elapsed());
+    let status = response.status().as_u16();
+    state.metrics.http_request(&api, status, started.elapsed());
+    if let Some(span) = span {
+        tracer.record(
+            span.with("http.response.status_code", status.to_string())
+                .end(status >= 500),
+        );
+    }
     response
 }
 

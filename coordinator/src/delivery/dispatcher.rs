@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::apply::{new_token, Orchestrator};
 use crate::clock::Clock;
+use crate::otlp::{new_span_id, Kind, Span};
 use crate::store::{Failed, OutboxRow, StoreError};
 use crate::txn::retry::retry_delay_ms;
 use crate::txn::SentMessage;
@@ -199,8 +200,33 @@ impl Dispatcher {
     }
 
     /// Publishes what one pass claimed and records the outcome.
-    async fn deliver(&self, claimed: Vec<OutboxRow>) {
+    async fn deliver(&self, mut claimed: Vec<OutboxRow>) {
+        // Each publish is a span of the initiator's trace: a message carries its own span's
+        // id on, so that its consumer's work hangs under it.
+        let tracer = self.apply.metrics().tracer();
+        let mut spans = Vec::new();
+        for row in &mut claimed {
+            let span_id = new_span_id();
+            if tracer.is_on() {
+                spans.push(
+                    Span::start(
+                        format!("publish {}", row.topic),
+                        Kind::Producer,
+                        &row.traceparent,
+                        span_id,
+                    )
+                    .with("settle.gid", row.gid.as_str())
+                    .with("messaging.destination.name", row.topic.as_str())
+                    .with("messaging.message.id", row.message_id.as_str()),
+                );
+            }
+            row.traceparent =
+                settle_protocol::trace::child(&row.traceparent, span_id).unwrap_or_default();
+        }
         let results = self.publish(&claimed).await;
+        for (span, result) in spans.into_iter().zip(&results) {
+            tracer.record(span.end(result.is_err()));
+        }
         let mut sent: BTreeMap<&str, Vec<SentMessage>> = BTreeMap::new();
         let mut failed_keys: HashSet<String> = HashSet::new();
         let mut retry: Vec<(&OutboxRow, Failure)> = Vec::new();

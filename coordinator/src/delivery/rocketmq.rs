@@ -39,24 +39,15 @@ impl RocketMqSink {
 impl Sink for RocketMqSink {
     fn publish<'a>(&'a self, messages: &'a [OutboxRow]) -> BoxFuture<'a, Vec<Result<(), Failure>>> {
         async move {
-            // Each publish is a span of the initiator's trace: the message carries it on.
-            let traces: Vec<String> = messages
-                .iter()
-                .map(|m| {
-                    settle_protocol::trace::child(&m.traceparent, rand::random::<u64>() | 1)
-                        .unwrap_or_default()
-                })
-                .collect();
             let outgoing: Vec<Outgoing<'_>> = messages
                 .iter()
-                .zip(&traces)
-                .map(|(m, traceparent)| Outgoing {
+                .map(|m| Outgoing {
                     topic: &m.topic,
                     tag: &m.tag,
                     sharding_key: &m.sharding_key,
                     message_id: &m.message_id,
                     body: m.body.as_bytes(),
-                    traceparent,
+                    traceparent: &m.traceparent,
                 })
                 .collect();
             self.producer

@@ -11,6 +11,7 @@ use settle_protocol::{classify_answer, BranchOutcome};
 
 use super::transport::{Answer, Request};
 use super::Driver;
+use crate::otlp::{new_span_id, Kind, Span};
 use crate::txn::check_back::{after_check_back, CheckBack};
 use crate::txn::{BranchOp, GlobalTxn};
 
@@ -35,20 +36,26 @@ impl CallResult {
 }
 
 /// What every call for `txn` carries: its `branch_headers`, and the initiator's trace with
-/// this call as a span of its own.
-fn transaction_headers(txn: &GlobalTxn) -> Vec<(&str, String)> {
+/// this call as a span of its own, `span_id`.
+fn transaction_headers(txn: &GlobalTxn, span_id: u64) -> Vec<(&str, String)> {
     let mut headers: Vec<(&str, String)> = txn
         .options
         .branch_headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
-    if let Some(tp) =
-        settle_protocol::trace::child(&txn.options.traceparent, rand::random::<u64>() | 1)
-    {
+    if let Some(tp) = settle_protocol::trace::child(&txn.options.traceparent, span_id) {
         headers.push((settle_protocol::trace::HEADER, tp));
     }
     headers
+}
+
+/// The span of one call made for `txn` (recorded only when spans are exported).
+fn call_span(txn: &GlobalTxn, name: &str, url: &str, span_id: u64) -> Span {
+    Span::start(name, Kind::Client, &txn.options.traceparent, span_id)
+        .with("settle.gid", txn.gid.as_str())
+        .with("settle.trans_type", txn.trans_type.as_str())
+        .with("url.full", url)
 }
 
 fn request_timeout(txn: &GlobalTxn) -> Duration {
@@ -74,6 +81,9 @@ impl Driver {
             };
         }
         let timeout = request_timeout(txn);
+        let span_id = new_span_id();
+        let span = call_span(txn, branch.op.as_str(), &branch.url, span_id)
+            .with("settle.branch_id", branch.branch_id.as_str());
         let request = Request {
             url: &branch.url,
             query: [
@@ -83,7 +93,7 @@ impl Driver {
                 ("op", branch.op.as_str()),
             ],
             body: (!branch.data.is_empty()).then_some(branch.data.as_str()),
-            headers: transaction_headers(txn),
+            headers: transaction_headers(txn, span_id),
             timeout,
         };
         let result = match self.inner.transport.send(request).await {
@@ -102,11 +112,14 @@ impl Driver {
                 detail,
             },
         };
-        self.inner.apply.metrics().branch_called(
-            txn.trans_type.as_str(),
-            branch.op.as_str(),
-            result.outcome,
-        );
+        let metrics = self.inner.apply.metrics();
+        metrics.branch_called(txn.trans_type.as_str(), branch.op.as_str(), result.outcome);
+        if metrics.tracer().is_on() {
+            metrics.tracer().record(
+                span.with("settle.outcome", result.outcome.as_str())
+                    .end(result.outcome == BranchOutcome::Error),
+            );
+        }
         // The participant answered; its outcome is not recorded yet.
         fail::fail_point!("driver::after_answer", |_| CallResult::injected(
             "driver::after_answer"
@@ -130,6 +143,8 @@ impl Driver {
             };
         }
         let timeout = request_timeout(txn);
+        let span_id = new_span_id();
+        let span = call_span(txn, "check-back", &txn.query_prepared, span_id);
         let request = Request {
             url: &txn.query_prepared,
             query: [
@@ -139,10 +154,15 @@ impl Driver {
                 ("op", settle_protocol::names::OP_MSG),
             ],
             body: None,
-            headers: transaction_headers(txn),
+            headers: transaction_headers(txn, span_id),
             timeout,
         };
-        match self.inner.transport.send(request).await {
+        let answer = self.inner.transport.send(request).await;
+        let tracer = self.inner.apply.metrics().tracer();
+        if tracer.is_on() {
+            tracer.record(span.end(!matches!(answer, Answer::Status(..))));
+        }
+        match answer {
             Answer::Status(status, body) => after_check_back(status, &body),
             Answer::TimedOut => CheckBack::AskAgain {
                 ongoing: false,

@@ -40,6 +40,7 @@ use super::connect::{is_transient, pause_before_retry, Dialect, TRANSIENT_RETRIE
 use super::sql::{Script, Sql};
 use super::{rows, Result, Store, StoreError, BRANCH_COLUMNS, GLOBAL_COLUMNS};
 use crate::clock::Clock;
+use crate::otlp::{new_span_id, Kind, Span};
 use crate::telemetry::Metrics;
 use crate::txn::change::{Attempt, OutboxEffect};
 use crate::txn::{
@@ -209,9 +210,19 @@ async fn run(
             }
         }
         let (started, commands) = (std::time::Instant::now(), batch.len());
+        let span = metrics
+            .as_ref()
+            .filter(|m| m.tracer().is_on())
+            .map(|_| Span::start("store batch", Kind::Internal, "", new_span_id()));
         run_batch(&mut conn, batch, &clock, Some(turn)).await;
         if let Some(m) = &metrics {
             m.store_batch(commands, started.elapsed());
+            if let Some(span) = span {
+                m.tracer().record(
+                    span.with("settle.commands", commands.to_string())
+                        .end(false),
+                );
+            }
         }
     }
 }

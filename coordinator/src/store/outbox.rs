@@ -45,7 +45,9 @@ pub struct OutboxRow {
     pub refusals: i64,
     /// Who holds it.
     pub owner: String,
-    /// The W3C `traceparent` of the request that created its transaction; empty: none.
+    /// The W3C `traceparent` of the request that created its transaction (as stored; the
+    /// dispatcher makes it its publish's own span before handing it to the sink); empty:
+    /// none.
     pub traceparent: String,
 }
 
