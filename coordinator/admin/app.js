@@ -273,6 +273,7 @@ function timeline(d) {
       });
     }
   });
+  if (d.submit_ms) events.push({ at: d.submit_ms, kind: "ok", text: "submitted" });
   if (d.rollback_ms) events.push({ at: d.rollback_ms, kind: "warn", text: "rolling back", detail: t.rollback_reason });
   if (d.finish_ms) events.push({ at: d.finish_ms, kind: t.status === "succeed" ? "ok" : "bad", text: `finished: ${t.status}` });
   else if (t.next_cron_ms) events.push({ at: t.next_cron_ms, kind: "", text: "next attempt due", future: true });

@@ -111,7 +111,7 @@ const SECONDS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
 ];
 
-const DESCRIPTIONS: [(&str, &str); 15] = [
+const DESCRIPTIONS: [(&str, &str); 16] = [
     (
         "dtm_server_process_total",
         "All requests received, by type, api and status (ok: below 400).",
@@ -152,6 +152,10 @@ const DESCRIPTIONS: [(&str, &str); 15] = [
     (
         "settle_store_batch_seconds",
         "Seconds from a batch's start to its commit (or failure).",
+    ),
+    (
+        "settle_transaction_settle_seconds",
+        "Seconds from a transaction's submit (commit) to its final status, by model.",
     ),
     (
         "settle_transaction_rounds",
@@ -256,12 +260,14 @@ impl Metrics {
     }
 
     /// Counts one transaction of type `model` reaching its final `status`, `age_ms` after it
-    /// was created, in `rounds` rounds.
+    /// was created and `settle_ms` after it was submitted (none if it never was), in
+    /// `rounds` rounds.
     pub fn transaction_finished(
         &self,
         model: &str,
         status: GlobalStatus,
         age_ms: i64,
+        settle_ms: Option<i64>,
         rounds: i64,
     ) {
         let (name, ok) = match status {
@@ -279,6 +285,11 @@ impl Metrics {
         let seconds = age_ms.max(0) as f64 / 1000.0;
         self.histogram("dtm_transaction_handled_duration", &[("model", model)])
             .record(seconds);
+        if let Some(ms) = settle_ms {
+            #[allow(clippy::cast_precision_loss)]
+            self.histogram("settle_transaction_settle_seconds", &[("model", model)])
+                .record(ms.max(0) as f64 / 1000.0);
+        }
         #[allow(clippy::cast_precision_loss)]
         self.histogram("settle_transaction_rounds", &[("model", model)])
             .record(rounds.max(1) as f64);

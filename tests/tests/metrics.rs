@@ -120,6 +120,8 @@ async fn metrics_count_a_known_workload_under_dtm_names() -> anyhow::Result<()> 
     expect("settle_outbox_backlog", &[], 0.0);
     expect("settle_overdue_transactions", &[], 0.0);
     expect("settle_transaction_rounds_count", &[model], 4.0);
+    // Time from submit to settled: only the three that were submitted.
+    expect("settle_transaction_settle_seconds_count", &[model], 3.0);
     expect(
         "settle_transaction_rounds_bucket",
         &[model, ("le", "1")],

@@ -218,9 +218,17 @@ on_both!(submit_takes_the_lease_and_finish_needs_it, |store| {
             t.owner.as_str(),
             t.lease_token.as_str(),
             t.lease_expire,
-            t.next_cron_time
+            t.next_cron_time,
+            t.submit_time
         ),
-        (GlobalStatus::Submitted, "a", "t1", 9_000, 9_000)
+        (
+            GlobalStatus::Submitted,
+            "a",
+            "t1",
+            9_000,
+            9_000,
+            Some(2_000)
+        )
     );
     let err = store
         .write("g", |c, _| txn::finish::finish(c, "stale", vec![], 3_000))
@@ -238,9 +246,17 @@ on_both!(submit_takes_the_lease_and_finish_needs_it, |store| {
             t.finish_time,
             t.owner.as_str(),
             t.lease_expire,
-            t.next_cron_time
+            t.next_cron_time,
+            t.submit_time
         ),
-        (GlobalStatus::Succeeded, Some(3_000), "", 0, NEVER)
+        (
+            GlobalStatus::Succeeded,
+            Some(3_000),
+            "",
+            0,
+            NEVER,
+            Some(2_000)
+        )
     );
     insert(&store, txn("h", GlobalStatus::Prepared, 1_000), vec![]).await;
     let l = lease("a", "t2", 9_000);
@@ -250,8 +266,13 @@ on_both!(submit_takes_the_lease_and_finish_needs_it, |store| {
         .unwrap();
     let h = store.find("h").await.unwrap().unwrap();
     assert_eq!(
-        (h.status, h.rollback_reason.as_str(), h.rollback_time),
-        (GlobalStatus::Aborting, "why", Some(4_000))
+        (
+            h.status,
+            h.rollback_reason.as_str(),
+            h.rollback_time,
+            h.submit_time
+        ),
+        (GlobalStatus::Aborting, "why", Some(4_000), None)
     );
 });
 

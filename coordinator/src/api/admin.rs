@@ -233,6 +233,7 @@ pub async fn transaction(
         "transaction": admin_txn(&txn, now, grant.operator),
         "finish_ms": txn.finish_time,
         "rollback_ms": txn.rollback_time,
+        "submit_ms": txn.submit_time,
         "branches": branches.iter().map(branch_view).collect::<Vec<_>>(),
         "branch_times": branch_times,
         "attempts": attempts,

@@ -137,10 +137,12 @@ impl Orchestrator {
     fn finished(&self, applied: &Applied) {
         if let Some(t) = &applied.current.txn {
             if !applied.duplicate && t.status.is_final() {
+                let now = self.clock.now_ms();
                 self.metrics.transaction_finished(
                     t.trans_type.as_str(),
                     t.status,
-                    self.clock.now_ms() - t.create_time,
+                    now - t.create_time,
+                    t.submit_time.map(|s| now - s),
                     t.retry_count + 1,
                 );
             }

@@ -470,6 +470,7 @@ struct GlobalValues<'a> {
     update_time: i64,
     finish_time: Option<i64>,
     rollback_time: Option<i64>,
+    submit_time: Option<i64>,
     rollback_reason: &'a str,
     next_cron_time: i64,
     next_cron_interval: i64,
@@ -482,8 +483,8 @@ struct GlobalValues<'a> {
 
 const INSERT_GLOBAL: &str = "INSERT INTO trans_global (gid, trans_type, status, custom_data, \
      steps, payloads, query_prepared, protocol, options, rollback_reason, create_time, \
-     update_time, finish_time, rollback_time, next_cron_time, next_cron_interval, owner, \
-     lease_token, lease_expire, retry_count, last_error) VALUES ";
+     update_time, finish_time, rollback_time, submit_time, next_cron_time, next_cron_interval, \
+     owner, lease_token, lease_expire, retry_count, last_error) VALUES ";
 
 const INSERT_BRANCH: &str = "INSERT INTO trans_branch_op (gid, branch_id, op, url, data, \
      status, create_time, update_time, finish_time) VALUES ";
@@ -861,6 +862,8 @@ fn write_globals(script: &mut Script, dialect: Dialect, dirty: &[&Work]) {
             .push(", ")
             .opt_int(t.rollback_time)
             .push(", ")
+            .opt_int(t.submit_time)
+            .push(", ")
             .int(t.next_cron_time)
             .push(", ")
             .int(t.next_cron_interval)
@@ -885,6 +888,7 @@ fn write_globals(script: &mut Script, dialect: Dialect, dirty: &[&Work]) {
                     update_time: t.update_time,
                     finish_time: t.finish_time,
                     rollback_time: t.rollback_time,
+                    submit_time: t.submit_time,
                     rollback_reason: &t.rollback_reason,
                     next_cron_time: t.next_cron_time,
                     next_cron_interval: t.next_cron_interval,
@@ -908,6 +912,8 @@ fn write_globals(script: &mut Script, dialect: Dialect, dirty: &[&Work]) {
                 .opt_int(v.finish_time)
                 .push(", rollback_time = ")
                 .opt_int(v.rollback_time)
+                .push(", submit_time = ")
+                .opt_int(v.submit_time)
                 .push(", rollback_reason = ")
                 .text(v.rollback_reason)
                 .push(", next_cron_time = ")

@@ -68,6 +68,11 @@ pub fn mysql() -> Migrator {
             "outbox trace",
             include_str!("../../migrations/mysql/0008_outbox_trace.sql"),
         ),
+        (
+            9,
+            "submit time",
+            include_str!("../../migrations/mysql/0009_submit_time.sql"),
+        ),
     ])
 }
 
@@ -113,6 +118,11 @@ pub fn sqlite() -> Migrator {
             8,
             "outbox trace",
             include_str!("../../migrations/sqlite/0008_outbox_trace.sql"),
+        ),
+        (
+            9,
+            "submit time",
+            include_str!("../../migrations/sqlite/0009_submit_time.sql"),
         ),
     ])
 }

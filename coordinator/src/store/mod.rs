@@ -163,8 +163,8 @@ pub struct Store {
 /// Columns of `trans_global`, as [`rows::decode_global`] reads them.
 pub(crate) const GLOBAL_COLUMNS: &str = "id, gid, trans_type, status, custom_data, steps, \
      payloads, query_prepared, protocol, options, rollback_reason, create_time, update_time, \
-     finish_time, rollback_time, next_cron_time, next_cron_interval, owner, lease_token, \
-     lease_expire, retry_count, last_error";
+     finish_time, rollback_time, submit_time, next_cron_time, next_cron_interval, owner, \
+     lease_token, lease_expire, retry_count, last_error";
 
 /// Columns of `trans_branch_op`, as [`rows::decode_branch`] reads them.
 pub(crate) const BRANCH_COLUMNS: &str =

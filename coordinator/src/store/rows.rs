@@ -121,6 +121,7 @@ where
         update_time: get(row, "update_time")?,
         finish_time: get(row, "finish_time")?,
         rollback_time: get(row, "rollback_time")?,
+        submit_time: get(row, "submit_time")?,
         next_cron_time: get(row, "next_cron_time")?,
         next_cron_interval: get(row, "next_cron_interval")?,
         owner: get(row, "owner")?,

@@ -250,6 +250,9 @@ impl Current {
         }
         if let Some(to) = change.to {
             txn.status = to;
+            if to == GlobalStatus::Submitted {
+                txn.submit_time = Some(now);
+            }
             if to.is_final() {
                 txn.finish_time = Some(now);
             }

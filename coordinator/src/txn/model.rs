@@ -86,6 +86,8 @@ pub struct GlobalTxn {
     pub finish_time: Option<i64>,
     /// When it turned to rolling back.
     pub rollback_time: Option<i64>,
+    /// When it was submitted (committed); none before, and for one never submitted.
+    pub submit_time: Option<i64>,
     /// When it is next due for work, ms since the Unix epoch.
     pub next_cron_time: i64,
     /// Seconds of the last retry interval.
@@ -167,6 +169,7 @@ impl GlobalTxn {
             update_time: now,
             finish_time: None,
             rollback_time: None,
+            submit_time: None,
             owner: String::new(),
             lease_token: String::new(),
             lease_expire: 0,
