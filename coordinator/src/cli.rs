@@ -207,6 +207,10 @@ pub struct ServeArgs {
     /// [default: none].
     #[arg(long, env = "SETTLE_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// Runs as if this machine's clock were this many ms off the wall time (fault tests of
+    /// clock skew: leases and due times follow the database's clock, so it must not matter).
+    #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
+    pub clock_off_by_ms: i64,
 }
 
 impl ServeArgs {
@@ -317,7 +321,8 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => {
                 let config = args.resolve()?;
-                let app = Application::start(config).await?;
+                let clock = crate::clock::Clock::system_off_by(args.clock_off_by_ms);
+                let app = Application::start_with_clock(config, clock).await?;
                 app.run_until_stopped().await;
                 Ok(())
             }

@@ -1,9 +1,10 @@
-//! `settle-chaos --seed S --duration D`: runs Settle's chaos (three coordinators, transfers
-//! and ordered orders, a seeded schedule of faults), checks every invariant and prints the
-//! report. Exits 1 if a promise was broken. See `settle_tests::chaos`.
+//! `settle-chaos --seed S --duration D`: runs Settle's chaos (three coordinators, transfers,
+//! ordered orders and plain TCCs and messages, a seeded schedule of faults), checks every
+//! invariant and prints the report. Exits 1 if a promise was broken. See `settle_tests::chaos`.
 //!
-//! Needs MySQL, Redis and RocketMQ (`deploy/services.sh start`, `deploy/rocketmq.sh start`),
-//! found through `SETTLE_TEST_MYSQL_URL`, `SETTLE_TEST_REDIS_URL` and `SETTLE_TEST_ROCKETMQ`.
+//! Needs MariaDB's and Redis's server programs (`deploy/services.sh start` installs them; a
+//! run starts a server of each of its own, to crash them) and RocketMQ
+//! (`deploy/rocketmq.sh start`, found through `SETTLE_TEST_ROCKETMQ`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -68,7 +69,6 @@ fn main() -> ExitCode {
         duration: Duration::from_secs(args.duration),
         settle_timeout: Duration::from_secs(args.settle_timeout),
         binary,
-        redis: settle_tests::redis_url(),
         namesrv: settle_tests::rocketmq_namesrv(),
         workers: args.workers,
     };

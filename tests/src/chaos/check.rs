@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
+use super::plain::{self, PlainKind, PlainTxn};
 use super::workload::{Told, Transfer};
 
 /// A message as the coordinator's outbox holds it.
@@ -55,6 +56,10 @@ pub struct Evidence {
     pub cached_orders: BTreeMap<i64, Option<i64>>,
     /// Cache entries seen going back to an older version while the run went on.
     pub cache_went_back: Vec<String>,
+    /// Every plain transaction begun, with what its initiator was told.
+    pub plain: Vec<PlainTxn>,
+    /// What the plain load's participant answered.
+    pub plain_calls: plain::Calls,
 }
 
 /// One broken promise, with what shows it.
@@ -105,20 +110,25 @@ pub fn check(e: &Evidence) -> (Vec<Violation>, usize) {
     let committed = |gid: &str| e.statuses.get(gid).is_some_and(|s| s == SUCCEED);
 
     // What each initiator was told, against what happened.
-    for t in &e.transfers {
-        match t.told {
-            Told::Committed if !committed(&t.gid) => add(
+    let told = e
+        .transfers
+        .iter()
+        .map(|t| (&t.gid, t.told))
+        .chain(e.plain.iter().map(|t| (&t.gid, t.told)));
+    for (gid, told) in told {
+        match told {
+            Told::Committed if !committed(gid) => add(
                 KINDS[1],
                 format!(
-                    "{} is {}",
-                    t.gid,
-                    e.statuses.get(&t.gid).map_or("unknown", String::as_str)
+                    "{gid} is {}",
+                    e.statuses.get(gid).map_or("unknown", String::as_str)
                 ),
             ),
-            Told::NotCommitted if committed(&t.gid) => add(KINDS[2], t.gid.clone()),
+            Told::NotCommitted if committed(gid) => add(KINDS[2], gid.clone()),
             _ => {}
         }
     }
+    check_plain(e, &mut add);
 
     // The books: every account holds its opening balance moved by exactly the committed
     // transfers, nothing is left frozen or incoming.
@@ -301,6 +311,75 @@ pub fn check(e: &Evidence) -> (Vec<Violation>, usize) {
     (v, duplicates)
 }
 
+/// The plain load: a committed TCC has every branch confirmed and none cancelled, a rolled
+/// back one every branch whose Try succeeded cancelled and none confirmed, no confirm comes
+/// without its Try; a committed message reached every step, one that did not commit none.
+fn check_plain(e: &Evidence, add: &mut impl FnMut(&'static str, String)) {
+    let ok = |gid: &str, branch: &str, route: &str| {
+        e.plain_calls
+            .get(&(gid.to_owned(), branch.to_owned(), route.to_owned()))
+            .map_or(0, |c| c.0)
+    };
+    let called = |gid: &str, branch: &str, route: &str| {
+        e.plain_calls
+            .get(&(gid.to_owned(), branch.to_owned(), route.to_owned()))
+            .is_some_and(|c| c.0 + c.1 > 0)
+    };
+    for t in &e.plain {
+        let status = e.statuses.get(&t.gid).map(String::as_str);
+        let branches = (1..=plain::BRANCHES).map(|n| format!("{n:02}"));
+        for b in branches {
+            let gid = t.gid.as_str();
+            match (t.kind, status) {
+                (PlainKind::Tcc, Some(SUCCEED)) => {
+                    if ok(gid, &b, "confirm") == 0 {
+                        add(
+                            KINDS[4],
+                            format!("{gid} committed, branch {b} never confirmed"),
+                        );
+                    }
+                    if ok(gid, &b, "cancel") > 0 {
+                        add(KINDS[5], format!("{gid} committed, branch {b} cancelled"));
+                    }
+                }
+                (PlainKind::Tcc, _) => {
+                    if called(gid, &b, "confirm") {
+                        add(KINDS[5], format!("{gid} rolled back, branch {b} confirmed"));
+                    }
+                    if status == Some(FAILED)
+                        && ok(gid, &b, "try") > 0
+                        && ok(gid, &b, "cancel") == 0
+                    {
+                        add(
+                            KINDS[4],
+                            format!("{gid} rolled back, branch {b} tried and never cancelled"),
+                        );
+                    }
+                }
+                (PlainKind::Msg, Some(SUCCEED)) => {
+                    if ok(gid, &b, "step") == 0 {
+                        add(
+                            KINDS[7],
+                            format!("{gid} committed, step {b} never delivered"),
+                        );
+                    }
+                }
+                (PlainKind::Msg, _) => {
+                    if called(gid, &b, "step") {
+                        add(
+                            KINDS[8],
+                            format!("{gid} did not commit, step {b} delivered"),
+                        );
+                    }
+                }
+            }
+            if called(gid, &b, "confirm") && ok(gid, &b, "try") == 0 {
+                add(KINDS[6], format!("{gid} branch {b} (plain load)"));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,5 +517,71 @@ mod tests {
         e.cached_orders.insert(7, None);
         e.cache_went_back.push("order:7 from 2 to 1".into());
         assert_eq!(kinds(&e), vec![KINDS[10], KINDS[11]]);
+    }
+
+    /// `pt` a committed plain TCC, `pu` a rolled-back one (Try of 01 ok, 02 refused), `pm` a
+    /// committed plain message, `pn` one that did not commit: as they should be.
+    fn plain_sound() -> Evidence {
+        let mut e = sound();
+        let calls = [
+            ("pt", "01", "try"),
+            ("pt", "02", "try"),
+            ("pt", "01", "confirm"),
+            ("pt", "02", "confirm"),
+            ("pu", "01", "try"),
+            ("pu", "01", "cancel"),
+            ("pu", "02", "cancel"),
+            ("pm", "01", "step"),
+            ("pm", "02", "step"),
+        ];
+        for (gid, branch, route) in calls {
+            e.plain_calls
+                .insert((gid.into(), branch.into(), route.into()), (1, 0));
+        }
+        e.plain_calls
+            .insert(("pu".into(), "02".into(), "try".into()), (0, 1));
+        for (gid, kind, told, status) in [
+            ("pt", PlainKind::Tcc, Told::Committed, "succeed"),
+            ("pu", PlainKind::Tcc, Told::NotCommitted, "failed"),
+            ("pm", PlainKind::Msg, Told::Committed, "succeed"),
+            ("pn", PlainKind::Msg, Told::NotCommitted, "failed"),
+        ] {
+            e.plain.push(PlainTxn {
+                gid: gid.into(),
+                kind,
+                told,
+            });
+            e.statuses.insert(gid.into(), status.into());
+        }
+        e
+    }
+
+    #[test]
+    fn the_plain_loads_promises_are_checked() {
+        assert_eq!(check(&plain_sound()).0, vec![]);
+        // A committed TCC's branch never confirmed; a rolled-back one's tried branch never
+        // cancelled.
+        let mut e = plain_sound();
+        e.plain_calls
+            .remove(&("pt".into(), "02".into(), "confirm".into()));
+        e.plain_calls
+            .remove(&("pu".into(), "01".into(), "cancel".into()));
+        assert_eq!(kinds(&e), vec![KINDS[4], KINDS[4]]);
+        // A rolled-back TCC confirmed, even by a call that failed; a confirm with no Try.
+        let mut e = plain_sound();
+        e.plain_calls
+            .insert(("pu".into(), "02".into(), "confirm".into()), (0, 1));
+        assert_eq!(kinds(&e), vec![KINDS[5], KINDS[6]]);
+        // A committed message missing a step; an uncommitted one delivered.
+        let mut e = plain_sound();
+        e.plain_calls
+            .insert(("pm".into(), "02".into(), "step".into()), (0, 3));
+        e.plain_calls
+            .insert(("pn".into(), "01".into(), "step".into()), (0, 1));
+        assert_eq!(kinds(&e), vec![KINDS[7], KINDS[8]]);
+        // What the initiator was told, against the store.
+        let mut e = plain_sound();
+        e.plain[3].told = Told::Committed;
+        assert_eq!(kinds(&e), vec![KINDS[1]]);
     }
 }

@@ -1,10 +1,12 @@
 //! The chaos runner: Settle's promises checked under a seeded schedule of faults.
 //!
-//! [`run`] starts three coordinators on one MySQL database behind a round-robin
-//! [`balancer::Balancer`], with fault proxies ([`crate::proxy::FaultProxy`]) between the
+//! [`run`] starts three coordinators (the third with a clock 30 s fast) on one MySQL
+//! database behind a round-robin [`balancer::Balancer`], with fault proxies ([`crate::proxy::FaultProxy`]) between the
 //! coordinators and MySQL, between the participants and their databases, in front of each
-//! bank, and between the cache consumer and Redis. It runs the [`workload`]s (transfers by
-//! TCC, ordered orders by transactional messages) while injecting the faults of
+//! bank, and between the cache consumer and Redis (a MariaDB and a Redis server of its own,
+//! so that they can be crashed). It runs the [`workload`]s (transfers by
+//! TCC, ordered orders by transactional messages) and the [`plain`] load (TCCs and messages
+//! against a participant that only records) while injecting the faults of
 //! [`schedule::schedule`] for the seed, one at a time. Then it heals everything, stops the
 //! workloads, and gathers [`check::Evidence`] from every side until [`check::check`] finds
 //! no violation or the settle timeout passes. The [`Report`] prints as a table.
@@ -15,6 +17,8 @@
 pub mod balancer;
 pub mod check;
 pub mod mariadb;
+pub mod plain;
+pub mod redis;
 pub mod schedule;
 pub mod workload;
 
@@ -52,8 +56,6 @@ pub struct Options {
     pub settle_timeout: Duration,
     /// The `settle` binary.
     pub binary: String,
-    /// Redis URL.
-    pub redis: String,
     /// RocketMQ name server (`host:port`).
     pub namesrv: String,
     /// Initiators per workload.
@@ -73,6 +75,10 @@ pub struct Report {
     pub order_steps: OrderCounts,
     /// Messages committed (outbox rows of committed transactions).
     pub messages: usize,
+    /// Plain TCCs begun, and how many committed.
+    pub plain_tccs: (usize, usize),
+    /// Plain messages begun, and how many committed.
+    pub plain_messages: (usize, usize),
     /// Faults injected, by kind.
     pub faults: BTreeMap<&'static str, usize>,
     /// Every fault, with when it started.
@@ -116,6 +122,14 @@ impl fmt::Display for Report {
             self.order_steps.failed.to_string(),
         )?;
         row(f, "messages committed", self.messages.to_string())?;
+        row(f, "plain TCCs begun", self.plain_tccs.0.to_string())?;
+        row(f, "plain TCCs committed", self.plain_tccs.1.to_string())?;
+        row(f, "plain messages begun", self.plain_messages.0.to_string())?;
+        row(
+            f,
+            "plain messages committed",
+            self.plain_messages.1.to_string(),
+        )?;
         for kind in Fault::KINDS {
             row(
                 f,
@@ -182,6 +196,7 @@ struct Rig {
     participant_database: FaultProxy,
     banks: [FaultProxy; 2],
     redis: FaultProxy,
+    redis_server: redis::Redis,
     mariadb: mariadb::MariaDb,
     mariadb_down: bool,
 }
@@ -195,10 +210,16 @@ const COORDINATOR_FLAGS: [&str; 6] = [
     "1",
 ];
 
+/// The coordinator whose machine's clock is 30 s fast.
+const SKEWED: usize = COORDINATORS - 1;
+
 impl Rig {
     async fn start_coordinator(&mut self, i: usize, namesrv: &str) -> anyhow::Result<()> {
         let mut flags = COORDINATOR_FLAGS.to_vec();
         flags.extend(["--rocketmq-namesrv", namesrv]);
+        if i == SKEWED {
+            flags.extend(["--clock-off-by-ms", "30000"]);
+        }
         let p = SettleProcess::start_at(
             &self.binary,
             self.ports[i],
@@ -262,6 +283,7 @@ impl Rig {
                 self.mariadb_down = true;
             }
             Fault::DatabasePause => self.mariadb.pause().await?,
+            Fault::RedisRestart => self.redis_server.kill().await?,
             Fault::RedisResets => self.redis.add(
                 NAME,
                 Stream::Upstream,
@@ -280,6 +302,7 @@ impl Rig {
             self.mariadb_down = false;
         }
         self.mariadb.resume().await?;
+        self.redis_server.ensure_running().await?;
         for p in [
             &self.database,
             &self.participant_database,
@@ -360,7 +383,8 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
     let mysql_addr = host_port(&mysql)?;
     let database = FaultProxy::start(&mysql_addr).await?;
     let participant_database = FaultProxy::start(&mysql_addr).await?;
-    let redis = FaultProxy::start(&host_port(&o.redis)?).await?;
+    let redis_server = redis::Redis::start().await?;
+    let redis = FaultProxy::start(&host_port(&redis_server.url())?).await?;
 
     // The participants: two banks and the order service, their databases behind a proxy.
     let mut bank_pools = Vec::new();
@@ -396,6 +420,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
         banks,
         redis,
         mariadb,
+        redis_server,
         mariadb_down: false,
     };
     for i in 0..COORDINATORS {
@@ -430,7 +455,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
     )
     .await?;
     let order_cache = OrderCache {
-        reader: VersionedCache::connect(&o.redis, CacheSettings::default()).await?,
+        reader: VersionedCache::connect(&rig.redis_server.url(), CacheSettings::default()).await?,
         prefix: format!("settle:chaos:{run_id}:"),
         last_id: Arc::new(AtomicI64::new(0)),
     };
@@ -465,6 +490,15 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
         }
         .run(o.workers, stop.clone()),
     );
+    let recorder = plain::Recorder::start().await?;
+    let plain_run = tokio::spawn(
+        plain::Plain {
+            client: client.clone(),
+            recorder: recorder.clone(),
+            timeout_to_fail_s: 8,
+        }
+        .run(o.workers.div_ceil(2), stop.clone()),
+    );
 
     let started = Instant::now();
     let mut faults: BTreeMap<&'static str, usize> = BTreeMap::new();
@@ -489,6 +523,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
     stop.stop();
     let transfers: Vec<Transfer> = transfer_run.await?;
     let order_steps = order_run.await?;
+    let plain_txns: Vec<plain::PlainTxn> = plain_run.await?;
     eprintln!(
         "[chaos] faults healed, load stopped after {:.1}s; waiting for everything to settle",
         started.elapsed().as_secs_f64()
@@ -504,7 +539,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
     let deadline = healed + o.settle_timeout;
     let (mut violations, mut duplicates, mut settled_in, mut messages);
     loop {
-        let evidence = gather(
+        let mut evidence = gather(
             &transfers,
             &store,
             &direct_banks,
@@ -515,6 +550,8 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
             &went_back,
         )
         .await?;
+        evidence.plain.clone_from(&plain_txns);
+        evidence.plain_calls = recorder.calls();
         messages = evidence
             .outbox
             .iter()
@@ -545,12 +582,21 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
         .iter()
         .filter(|t| matches!(t.told, Told::Committed))
         .count();
+    let plain_of = |kind: plain::PlainKind| {
+        let of_kind = plain_txns.iter().filter(|t| t.kind == kind);
+        (
+            of_kind.clone().count(),
+            of_kind.filter(|t| t.told == Told::Committed).count(),
+        )
+    };
     let report = Report {
         seed: o.seed,
         duration: o.duration,
         transfers: (transfers.len(), committed),
         order_steps,
         messages,
+        plain_tccs: plain_of(plain::PlainKind::Tcc),
+        plain_messages: plain_of(plain::PlainKind::Msg),
         faults,
         fault_log,
         violations,

@@ -38,11 +38,13 @@ pub enum Fault {
     DatabaseCrash,
     /// MariaDB is paused (SIGSTOP) and resumed (SIGCONT) when the fault ends.
     DatabasePause,
+    /// Redis is killed (SIGKILL) and started again on its append-only file.
+    RedisRestart,
 }
 
 impl Fault {
     /// Every fault kind, once (coordinator and bank faults on their first instance).
-    pub const KINDS: [&'static str; 11] = [
+    pub const KINDS: [&'static str; 12] = [
         "kill coordinator",
         "pause coordinator",
         "database black hole",
@@ -54,6 +56,7 @@ impl Fault {
         "redis resets",
         "database crash",
         "database pause",
+        "redis restart",
     ];
 
     /// The kind, as the report names it.
@@ -70,6 +73,7 @@ impl Fault {
             Self::RedisResets => Self::KINDS[8],
             Self::DatabaseCrash => Self::KINDS[9],
             Self::DatabasePause => Self::KINDS[10],
+            Self::RedisRestart => Self::KINDS[11],
         }
     }
 
@@ -87,7 +91,8 @@ impl Fault {
             7 => Self::BrokerRestart,
             8 => Self::RedisResets,
             9 => Self::DatabaseCrash,
-            _ => Self::DatabasePause,
+            10 => Self::DatabasePause,
+            _ => Self::RedisRestart,
         }
     }
 }

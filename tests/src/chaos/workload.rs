@@ -29,7 +29,7 @@ pub enum Told {
 }
 
 impl Told {
-    fn of<T>(r: &Result<T, SdkError>) -> Self {
+    pub(super) fn of<T>(r: &Result<T, SdkError>) -> Self {
         match r {
             Ok(_) => Self::Committed,
             Err(SdkError::OutcomeUnknown { .. }) => Self::Unknown,
@@ -66,7 +66,7 @@ impl Stop {
         self.0.store(true, Ordering::Relaxed);
     }
 
-    fn stopped(&self) -> bool {
+    pub(super) fn stopped(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
 }

@@ -1,0 +1,232 @@
+//! Plain load: two-branch TCCs and two-step messages against a participant that only
+//! answers and records, so that the coordinator's own promises are checked apart from any
+//! business logic. The participant refuses 5% of Tries (the initiator then aborts) and
+//! answers 10% of confirms, cancels and message steps with a 500 (the coordinator retries).
+//! Half the messages are prepared first; their check-back answers what the initiator decided.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use rand::Rng;
+use settle_protocol::{BranchParams, GlobalRequest};
+use settle_sdk::msg::Msg;
+use settle_sdk::SettleClient;
+
+use super::workload::{Stop, Told};
+
+/// Which kind of transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainKind {
+    /// A TCC of two branches.
+    Tcc,
+    /// A message of two HTTP steps.
+    Msg,
+}
+
+/// One plain transaction and what its initiator was told.
+#[derive(Debug, Clone)]
+pub struct PlainTxn {
+    /// Its gid.
+    pub gid: String,
+    /// Its kind.
+    pub kind: PlainKind,
+    /// What the initiator was told.
+    pub told: Told,
+}
+
+/// Branches (TCC) and steps (msg) of every plain transaction.
+pub const BRANCHES: usize = 2;
+
+/// Calls the participant answered, by (gid, branch id, route): how many 200s and how many
+/// other answers.
+pub type Calls = HashMap<(String, String, String), (u32, u32)>;
+
+#[derive(Default)]
+struct Recorded {
+    calls: Calls,
+    /// Messages whose initiator decided to commit (what the check-back answers).
+    decided: HashSet<String>,
+}
+
+/// The participant of the plain load, on 127.0.0.1.
+#[derive(Clone)]
+pub struct Recorder {
+    base: String,
+    state: Arc<Mutex<Recorded>>,
+}
+
+impl Recorder {
+    /// Starts it.
+    ///
+    /// # Errors
+    /// It cannot bind a port.
+    pub async fn start() -> anyhow::Result<Self> {
+        let state = Arc::new(Mutex::new(Recorded::default()));
+        let app = Router::new()
+            .route("/{route}", any(answer))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Self {
+            base: format!("http://{addr}"),
+            state,
+        })
+    }
+
+    fn url(&self, route: &str) -> String {
+        format!("{}/{route}", self.base)
+    }
+
+    /// Every call answered so far.
+    pub fn calls(&self) -> Calls {
+        lock(&self.state).calls.clone()
+    }
+}
+
+async fn answer(
+    State(state): State<Arc<Mutex<Recorded>>>,
+    Path(route): Path<String>,
+    Query(p): Query<BranchParams>,
+) -> Response {
+    let status = {
+        let mut r = lock(&state);
+        let status = match route.as_str() {
+            "query" => {
+                // The check-back: it does not count as a call of the transaction.
+                return if r.decided.contains(&p.gid) {
+                    (StatusCode::OK, r#"{"dtm_result":"SUCCESS"}"#).into_response()
+                } else {
+                    (StatusCode::CONFLICT, r#"{"dtm_result":"FAILURE"}"#).into_response()
+                };
+            }
+            "try" if rand::rng().random_bool(0.05) => 409,
+            "confirm" | "cancel" | "step" if rand::rng().random_bool(0.1) => 500,
+            _ => 200,
+        };
+        let counts = r.calls.entry((p.gid, p.branch_id, route)).or_default();
+        if status == 200 {
+            counts.0 += 1;
+        } else {
+            counts.1 += 1;
+        }
+        status
+    };
+    match status {
+        200 => (StatusCode::OK, r#"{"dtm_result":"SUCCESS"}"#).into_response(),
+        409 => (StatusCode::CONFLICT, r#"{"dtm_result":"FAILURE"}"#).into_response(),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "on purpose").into_response(),
+    }
+}
+
+/// Where the plain load runs.
+#[derive(Clone)]
+pub struct Plain {
+    /// Initiator's client (through the balancer).
+    pub client: SettleClient,
+    /// The participant.
+    pub recorder: Recorder,
+    /// Seconds after which an unsubmitted transaction is rolled back (or checked back).
+    pub timeout_to_fail_s: i64,
+}
+
+impl Plain {
+    /// Runs `workers` TCC initiators and `workers` message initiators until `stop`; returns
+    /// every transaction begun.
+    pub async fn run(self, workers: usize, stop: Stop) -> Vec<PlainTxn> {
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let mut set = tokio::task::JoinSet::new();
+        for kind in [PlainKind::Tcc, PlainKind::Msg] {
+            for _ in 0..workers {
+                let (w, stop, done) = (self.clone(), stop.clone(), done.clone());
+                set.spawn(async move {
+                    while !stop.stopped() {
+                        let t = match kind {
+                            PlainKind::Tcc => w.tcc().await,
+                            PlainKind::Msg => w.msg().await,
+                        };
+                        let refused = t.told != Told::Committed;
+                        lock(&done).push(t);
+                        if refused {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                });
+            }
+        }
+        while set.join_next().await.is_some() {}
+        let all = std::mem::take(&mut *lock(&done));
+        all
+    }
+
+    fn request(&self, prefix: &str, trans_type: &str) -> GlobalRequest {
+        GlobalRequest {
+            timeout_to_fail: self.timeout_to_fail_s,
+            ..GlobalRequest::new(
+                format!("{prefix}-{}", uuid::Uuid::new_v4().simple()),
+                trans_type,
+            )
+        }
+    }
+
+    async fn tcc(&self) -> PlainTxn {
+        let request = self.request("chaos-pt", "tcc");
+        let gid = request.gid.clone();
+        let r = self.recorder.clone();
+        let result = self
+            .client
+            .tcc_global_with(request, |tcc| async move {
+                for n in 0..BRANCHES {
+                    tcc.call_branch(
+                        &serde_json::json!({ "n": n }),
+                        &r.url("try"),
+                        &r.url("confirm"),
+                        &r.url("cancel"),
+                    )
+                    .await?;
+                }
+                Ok(())
+            })
+            .await;
+        PlainTxn {
+            gid,
+            kind: PlainKind::Tcc,
+            told: Told::of(&result),
+        }
+    }
+
+    async fn msg(&self) -> PlainTxn {
+        let request = self.request("chaos-pm", "msg");
+        let gid = request.gid.clone();
+        let prepared = rand::rng().random_bool(0.5);
+        let result = async {
+            let mut msg = Msg::with_options(&self.client, request);
+            for n in 0..BRANCHES {
+                msg = msg.add(&self.recorder.url("step"), &serde_json::json!({ "n": n }))?;
+            }
+            if prepared {
+                msg.prepare(&self.recorder.url("query")).await?;
+            }
+            // The local transaction commits: from now on the check-back says so.
+            lock(&self.recorder.state).decided.insert(gid.clone());
+            msg.submit().await
+        }
+        .await;
+        PlainTxn {
+            gid,
+            kind: PlainKind::Msg,
+            told: Told::of(&result),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
