@@ -276,6 +276,10 @@ function timeline(d) {
   if (d.submit_ms) events.push({ at: d.submit_ms, kind: "ok", text: "submitted" });
   if (d.rollback_ms) events.push({ at: d.rollback_ms, kind: "warn", text: "rolling back", detail: t.rollback_reason });
   if (d.finish_ms) events.push({ at: d.finish_ms, kind: t.status === "succeed" ? "ok" : "bad", text: `finished: ${t.status}` });
+  const cb = d.callback;
+  if (cb && cb.delivered_ms) events.push({ at: cb.delivered_ms, kind: "ok", text: "outcome posted to the callback", detail: cb.url });
+  else if (cb && cb.due_ms) events.push({ at: cb.due_ms, kind: cb.error ? "warn" : "", text: `outcome to be posted to the callback (${cb.attempts} tried)`, detail: cb.error || cb.url, future: cb.due_ms > d.now });
+  else if (cb && cb.error) events.push({ at: d.finish_ms, kind: "bad", text: "callback given up", detail: cb.error });
   else if (t.next_cron_ms) events.push({ at: t.next_cron_ms, kind: "", text: "next attempt due", future: true });
   events.sort((a, b) => a.at - b.at);
   return el("ol", { class: "timeline", id: "timeline" }, events.map((e) => el("li", { class: e.kind },

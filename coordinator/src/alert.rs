@@ -50,7 +50,7 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_CAP_MS: i64 = 60_000;
 
 /// Delay before the next try after `attempts` failed deliveries, ms: 1 s, doubling, capped.
-fn backoff_ms(attempts: i64) -> i64 {
+pub(crate) fn backoff_ms(attempts: i64) -> i64 {
     let exp = u32::try_from(attempts.clamp(0, 16)).unwrap_or(16);
     1_000i64.saturating_mul(1 << exp).min(BACKOFF_CAP_MS)
 }

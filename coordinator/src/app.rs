@@ -16,6 +16,7 @@ use crate::alert::AlertSettings;
 use crate::api::serve::ServeLimits;
 use crate::api::{router, AppState, Shared};
 use crate::apply::Orchestrator;
+use crate::callback::Notifier;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::delivery::dispatcher::Sink;
@@ -277,10 +278,11 @@ impl Application {
             metrics.clone(),
             dispatch.clone(),
         );
+        let transport: Arc<dyn Transport> = transport
+            .unwrap_or_else(|| Arc::new(HttpTransport::new(http, config.max_answer_bytes)));
         let driver = Driver::new(
             apply.clone(),
-            transport
-                .unwrap_or_else(|| Arc::new(HttpTransport::new(http, config.max_answer_bytes))),
+            transport.clone(),
             DriverSettings {
                 lease: config.lease(),
                 retry_cap_s: config.retry_cap_s,
@@ -378,6 +380,18 @@ impl Application {
                 shutdown_rx.clone(),
             ));
         }
+        tokio::spawn(
+            Notifier {
+                store: store.clone(),
+                clock: clock.clone(),
+                transport,
+                allowlist: allowlist.clone(),
+                metrics: metrics.clone(),
+                interval: Duration::from_millis(config.poll_interval_ms),
+                instance_id: instance_id.clone(),
+            }
+            .run(shutdown_rx.clone()),
+        );
         let retention = tokio::spawn(retention::run(
             store.clone(),
             clock,

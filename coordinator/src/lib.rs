@@ -12,6 +12,7 @@
 //! - [`scheduler`]: claims due transactions by lease and hands them to the driver.
 //! - [`delivery`]: where committed steps go (HTTP endpoints, RocketMQ topics).
 //! - [`alert`]: tells the operators' webhook about transactions that need attention.
+//! - [`callback`]: posts a finished transaction's outcome to its initiator's callback URL.
 //! - [`app`]: wires these into a running server; [`cli`] is the `settle` command;
 //!   [`bench`] the load generator; [`ops`] the operator commands; [`config`],
 //!   [`telemetry`], [`otlp`] and [`clock`] support them.
@@ -40,6 +41,7 @@ pub mod api;
 pub mod app;
 pub mod apply;
 pub mod bench;
+pub mod callback;
 pub mod cli;
 pub mod clock;
 pub mod config;

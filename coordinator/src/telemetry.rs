@@ -340,6 +340,13 @@ impl Metrics {
         .increment(1);
     }
 
+    /// Counts a completion callback tried: `delivered`, `failed` (to be tried again) or
+    /// `abandoned`.
+    pub fn callback_tried(&self, outcome: &str) {
+        self.counter("settle_callbacks_total", &[("outcome", outcome)])
+            .increment(1);
+    }
+
     /// Sets a gauge read from the store at scrape time (`settle_outbox_backlog`, say).
     pub fn set_gauge(&self, name: &'static str, labels: &[(&'static str, &str)], value: f64) {
         self.gauge(name, labels).set(value);

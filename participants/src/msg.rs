@@ -49,7 +49,8 @@ impl Msg {
     }
 
     /// A message with the options of `request` (`timeout_to_fail` before the check-back,
-    /// `request_timeout`, `retry_interval`, `branch_headers`); its `gid` names it.
+    /// `request_timeout`, `retry_interval`, `branch_headers`, `callback_url`); its `gid` names
+    /// it.
     pub fn with_options(client: &SettleClient, mut request: GlobalRequest) -> Self {
         request.trans_type = names::MSG.to_owned();
         Self {

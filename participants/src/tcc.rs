@@ -49,7 +49,8 @@ impl Tcc {
     }
 
     /// A TCC transaction with the options of `request` (`timeout_to_fail`, `request_timeout`,
-    /// `retry_interval`, `concurrent`, `wait_result`, `branch_headers`); its `gid` names it.
+    /// `retry_interval`, `concurrent`, `wait_result`, `branch_headers`, `callback_url`); its `gid`
+    /// names it.
     pub fn with_options(client: &SettleClient, mut request: GlobalRequest) -> Self {
         request.trans_type = names::TCC.to_owned();
         Self {

@@ -75,6 +75,14 @@ pub struct GlobalRequest {
     /// Retries made so far (sent back by DTM's clients; ignored on input).
     #[serde(default, deserialize_with = "nullable")]
     pub retry_count: i64,
+    /// Where to post the outcome once the transaction has finished (a Settle extension):
+    /// called once it succeeded or failed, retried until the endpoint takes it.
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub callback_url: String,
 }
 
 /// Shows a header map's names with every value hidden, for `Debug` output.
@@ -107,6 +115,7 @@ impl std::fmt::Debug for GlobalRequest {
             .field("concurrent", &self.concurrent)
             .field("retry_limit", &self.retry_limit)
             .field("retry_count", &self.retry_count)
+            .field("callback_url", &self.callback_url)
             .finish()
     }
 }

@@ -58,6 +58,7 @@ fn txn(gid: &str, status: GlobalStatus, now: i64) -> GlobalTxn {
         wait_result: false,
         retry_limit: 0,
         traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+        callback_url: String::new(),
     };
     let mut t = GlobalTxn::new(gid, TransType::Tcc, status, options, now);
     t.custom_data = "{\"k\":\"v\"}".to_owned();

@@ -225,6 +225,11 @@ pub async fn transaction(
         state.store.attempts(gid, 200),
         state.store.outbox_list(None, Some(gid), 1000),
     )?;
+    let callback = if txn.options.callback_url.is_empty() {
+        None
+    } else {
+        state.store.callback_state(gid).await?
+    };
     let branch_times: Vec<Value> = branches
         .iter()
         .map(|b| json!({"create_ms": b.create_time, "finish_ms": b.finish_time}))
@@ -234,6 +239,13 @@ pub async fn transaction(
         "finish_ms": txn.finish_time,
         "rollback_ms": txn.rollback_time,
         "submit_ms": txn.submit_time,
+        "callback": callback.map(|c| json!({
+            "url": txn.options.callback_url,
+            "due_ms": c.due_ms,
+            "attempts": c.attempts,
+            "delivered_ms": c.delivered_ms,
+            "error": c.error,
+        })),
         "branches": branches.iter().map(branch_view).collect::<Vec<_>>(),
         "branch_times": branch_times,
         "attempts": attempts,

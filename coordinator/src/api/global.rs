@@ -51,6 +51,10 @@ fn check(state: &AppState, req: GlobalRequest) -> Result<Checked, ApiError> {
             validate::url("query_prepared", &req.query_prepared)?;
             state.allowlist.check_url(&req.query_prepared)?;
         }
+        if !req.callback_url.is_empty() {
+            validate::url("callback_url", &req.callback_url)?;
+            state.allowlist.check_url(&req.callback_url)?;
+        }
         for step in &steps {
             if let Ok(Target::Http(url)) = Target::parse(&step.url) {
                 state.allowlist.check_url(&url)?;

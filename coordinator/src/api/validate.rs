@@ -378,6 +378,7 @@ pub fn options(req: &GlobalRequest, config: &Config) -> Result<TransOptions, Api
         wait_result: req.wait_result,
         retry_limit: req.retry_limit,
         traceparent: String::new(),
+        callback_url: req.callback_url.clone(),
     })
 }
 

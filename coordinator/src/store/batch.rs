@@ -471,6 +471,7 @@ struct GlobalValues<'a> {
     finish_time: Option<i64>,
     rollback_time: Option<i64>,
     submit_time: Option<i64>,
+    callback_due: Option<i64>,
     rollback_reason: &'a str,
     next_cron_time: i64,
     next_cron_interval: i64,
@@ -483,8 +484,8 @@ struct GlobalValues<'a> {
 
 const INSERT_GLOBAL: &str = "INSERT INTO trans_global (gid, trans_type, status, custom_data, \
      steps, payloads, query_prepared, protocol, options, rollback_reason, create_time, \
-     update_time, finish_time, rollback_time, submit_time, next_cron_time, next_cron_interval, \
-     owner, lease_token, lease_expire, retry_count, last_error) VALUES ";
+     update_time, finish_time, rollback_time, submit_time, callback_due, next_cron_time, \
+     next_cron_interval, owner, lease_token, lease_expire, retry_count, last_error) VALUES ";
 
 const INSERT_BRANCH: &str = "INSERT INTO trans_branch_op (gid, branch_id, op, url, data, \
      status, create_time, update_time, finish_time) VALUES ";
@@ -864,6 +865,8 @@ fn write_globals(script: &mut Script, dialect: Dialect, dirty: &[&Work]) {
             .push(", ")
             .opt_int(t.submit_time)
             .push(", ")
+            .opt_int(t.callback_due)
+            .push(", ")
             .int(t.next_cron_time)
             .push(", ")
             .int(t.next_cron_interval)
@@ -889,6 +892,7 @@ fn write_globals(script: &mut Script, dialect: Dialect, dirty: &[&Work]) {
                     finish_time: t.finish_time,
                     rollback_time: t.rollback_time,
                     submit_time: t.submit_time,
+                    callback_due: t.callback_due,
                     rollback_reason: &t.rollback_reason,
                     next_cron_time: t.next_cron_time,
                     next_cron_interval: t.next_cron_interval,
@@ -914,6 +918,8 @@ fn write_globals(script: &mut Script, dialect: Dialect, dirty: &[&Work]) {
                 .opt_int(v.rollback_time)
                 .push(", submit_time = ")
                 .opt_int(v.submit_time)
+                .push(", callback_due = ")
+                .opt_int(v.callback_due)
                 .push(", rollback_reason = ")
                 .text(v.rollback_reason)
                 .push(", next_cron_time = ")

@@ -73,6 +73,11 @@ pub fn mysql() -> Migrator {
             "submit time",
             include_str!("../../migrations/mysql/0009_submit_time.sql"),
         ),
+        (
+            10,
+            "completion callbacks",
+            include_str!("../../migrations/mysql/0010_callbacks.sql"),
+        ),
     ])
 }
 
@@ -123,6 +128,11 @@ pub fn sqlite() -> Migrator {
             9,
             "submit time",
             include_str!("../../migrations/sqlite/0009_submit_time.sql"),
+        ),
+        (
+            10,
+            "completion callbacks",
+            include_str!("../../migrations/sqlite/0010_callbacks.sql"),
         ),
     ])
 }

@@ -72,6 +72,7 @@ macro_rules! on_writer {
 pub mod alerts;
 pub mod batch;
 pub mod branches;
+pub mod callbacks;
 pub mod connect;
 pub mod globals;
 pub mod leases;
@@ -100,6 +101,7 @@ pub(crate) fn like_prefix(prefix: &str) -> String {
 
 pub use alerts::{AlertCandidate, PendingAlert, SettledAlert};
 pub use batch::{Applied, Stamp};
+pub use callbacks::{CallbackState, DueCallback};
 pub use connect::{ConnectOptions, Dialect};
 pub use globals::ListFilter;
 pub use leases::Claimed;
@@ -163,8 +165,8 @@ pub struct Store {
 /// Columns of `trans_global`, as [`rows::decode_global`] reads them.
 pub(crate) const GLOBAL_COLUMNS: &str = "id, gid, trans_type, status, custom_data, steps, \
      payloads, query_prepared, protocol, options, rollback_reason, create_time, update_time, \
-     finish_time, rollback_time, submit_time, next_cron_time, next_cron_interval, owner, \
-     lease_token, lease_expire, retry_count, last_error";
+     finish_time, rollback_time, submit_time, callback_due, next_cron_time, next_cron_interval, \
+     owner, lease_token, lease_expire, retry_count, last_error";
 
 /// Columns of `trans_branch_op`, as [`rows::decode_branch`] reads them.
 pub(crate) const BRANCH_COLUMNS: &str =

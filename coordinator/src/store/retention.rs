@@ -46,8 +46,9 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn purge_finished(&self, finished_before: i64, limit: i64) -> Result<Purged> {
+        // A transaction whose outcome is still to be posted to its callback stays.
         let find = "SELECT gid FROM trans_global WHERE status IN ('succeed', 'failed') \
-                    AND finish_time < ? ORDER BY finish_time LIMIT ?";
+                    AND finish_time < ? AND callback_due IS NULL ORDER BY finish_time LIMIT ?";
         let for_update = self.dialect().for_update();
         on_writer!(self, pool => {
             let gids = first_strings(&sqlx::query(find)
@@ -63,7 +64,7 @@ impl Store {
             let list = marks(gids.len());
             // Lock the transactions first, as every batch does.
             let lock = format!(
-                "SELECT gid FROM trans_global WHERE gid IN ({list}) AND status IN ('succeed', 'failed') ORDER BY gid{for_update}"
+                "SELECT gid FROM trans_global WHERE gid IN ({list}) AND status IN ('succeed', 'failed') AND callback_due IS NULL ORDER BY gid{for_update}"
             );
             let mut q = sqlx::query(&lock);
             for g in &gids {

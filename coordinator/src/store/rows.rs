@@ -122,6 +122,7 @@ where
         finish_time: get(row, "finish_time")?,
         rollback_time: get(row, "rollback_time")?,
         submit_time: get(row, "submit_time")?,
+        callback_due: get(row, "callback_due")?,
         next_cron_time: get(row, "next_cron_time")?,
         next_cron_interval: get(row, "next_cron_interval")?,
         owner: get(row, "owner")?,

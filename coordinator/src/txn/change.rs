@@ -255,6 +255,9 @@ impl Current {
             }
             if to.is_final() {
                 txn.finish_time = Some(now);
+                if !txn.options.callback_url.is_empty() {
+                    txn.callback_due = Some(now);
+                }
             }
             if to == GlobalStatus::Failed {
                 for b in &mut self.branches {
@@ -353,6 +356,22 @@ mod tests {
             ]
         );
         assert_eq!(c.txn.as_ref().unwrap().finish_time, Some(9));
+    }
+
+    #[test]
+    fn finishing_marks_the_callback_due_when_there_is_one() {
+        let mut c = current(GlobalStatus::Submitted);
+        c.apply(Change::at(9).to(GlobalStatus::Succeeded)).unwrap();
+        assert_eq!(c.txn.as_ref().and_then(|t| t.callback_due), None);
+        for (to, at) in [(GlobalStatus::Submitted, 4), (GlobalStatus::Failed, 9)] {
+            let mut c = current(GlobalStatus::Prepared);
+            if let Some(t) = c.txn.as_mut() {
+                t.options.callback_url = "http://127.0.0.1:1/done".into();
+            }
+            c.apply(Change::at(at).to(to)).unwrap();
+            let due = c.txn.as_ref().and_then(|t| t.callback_due);
+            assert_eq!(due, to.is_final().then_some(at), "{to:?}");
+        }
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct TransOptions {
     /// its trace id on, so that one business request is one trace across services.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub traceparent: String,
+    /// Where the outcome is posted once the transaction has finished (empty: nowhere).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub callback_url: String,
 }
 
 impl std::fmt::Debug for TransOptions {
@@ -51,6 +54,7 @@ impl std::fmt::Debug for TransOptions {
             .field("wait_result", &self.wait_result)
             .field("retry_limit", &self.retry_limit)
             .field("traceparent", &self.traceparent)
+            .field("callback_url", &self.callback_url)
             .finish()
     }
 }
@@ -88,6 +92,9 @@ pub struct GlobalTxn {
     pub rollback_time: Option<i64>,
     /// When it was submitted (committed); none before, and for one never submitted.
     pub submit_time: Option<i64>,
+    /// When its outcome is next to be posted to its `callback_url`, ms; none before it
+    /// finished, without a callback, and once the callback was delivered.
+    pub callback_due: Option<i64>,
     /// When it is next due for work, ms since the Unix epoch.
     pub next_cron_time: i64,
     /// Seconds of the last retry interval.
@@ -170,6 +177,7 @@ impl GlobalTxn {
             finish_time: None,
             rollback_time: None,
             submit_time: None,
+            callback_due: None,
             owner: String::new(),
             lease_token: String::new(),
             lease_expire: 0,
@@ -216,6 +224,7 @@ pub(crate) fn sample(trans_type: TransType, status: GlobalStatus) -> GlobalTxn {
         wait_result: false,
         retry_limit: 0,
         traceparent: String::new(),
+        callback_url: String::new(),
     };
     GlobalTxn::new("g", trans_type, status, options, 1_000_000)
 }
