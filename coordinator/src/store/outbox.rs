@@ -9,7 +9,7 @@
 //! independently. Acknowledgements are recorded by the batched writer (see
 //! [`crate::txn::delivered`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sqlx::Row;
 
@@ -165,6 +165,17 @@ impl KeyPlan {
             ids,
         }
     }
+}
+
+/// Puts `n` keys to sleep if no wake came since they were read: binds the time, the `n` keys
+/// (for the primary key's range), then each key with the wake count it was read with.
+fn sleep_keys(n: usize) -> String {
+    let pairs = vec!["(?, ?)"; n].join(", ");
+    format!(
+        "UPDATE outbox_key_seq SET next_due = ? WHERE sharding_key IN ({}) \
+         AND (sharding_key, wake) IN ({pairs})",
+        marks(n)
+    )
 }
 
 const OUTBOX_COLUMNS: &str =
@@ -329,7 +340,9 @@ impl Store {
                 }
                 q.execute(pool).await?;
             }
-            let sleep = "UPDATE outbox_key_seq SET next_due = ? WHERE sharding_key = ? AND wake = ?";
+            // Keys put to sleep, grouped by when they wake: one statement per time, not per
+            // key (most sleep until a wake, or until a lease runs out).
+            let mut sleeping: BTreeMap<i64, Vec<(&str, i64)>> = BTreeMap::new();
             for (key, wake, plan) in &plans {
                 let until = match plan {
                     KeyPlan::Sleep(until) => *until,
@@ -337,7 +350,18 @@ impl Store {
                     KeyPlan::Claim { .. } if !claimed_keys.contains(&key.as_str()) => lease_expire,
                     KeyPlan::Claim { .. } => continue,
                 };
-                sqlx::query(sleep).bind(until).bind(key).bind(*wake).execute(pool).await?;
+                sleeping.entry(until).or_default().push((key.as_str(), *wake));
+            }
+            for (until, keys) in &sleeping {
+                let sql = sleep_keys(keys.len());
+                let mut q = sqlx::query(&sql).bind(*until);
+                for (key, _) in keys {
+                    q = q.bind(*key);
+                }
+                for (key, wake) in keys {
+                    q = q.bind(*key).bind(*wake);
+                }
+                q.execute(pool).await?;
             }
             Ok(claimed)
         })
