@@ -134,6 +134,18 @@ impl Orchestrator {
         }
     }
 
+    /// Wakes the dispatcher if the transaction has broker-bound steps (its write may have
+    /// committed or released messages); a transaction without any leaves it asleep.
+    fn wake_for(&self, current: &Current) {
+        if current
+            .branches
+            .iter()
+            .any(|b| txn::target::is_broker(&b.url))
+        {
+            self.dispatch.notify_one();
+        }
+    }
+
     fn finished(&self, applied: &Applied) {
         if let Some(t) = &applied.current.txn {
             if !applied.duplicate && t.status.is_final() {
@@ -223,7 +235,7 @@ impl Orchestrator {
         if applied.duplicate {
             return Ok(None);
         }
-        self.dispatch.notify_one();
+        self.wake_for(&applied.current);
         if applied
             .current
             .txn
@@ -315,6 +327,8 @@ impl Orchestrator {
                 txn::finish::finish(cur, token, done.clone(), now)
             })
             .await?;
+        // A TCC's held messages go out now.
+        self.wake_for(&applied.current);
         self.finished(&applied);
         Ok(applied
             .current
