@@ -112,6 +112,11 @@ pub struct BenchArgs {
     /// Draw throughput and p99 latency against concurrency, per server, as an SVG here.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// tcc: start this many transactions per second, whatever the answers (an open loop),
+    /// instead of `-c` initiators each starting the next when one ends; latency counts from
+    /// when a transaction was due to start, so a server that falls behind is not hidden.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Also run single-row autocommitted INSERTs at the same concurrency on `--database-url`.
     #[arg(long)]
     pub raw: bool,
@@ -192,6 +197,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if levels.contains(&0) || args.transactions == Some(0) || args.duration_s == 0 {
         bail!("concurrency, --transactions and --duration-s must be positive");
     }
+    if let Some(rate) = args.rate {
+        if !(rate > 0.0 && rate.is_finite()) || args.mode != Mode::Tcc || !args.sweep.is_empty() {
+            bail!("--rate must be a positive number of transactions per second, in tcc mode, without --sweep");
+        }
+    }
     if args.raw && args.database_url.is_none() {
         bail!("--raw needs --database-url (the database the server under test uses)");
     }
@@ -240,8 +250,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let r = match &consumer {
                 None => {
                     let r = one_run(&http, &participant, name, url, c, &args).await?;
+                    let level = args
+                        .rate
+                        .map_or_else(|| format!("c={c}"), |rate| format!("rate={rate}/s"));
                     println!(
-                        "{name} c={c}: {:.1} settled tx/s; {}",
+                        "{name} {level}: {:.1} settled tx/s; {}",
                         r.settled_per_s,
                         r.figures.line("tcc (prepare..submit)")
                     );
@@ -310,7 +323,24 @@ async fn one_run(
     let total = args.transactions.unwrap_or(u64::MAX);
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
+    if let Some(rate) = args.rate {
+        let (http, server, run_id, stop) = (
+            http.clone(),
+            server.to_owned(),
+            run_id.clone(),
+            stop.clone(),
+        );
+        let base = participant.base.clone();
+        workers.spawn(async move {
+            open_loop(rate, total, &stop, started.into(), |i| {
+                let (http, server, base) = (http.clone(), server.clone(), base.clone());
+                let gid = format!("bench-{run_id}-{i}");
+                async move { one_tcc(&http, &server, &base, &gid).await }
+            })
+            .await
+        });
+    }
+    for _ in 0..if args.rate.is_some() { 0 } else { concurrency } {
         let (http, server, next, run_id, stop) = (
             http.clone(),
             server.to_owned(),
@@ -361,6 +391,40 @@ async fn one_run(
             latencies,
         },
     })
+}
+
+/// Starts `start(i)` for i = 0, 1, ... at `rate` per second from `started`, until `stop` is
+/// raised or `total` were started, and returns each one's latency counted from when it was
+/// due to start.
+async fn open_loop<F, Fut>(
+    rate: f64,
+    total: u64,
+    stop: &AtomicBool,
+    started: tokio::time::Instant,
+    start: F,
+) -> anyhow::Result<Vec<Duration>>
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let mut running = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due).await;
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let tx = start(i);
+        running.spawn(async move {
+            tx.await?;
+            Ok::<_, anyhow::Error>(due.elapsed())
+        });
+    }
+    let mut latencies = Vec::with_capacity(running.len());
+    while let Some(r) = running.join_next().await {
+        latencies.push(r??);
+    }
+    Ok(latencies)
 }
 
 /// Lets `workers` run (for `--duration-s`, unless a number of transactions was given, then
@@ -1049,6 +1113,35 @@ mod tests {
             elapsed: Duration::from_secs(1),
             latencies: ms_each.iter().map(|m| Duration::from_millis(*m)).collect(),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_loop_starts_on_schedule_and_counts_latency_from_when_each_was_due() {
+        let started = tokio::time::Instant::now();
+        let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = AtomicBool::new(false);
+        let seen = starts.clone();
+        let latencies = open_loop(10.0, 3, &stop, started, move |i| {
+            seen.lock().unwrap().push(started.elapsed());
+            async move {
+                // The first transaction is slow; the others must not wait for it.
+                let took = if i == 0 { 1_000 } else { 50 };
+                tokio::time::sleep(Duration::from_millis(took)).await;
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+        let starts: Vec<u128> = starts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Duration::as_millis)
+            .collect();
+        assert_eq!(starts, [0, 100, 200]);
+        let mut ms: Vec<u128> = latencies.iter().map(Duration::as_millis).collect();
+        ms.sort_unstable();
+        assert_eq!(ms, [50, 50, 1_000]);
     }
 
     #[test]
