@@ -340,7 +340,9 @@ async fn one_run(
             .await
         });
     }
-    for _ in 0..if args.rate.is_some() { 0 } else { concurrency } {
+    // An open loop replaces the initiators.
+    let initiators = if args.rate.is_some() { 0 } else { concurrency };
+    for _ in 0..initiators {
         let (http, server, next, run_id, stop) = (
             http.clone(),
             server.to_owned(),

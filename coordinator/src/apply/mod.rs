@@ -311,7 +311,7 @@ impl Orchestrator {
             .await?;
         self.finished(&applied);
         if applied.current.txn.as_ref().map(|t| t.status) == Some(GlobalStatus::Submitted) {
-            self.dispatch.notify_one();
+            self.wake_for(&applied.current);
         }
         Ok(claimed(applied.current).unwrap_or_else(|| c.clone()))
     }
