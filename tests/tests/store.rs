@@ -6,7 +6,9 @@
 // allowance does not reach them.
 #![allow(clippy::unwrap_used)]
 
-use settle_coordinator::store::{ConnectOptions, Failed, ListFilter, OutboxRow, Store, StoreError};
+use settle_coordinator::store::{
+    ConnectOptions, Failed, KeyRelease, ListFilter, OutboxRow, Store, StoreError,
+};
 use settle_coordinator::txn::change::RetryNote;
 use settle_coordinator::txn::lease::RoundLeft;
 use settle_coordinator::txn::tcc::branch_ops;
@@ -190,7 +192,8 @@ on_both!(
         let out = store
             .claim_outbox("me/1", 3_000, 60_000, 10, 64)
             .await
-            .unwrap();
+            .unwrap()
+            .rows;
         assert_eq!(out.len(), 1);
         assert_eq!(
             (out[0].body.as_str(), out[0].sharding_key.as_str()),
@@ -548,6 +551,7 @@ on_both!(
                 .claim_outbox("me/1", 2_000, 60_000, 10, 64)
                 .await
                 .unwrap()
+                .rows
                 .is_empty(),
             "the held message holds its key back"
         );
@@ -563,7 +567,8 @@ on_both!(
         let heads = store
             .claim_outbox("me/2", 4_000, 60_000, 10, 64)
             .await
-            .unwrap();
+            .unwrap()
+            .rows;
         assert_eq!(
             heads
                 .iter()
@@ -894,10 +899,11 @@ on_both!(
         )
         .await;
 
-        let first = store
+        let claim = store
             .claim_outbox("me/1", 2_000, 60_000, 10, 64)
             .await
             .unwrap();
+        let first = claim.rows;
         let ids = |rows: &[OutboxRow]| -> Vec<String> {
             rows.iter().map(|r| r.message_id.clone()).collect()
         };
@@ -911,6 +917,7 @@ on_both!(
             .claim_outbox("me/2", 2_000, 60_000, 10, 64)
             .await
             .unwrap()
+            .rows
             .is_empty());
         // The broker acknowledged t1's two messages: they are sent and t1, a msg, succeeds.
         let sent = |rows: &[OutboxRow], gid: &str| -> Vec<txn::SentMessage> {
@@ -933,13 +940,32 @@ on_both!(
             store.find("t1").await.unwrap().unwrap().status,
             GlobalStatus::Succeeded
         );
+        // The dispatcher gives k2 back: its run went out, and more may follow.
+        let k2 = claim
+            .keys
+            .iter()
+            .find(|k| k.sharding_key == "k2")
+            .expect("k2 was leased");
+        assert!(!k2.complete, "the held message was left out of k2's run");
+        store
+            .outbox_release_keys(
+                "me/1",
+                &[KeyRelease {
+                    sharding_key: "k2",
+                    wake: k2.wake,
+                    next_due: 0,
+                }],
+            )
+            .await
+            .unwrap();
         // k1's second message was not tried: given back, it is k1's head again.
         let t2_01 = first.iter().find(|r| r.message_id == "t2-01").unwrap();
         store.outbox_release("me/1", &[t2_01.id]).await.unwrap();
         let again = store
             .claim_outbox("me/3", 2_100, 60_000, 10, 64)
             .await
-            .unwrap();
+            .unwrap()
+            .rows;
         assert_eq!(ids(&again), ["t2-01"], "k2's next is held by its TCC");
         // A claim that was taken over cannot record a delivery.
         let stale = sent(&first, "t2")
@@ -964,7 +990,8 @@ on_both!(
         let released = store
             .claim_outbox("me/4", 2_600, 60_000, 10, 64)
             .await
-            .unwrap();
+            .unwrap()
+            .rows;
         assert_eq!(ids(&released), ["t3-m01"]);
         // A failed delivery goes back, due later, and keeps its place.
         let transient = Failed {
@@ -979,13 +1006,15 @@ on_both!(
                 .claim_outbox("me/5", 3_000, 60_000, 10, 64)
                 .await
                 .unwrap()
+                .rows
                 .is_empty(),
             "not due yet"
         );
         let later = store
             .claim_outbox("me/6", 9_000, 60_000, 10, 64)
             .await
-            .unwrap();
+            .unwrap()
+            .rows;
         assert!(later
             .iter()
             .any(|r| r.message_id == "t3-m01" && r.attempts == 1));
@@ -1011,6 +1040,7 @@ on_both!(
             .claim_outbox("me/7", 99_000, 160_000, 10, 64)
             .await
             .unwrap()
+            .rows
             .iter()
             .all(|r| r.message_id != "t3-m01"));
         assert_eq!(
@@ -1025,7 +1055,8 @@ on_both!(
         let again = store
             .claim_outbox("me/8", 99_000, 160_000, 10, 64)
             .await
-            .unwrap();
+            .unwrap()
+            .rows;
         assert!(
             again
                 .iter()
@@ -1051,6 +1082,7 @@ on_both!(
                     .claim_outbox(owner, now, now + 60_000, 10, 64)
                     .await
                     .unwrap()
+                    .rows
                     .into_iter()
                     .map(|r| r.message_id)
                     .collect::<Vec<_>>()
@@ -1088,7 +1120,8 @@ on_both!(
         let out = store
             .claim_outbox("me/3", 6_000, 66_000, 10, 64)
             .await
-            .unwrap();
+            .unwrap()
+            .rows;
         let ids: Vec<&str> = out.iter().map(|r| r.message_id.as_str()).collect();
         assert_eq!(ids, ["tcc-m1", "msg-01"]);
         // While they are out the key is not looked at again.

@@ -459,6 +459,7 @@ mod tests {
             .claim_outbox(owner, now, now + 10_000, 10, 64)
             .await
             .unwrap()
+            .rows
             .into_iter()
             .map(|r| r.message_id)
             .collect()

@@ -27,9 +27,9 @@ use tracing::{debug, info, warn};
 use crate::apply::{new_token, Orchestrator};
 use crate::clock::Clock;
 use crate::otlp::{new_span_id, Kind, Span};
-use crate::store::{Failed, OutboxRow, StoreError};
+use crate::store::{Failed, KeyRelease, OutboxClaim, OutboxRow, StoreError};
 use crate::txn::retry::retry_delay_ms;
-use crate::txn::SentMessage;
+use crate::txn::{SentMessage, NEVER};
 
 /// Most messages of one key claimed in one pass.
 const RUN_PER_KEY: i64 = 64;
@@ -153,29 +153,29 @@ impl Dispatcher {
         let now = self.settings.clock.now_ms();
         let owner = format!("{}/{}", self.settings.instance_id, new_token());
         let max_keys = i64::try_from(free).unwrap_or(1);
-        let claimed = self
+        let claim = self
             .apply
             .store()
             .claim_outbox(&owner, now, now + self.lease_ms(), max_keys, RUN_PER_KEY)
             .await?;
-        if claimed.is_empty() {
+        if claim.rows.is_empty() {
             return Ok(0);
         }
         // Claimed and leased; nothing published.
         fail::fail_point!("delivery::after_claim", |_| Err(StoreError::injected(
             "delivery::after_claim"
         )));
-        let n = claimed.len();
-        let keys = claimed.iter().map(key_of).collect::<HashSet<_>>().len();
+        let n = claim.rows.len();
+        let keys = claim.rows.iter().map(key_of).collect::<HashSet<_>>().len();
         let permits = u32::try_from(keys.min(free)).unwrap_or(1);
         let Ok(permit) = self.slots.clone().try_acquire_many_owned(permits) else {
             // Another pass took the room meanwhile: give these back for the next pass.
-            let ids: Vec<i64> = claimed.iter().map(|r| r.id).collect();
+            let ids: Vec<i64> = claim.rows.iter().map(|r| r.id).collect();
             self.apply.store().outbox_release(&owner, &ids).await?;
             return Ok(0);
         };
         tokio::spawn(async move {
-            self.deliver(claimed).await;
+            self.deliver(claim).await;
             drop(permit);
             // The keys delivered may have more, and room is free again.
             self.wake.notify_one();
@@ -199,8 +199,12 @@ impl Dispatcher {
         results
     }
 
-    /// Publishes what one pass claimed and records the outcome.
-    async fn deliver(&self, mut claimed: Vec<OutboxRow>) {
+    /// Publishes what one pass claimed, records the outcome and gives the keys back.
+    async fn deliver(&self, claim: OutboxClaim) {
+        let OutboxClaim {
+            rows: mut claimed,
+            keys,
+        } = claim;
         // Each publish is a span of the initiator's trace: a message carries its own span's
         // id on, so that its consumer's work hangs under it.
         let tracer = self.apply.metrics().tracer();
@@ -257,24 +261,32 @@ impl Dispatcher {
                 }
             }
         }
-        // One command per transaction; they meet in one batch.
+        // One command per transaction; they meet in one batch. A key whose acknowledgement
+        // could not be recorded is looked at again at once (its message goes out again).
         let acks = sent.into_iter().map(|(gid, messages)| async move {
             let n = messages.len();
-            match self.apply.delivered(gid, messages).await {
+            match self.apply.delivered(gid, messages.clone()).await {
                 Ok(finished) => {
                     if finished {
                         debug!(gid, "every message delivered; transaction finished");
                     }
+                    Vec::new()
                 }
                 Err(e) if e.is_lease_lost() => {
                     info!(gid, messages = n, "a claim ran out before its delivery was recorded; it will be published again");
+                    Vec::new()
                 }
                 Err(e) => {
                     warn!(gid, error = %crate::telemetry::error_chain(&e), "could not record a delivery; it may be published again");
+                    messages.into_iter().map(|m| m.sharding_key).collect()
                 }
             }
         });
-        futures_util::future::join_all(acks).await;
+        let unrecorded: HashSet<String> = futures_util::future::join_all(acks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         let now = self.settings.clock.now_ms();
         for (row, failure) in retry {
             let delay = retry_delay_ms(
@@ -304,15 +316,29 @@ impl Dispatcher {
                 }
             }
         }
-        if let Some(first) = claimed.first() {
-            if let Err(e) = self
-                .apply
-                .store()
-                .outbox_release(&first.owner, &untouched)
-                .await
-            {
-                warn!(error = %e, "could not give back messages not tried; their claims run out");
-            }
+        let Some(owner) = claimed.first().map(|r| r.owner.as_str()) else {
+            return;
+        };
+        if let Err(e) = self.apply.store().outbox_release(owner, &untouched).await {
+            warn!(error = %e, "could not give back messages not tried; their claims run out");
+        }
+        // The keys whose runs went out are given back: asleep when their run was all they
+        // had, due at once when more may wait. A failed key was given back with its retry.
+        let done: Vec<KeyRelease<'_>> = keys
+            .iter()
+            .filter(|k| !failed_keys.contains(&k.sharding_key))
+            .map(|k| KeyRelease {
+                sharding_key: &k.sharding_key,
+                wake: k.wake,
+                next_due: if k.complete && !unrecorded.contains(&k.sharding_key) {
+                    NEVER
+                } else {
+                    0
+                },
+            })
+            .collect();
+        if let Err(e) = self.apply.store().outbox_release_keys(owner, &done).await {
+            warn!(error = %e, "could not give back the keys delivered; their claims run out");
         }
     }
 }

@@ -335,6 +335,8 @@ struct Work {
     global_dirty: bool,
     /// Status of each stored branch operation (by id) when read.
     read_status: HashMap<i64, BranchStatus>,
+    /// Its row as read (and locked), to write only the columns that changed.
+    read_txn: Option<GlobalTxn>,
 }
 
 impl Work {
@@ -350,6 +352,7 @@ impl Work {
             dirty: false,
             global_dirty: false,
             read_status: HashMap::new(),
+            read_txn: None,
         }
     }
 }
@@ -367,6 +370,9 @@ struct Enqueued {
     messages: Vec<OutboxMessage>,
 }
 
+/// A message the broker acknowledged: (row id, transaction, sharding key).
+type Acknowledged = (i64, String, String);
+
 /// Everything a batch decided, before it is written.
 #[derive(Default)]
 struct Plan {
@@ -376,8 +382,8 @@ struct Plan {
     release_held: BTreeMap<i64, BTreeSet<String>>,
     /// Transactions whose held messages are dropped, by the time they are.
     drop_held: BTreeMap<i64, BTreeSet<String>>,
-    /// Messages acknowledged by the broker, by time and claim: (row id, transaction).
-    sent: BTreeMap<(i64, String), Vec<(i64, String)>>,
+    /// Messages acknowledged by the broker, by time and claim.
+    sent: BTreeMap<(i64, String), Vec<Acknowledged>>,
     /// Sharding keys whose next message may go now, by the time it may.
     wake: BTreeMap<i64, BTreeSet<String>>,
     /// Rounds that did not settle their transaction, for its timeline.
@@ -411,16 +417,17 @@ impl Plan {
                 .or_default()
                 .insert(gid.to_owned());
         }
-        let wake = self.wake.entry(now).or_default();
-        wake.extend(effect.wake_keys);
+        if !effect.wake_keys.is_empty() {
+            self.wake.entry(now).or_default().extend(effect.wake_keys);
+        }
+        // An acknowledged message's key is not woken here: the claim that sent it holds the
+        // key and gives it back once its whole run is recorded.
         for m in effect.sent {
-            if !m.sharding_key.is_empty() {
-                wake.insert(m.sharding_key);
-            }
-            self.sent
-                .entry((now, m.owner))
-                .or_default()
-                .push((m.id, gid.to_owned()));
+            self.sent.entry((now, m.owner)).or_default().push((
+                m.id,
+                gid.to_owned(),
+                m.sharding_key,
+            ));
         }
     }
 }
@@ -463,23 +470,53 @@ fn decide_all(
         .collect()
 }
 
-/// The mutable columns of a global row: rows with equal values are updated together.
-#[derive(Hash, PartialEq, Eq)]
-struct GlobalValues<'a> {
-    status: &'static str,
-    update_time: i64,
-    finish_time: Option<i64>,
-    rollback_time: Option<i64>,
-    submit_time: Option<i64>,
-    callback_due: Option<i64>,
-    rollback_reason: &'a str,
-    next_cron_time: i64,
-    next_cron_interval: i64,
-    owner: &'a str,
-    lease_token: &'a str,
-    lease_expire: i64,
-    retry_count: i64,
-    last_error: &'a str,
+/// A value written to a column of a global row.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Value<'a> {
+    Text(&'a str),
+    Int(i64),
+    OptInt(Option<i64>),
+}
+
+impl Value<'_> {
+    fn write(self, sql: &mut Sql) {
+        match self {
+            Self::Text(v) => sql.text(v),
+            Self::Int(v) => sql.int(v),
+            Self::OptInt(v) => sql.opt_int(v),
+        };
+    }
+}
+
+/// A mutable column of a global row, and how to read its value from a transaction.
+type Column = (&'static str, for<'t> fn(&'t GlobalTxn) -> Value<'t>);
+
+/// The columns of a global row that a transition may change.
+const MUTABLE_COLUMNS: [Column; 14] = [
+    ("status", |t| Value::Text(t.status.as_str())),
+    ("update_time", |t| Value::Int(t.update_time)),
+    ("finish_time", |t| Value::OptInt(t.finish_time)),
+    ("rollback_time", |t| Value::OptInt(t.rollback_time)),
+    ("submit_time", |t| Value::OptInt(t.submit_time)),
+    ("callback_due", |t| Value::OptInt(t.callback_due)),
+    ("rollback_reason", |t| Value::Text(&t.rollback_reason)),
+    ("next_cron_time", |t| Value::Int(t.next_cron_time)),
+    ("next_cron_interval", |t| Value::Int(t.next_cron_interval)),
+    ("owner", |t| Value::Text(&t.owner)),
+    ("lease_token", |t| Value::Text(&t.lease_token)),
+    ("lease_expire", |t| Value::Int(t.lease_expire)),
+    ("retry_count", |t| Value::Int(t.retry_count)),
+    ("last_error", |t| Value::Text(&t.last_error)),
+];
+
+/// The mutable columns of a global row that differ between `read` and `now`, with their new
+/// values.
+fn changed_columns<'a>(read: &GlobalTxn, now: &'a GlobalTxn) -> Vec<(&'static str, Value<'a>)> {
+    MUTABLE_COLUMNS
+        .iter()
+        .filter(|(_, value)| value(read) != value(now))
+        .map(|(name, value)| (*name, value(now)))
+        .collect()
 }
 
 const INSERT_GLOBAL: &str = "INSERT INTO trans_global (gid, trans_type, status, custom_data, \
@@ -668,6 +705,7 @@ where
                 let t = rows::decode_global(row, rows::Reading::Strict)?;
                 if let Some(w) = work.get_mut(&t.gid) {
                     w.existed = true;
+                    w.read_txn = Some(t.clone());
                     w.current.txn = Some(t);
                 }
             }
@@ -793,13 +831,29 @@ where
     let mut acks = Vec::new();
     for ((now, owner), messages) in &plan.sent {
         for chunk in in_chunks(messages) {
+            // Still this claim's: a keyless message through its own lease, a keyed one
+            // through its key's.
+            let keys: BTreeSet<&str> = chunk
+                .iter()
+                .map(|(_, _, key)| key.as_str())
+                .filter(|k| !k.is_empty())
+                .collect();
             let mut update = Sql::new(dialect, "UPDATE outbox SET status = 'sent', sent_time = ");
             update
                 .int(*now)
-                .push(", owner = '', lease_expire = 0 WHERE status = 'pending' AND owner = ")
-                .text(owner)
-                .push(" AND id IN ")
-                .int_list(chunk.iter().map(|(id, _)| *id));
+                .push(", owner = '', lease_expire = 0 WHERE status = 'pending' AND id IN ")
+                .int_list(chunk.iter().map(|(id, _, _)| *id))
+                .push(" AND (owner = ")
+                .text(owner);
+            if !keys.is_empty() {
+                update
+                    .push(" OR sharding_key IN (SELECT sharding_key FROM outbox_key_seq WHERE owner = ")
+                    .text(owner)
+                    .push(" AND sharding_key IN ")
+                    .text_list(keys.iter().copied())
+                    .push(")");
+            }
+            update.push(")");
             acks.push((script.len(), chunk));
             script.add(update);
         }
@@ -882,62 +936,46 @@ fn write_globals(script: &mut Script, dialect: Dialect, dirty: &[&Work]) {
             .text(&t.last_error)
             .push(")");
     });
-    let mut groups: HashMap<GlobalValues<'_>, Vec<&str>> = HashMap::new();
+    // Rows whose same columns changed are updated by one statement: a column with one new
+    // value for all of them is set to it, one whose value differs row by row (a lease
+    // token) is set by a `CASE` on the gid. Columns that did not change are not written.
+    type Row<'a> = (&'a str, Vec<Value<'a>>);
+    let mut groups: BTreeMap<Vec<&'static str>, Vec<Row<'_>>> = BTreeMap::new();
     for w in dirty.iter().filter(|w| w.existed && w.global_dirty) {
-        if let Some(t) = &w.current.txn {
+        if let (Some(read), Some(t)) = (&w.read_txn, &w.current.txn) {
+            let changed = changed_columns(read, t);
+            if changed.is_empty() {
+                continue;
+            }
+            let (names, values): (Vec<&'static str>, Vec<Value<'_>>) = changed.into_iter().unzip();
             groups
-                .entry(GlobalValues {
-                    status: t.status.as_str(),
-                    update_time: t.update_time,
-                    finish_time: t.finish_time,
-                    rollback_time: t.rollback_time,
-                    submit_time: t.submit_time,
-                    callback_due: t.callback_due,
-                    rollback_reason: &t.rollback_reason,
-                    next_cron_time: t.next_cron_time,
-                    next_cron_interval: t.next_cron_interval,
-                    owner: &t.owner,
-                    lease_token: &t.lease_token,
-                    lease_expire: t.lease_expire,
-                    retry_count: t.retry_count,
-                    last_error: &t.last_error,
-                })
+                .entry(names)
                 .or_default()
-                .push(&t.gid);
+                .push((t.gid.as_str(), values));
         }
     }
-    for (v, gids) in &groups {
-        for chunk in in_chunks(gids) {
-            let mut sql = Sql::new(dialect, "UPDATE trans_global SET status = ");
-            sql.text(v.status)
-                .push(", update_time = ")
-                .int(v.update_time)
-                .push(", finish_time = ")
-                .opt_int(v.finish_time)
-                .push(", rollback_time = ")
-                .opt_int(v.rollback_time)
-                .push(", submit_time = ")
-                .opt_int(v.submit_time)
-                .push(", callback_due = ")
-                .opt_int(v.callback_due)
-                .push(", rollback_reason = ")
-                .text(v.rollback_reason)
-                .push(", next_cron_time = ")
-                .int(v.next_cron_time)
-                .push(", next_cron_interval = ")
-                .int(v.next_cron_interval)
-                .push(", owner = ")
-                .text(v.owner)
-                .push(", lease_token = ")
-                .text(v.lease_token)
-                .push(", lease_expire = ")
-                .int(v.lease_expire)
-                .push(", retry_count = ")
-                .int(v.retry_count)
-                .push(", last_error = ")
-                .text(v.last_error)
-                .push(" WHERE gid IN ")
-                .text_list(chunk.iter().copied());
+    for (names, rows) in &groups {
+        for chunk in in_chunks(rows) {
+            let mut sql = Sql::new(dialect, "UPDATE trans_global SET ");
+            for (i, name) in names.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.push(name).push(" = ");
+                let first = chunk[0].1[i];
+                if chunk.iter().all(|(_, v)| v[i] == first) {
+                    first.write(&mut sql);
+                } else {
+                    sql.push("CASE gid");
+                    for (gid, v) in chunk {
+                        sql.push(" WHEN ").text(gid).push(" THEN ");
+                        v[i].write(&mut sql);
+                    }
+                    sql.push(" END");
+                }
+            }
+            sql.push(" WHERE gid IN ")
+                .text_list(chunk.iter().map(|(gid, _)| *gid));
             script.add(sql);
         }
     }

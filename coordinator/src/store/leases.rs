@@ -32,10 +32,12 @@ impl Store {
         self.set_aside.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Hands back every lease `owner` holds (on transactions and on outbox messages), so
+    /// Hands back every lease `owner` holds (on transactions, sharding keys and keyless
+    /// outbox messages), so
     /// that another instance takes the work over at once instead of when the leases run out.
     /// A round of `owner` still running is fenced out: its next write finds its lease gone.
-    /// Returns how many transactions and messages were handed back.
+    /// Returns how many transactions, and how many keys and keyless messages, were handed
+    /// back.
     ///
     /// # Errors
     /// A database error.
@@ -46,14 +48,14 @@ impl Store {
         // The dispatcher's claims are `OWNER/TOKEN`.
         let mine = super::like_prefix(&format!("{owner}/"));
         let messages = "UPDATE outbox SET owner = '', lease_expire = 0 \
-                        WHERE owner LIKE ? ESCAPE '!' AND status = 'pending'";
-        let wake = "UPDATE outbox_key_seq SET next_due = 0, wake = wake + 1 WHERE sharding_key IN \
-                    (SELECT sharding_key FROM outbox WHERE owner LIKE ? ESCAPE '!' AND status = 'pending')";
+                        WHERE owner LIKE ? ESCAPE '!' AND status = 'pending' AND sharding_key = ''";
+        let keys = "UPDATE outbox_key_seq SET owner = '', lease_expire = 0, next_due = 0, \
+                    wake = wake + 1 WHERE owner LIKE ? ESCAPE '!'";
         on_writer!(self, pool => {
             let t = sqlx::query(txns).bind(now).bind(owner).bind(now).execute(pool).await?.rows_affected();
-            sqlx::query(wake).bind(&mine).execute(pool).await?;
+            let k = sqlx::query(keys).bind(&mine).execute(pool).await?.rows_affected();
             let m = sqlx::query(messages).bind(&mine).execute(pool).await?.rows_affected();
-            Ok((t, m))
+            Ok((t, k + m))
         })
     }
 

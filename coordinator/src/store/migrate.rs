@@ -78,6 +78,11 @@ pub fn mysql() -> Migrator {
             "completion callbacks",
             include_str!("../../migrations/mysql/0010_callbacks.sql"),
         ),
+        (
+            11,
+            "key leases",
+            include_str!("../../migrations/mysql/0011_key_leases.sql"),
+        ),
     ])
 }
 
@@ -133,6 +138,11 @@ pub fn sqlite() -> Migrator {
             10,
             "completion callbacks",
             include_str!("../../migrations/sqlite/0010_callbacks.sql"),
+        ),
+        (
+            11,
+            "key leases",
+            include_str!("../../migrations/sqlite/0011_key_leases.sql"),
         ),
     ])
 }

@@ -106,7 +106,7 @@ pub use connect::{ConnectOptions, Dialect};
 pub use globals::ListFilter;
 pub use leases::Claimed;
 pub use operators::{AttemptRow, Heartbeat, Instance};
-pub use outbox::{Failed, KeyBacklog, OutboxEntry, OutboxRow};
+pub use outbox::{ClaimedKey, Failed, KeyBacklog, KeyRelease, OutboxClaim, OutboxEntry, OutboxRow};
 pub use rows::{format_time, UNREADABLE};
 
 /// Errors of the store.

@@ -34,7 +34,8 @@ pub struct Instance {
     pub seen_time: i64,
     /// Transactions it holds the lease of.
     pub transactions: i64,
-    /// Messages it is delivering.
+    /// What it is delivering: sharding keys it leased (each with its run of messages), and
+    /// messages without a key.
     pub messages: i64,
 }
 
@@ -134,9 +135,13 @@ impl Store {
         let txns = "SELECT owner, COUNT(*) FROM trans_global WHERE owner <> '' \
                     AND lease_expire > ? AND status IN ('prepared', 'submitted', 'aborting') \
                     GROUP BY owner";
-        // The dispatcher's claims are `OWNER/TOKEN`.
+        // The dispatcher's claims are `OWNER/TOKEN`: on sharding keys, and on messages
+        // without one.
+        let keys = "SELECT owner, COUNT(*) FROM outbox_key_seq WHERE owner <> '' \
+                    AND lease_expire > ? GROUP BY owner";
         let messages = "SELECT owner, COUNT(*) FROM outbox WHERE owner <> '' \
-                        AND lease_expire > ? AND status = 'pending' GROUP BY owner";
+                        AND lease_expire > ? AND status = 'pending' AND sharding_key = '' \
+                        GROUP BY owner";
         on_pool!(self, pool => {
             let mut out: Vec<Instance> = sqlx::query(known)
                 .fetch_all(pool)
@@ -154,7 +159,7 @@ impl Store {
                     })
                 })
                 .collect::<Result<_>>()?;
-            for (sql, is_txn) in [(txns, true), (messages, false)] {
+            for (sql, is_txn) in [(txns, true), (keys, false), (messages, false)] {
                 for r in sqlx::query(sql).bind(now).fetch_all(pool).await? {
                     let owner: String = r.try_get_unchecked(0)?;
                     let n: i64 = r.try_get(1)?;

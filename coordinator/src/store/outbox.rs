@@ -116,17 +116,16 @@ struct Unsent {
     pending: bool,
     /// Next attempt time, ms.
     due: i64,
-    /// Lease expiry, ms.
-    leased_until: i64,
 }
 
-/// What a claim does with a due key.
+/// What a claim does with a key it leased.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum KeyPlan {
-    /// Claim these messages: the key's run from its first unsent message (`head_seq`).
-    Claim { head_seq: i64, ids: Vec<i64> },
-    /// Nothing to send now: look at the key again at this time ([`NEVER`] to wait for a
-    /// wake).
+    /// Deliver these messages: the key's run from its first unsent message. `complete`: the
+    /// run holds every unsent message of the key.
+    Claim { ids: Vec<i64>, complete: bool },
+    /// Nothing to send now: give the key back, to look at it again at this time ([`NEVER`]
+    /// to wait for a wake).
     Sleep(i64),
 }
 
@@ -140,40 +139,78 @@ impl KeyPlan {
             // Held: its transaction's release (or drop) wakes the key.
             return Self::Sleep(NEVER);
         }
-        if head.leased_until > now {
-            return Self::Sleep(head.leased_until);
-        }
         if head.due > now {
             return Self::Sleep(head.due);
         }
         let limit = usize::try_from(per_key.max(1)).unwrap_or(1);
-        let ids = unsent
+        let ids: Vec<i64> = unsent
             .iter()
             .enumerate()
             .take_while(|(i, m)| {
-                m.seq == head.seq + *i as i64
-                    && m.topic == head.topic
-                    && m.pending
-                    && m.due <= now
-                    && m.leased_until <= now
+                m.seq == head.seq + *i as i64 && m.topic == head.topic && m.pending && m.due <= now
             })
             .take(limit)
             .map(|(_, m)| m.id)
             .collect();
         Self::Claim {
-            head_seq: head.seq,
+            complete: ids.len() == unsent.len(),
             ids,
         }
     }
 }
 
-/// Puts `n` keys to sleep if no wake came since they were read: binds the time, the `n` keys
-/// (for the primary key's range), then each key with the wake count it was read with.
-fn sleep_keys(n: usize) -> String {
+/// A sharding key a claim leased, as the dispatcher gives it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedKey {
+    /// The key.
+    pub sharding_key: String,
+    /// Its wake count when it was leased: a change since then (a message committed behind
+    /// the run, a redrive) keeps it from going to sleep.
+    pub wake: i64,
+    /// The run claimed holds every message the key had unsent: once it is delivered, the key
+    /// has nothing left until a change wakes it.
+    pub complete: bool,
+}
+
+/// What one claim holds: messages to publish (each key's in sequence order) and the keys
+/// it leased for them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxClaim {
+    /// The messages, each carrying the claim as its `owner`.
+    pub rows: Vec<OutboxRow>,
+    /// The keys leased, each until the claim's lease runs out or it is given back.
+    pub keys: Vec<ClaimedKey>,
+}
+
+/// A leased key given back: due at `next_due` if no change woke it since it was leased
+/// (`wake`), at once otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRelease<'a> {
+    /// The key.
+    pub sharding_key: &'a str,
+    /// Its wake count when it was leased.
+    pub wake: i64,
+    /// When to look at it again, ms ([`NEVER`]: when a change wakes it).
+    pub next_due: i64,
+}
+
+/// Gives back `n` keys leased by a claim, due at a time if no wake came since they were
+/// leased: binds the time, the owner, the `n` keys (for the primary key's range), then each
+/// key with its wake count.
+fn release_keys_sql(n: usize) -> String {
     let pairs = vec!["(?, ?)"; n].join(", ");
     format!(
-        "UPDATE outbox_key_seq SET next_due = ? WHERE sharding_key IN ({}) \
-         AND (sharding_key, wake) IN ({pairs})",
+        "UPDATE outbox_key_seq SET owner = '', lease_expire = 0, next_due = ? WHERE owner = ? \
+         AND sharding_key IN ({}) AND (sharding_key, wake) IN ({pairs})",
+        marks(n)
+    )
+}
+
+/// Gives back keys leased by a claim, due at once: binds the owner, then the `n` keys.
+fn wake_keys_sql(n: usize) -> String {
+    format!(
+        "UPDATE outbox_key_seq SET owner = '', lease_expire = 0, next_due = 0, wake = wake + 1 \
+         WHERE owner = ? AND sharding_key IN ({})",
         marks(n)
     )
 }
@@ -210,15 +247,19 @@ where
 impl Store {
     /// Claims what may be delivered now, for up to `max_keys` sharding keys: each key's run of
     /// messages from its lowest not yet sent (at most `per_key` of them, one topic, pending,
-    /// due, not leased and with consecutive sequence numbers, so that nothing of the key is
-    /// skipped), plus up to `max_keys` due messages without a key. Returns the rows claimed for
-    /// `owner` (unique to this claim), each key's in sequence order.
+    /// due and with consecutive sequence numbers, so that nothing of the key is skipped),
+    /// plus up to `max_keys` due messages without a key. Returns the rows claimed for `owner`
+    /// (unique to this claim), each key's in sequence order, and the keys leased.
     ///
-    /// Only keys that are due are read (`outbox_key_seq.next_due`, see the migration that
+    /// A claim leases keys, not messages: one conditional `UPDATE` of the keys' rows
+    /// (`outbox_key_seq`) makes `owner` the only one to publish a key until `lease_expire`
+    /// or until it gives the key back ([`Store::outbox_release_keys`]); the messages' rows
+    /// are not written until they are acknowledged. A message without a key is leased on
+    /// its own row. Only keys that are due are read (`next_due`, see the migration that
     /// added it): a claim costs what it claims, whatever the backlog. A key found with
-    /// nothing to send now is put to sleep until the time it may (never, for a key whose next
-    /// message is held or that has none) unless it was woken since it was read; a claimed
-    /// key sleeps until its claim runs out, or its acknowledgement wakes it.
+    /// nothing to send now is given back at once, asleep until the time it may send
+    /// (never, for a key whose next message is held or that has none) unless it was woken
+    /// since it was leased.
     ///
     /// # Errors
     /// A database error.
@@ -229,29 +270,88 @@ impl Store {
         lease_expire: i64,
         max_keys: i64,
         per_key: i64,
-    ) -> Result<Vec<OutboxRow>> {
-        let due = "SELECT sharding_key, wake FROM outbox_key_seq WHERE next_due <= ? \
+    ) -> Result<OutboxClaim> {
+        let due = "SELECT sharding_key, lease_expire FROM outbox_key_seq WHERE next_due <= ? \
                    ORDER BY next_due LIMIT ?";
-        let keyless = "SELECT id FROM outbox WHERE sharding_key = '' AND status = 'pending' \
+        let keyless = "SELECT id FROM outbox WHERE status = 'pending' AND sharding_key = '' \
                        AND next_attempt_time <= ? AND lease_expire <= ? ORDER BY id LIMIT ?";
-        let fetch = format!(
-            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE owner = ? ORDER BY sharding_key, seq, id"
-        );
+        // 1. Lease the due keys nobody holds; a key held by another claim is looked at
+        // again when that lease runs out (its holder gives it back earlier, waking it).
+        let mut keys: Vec<(String, i64)> = Vec::new();
+        let mut held: Vec<(String, i64)> = Vec::new();
         on_writer!(self, pool => {
-            let mut woken: Vec<(String, i64)> = Vec::new();
+            keys.clear();
+            held.clear();
+            let mut free: Vec<String> = Vec::new();
             for r in sqlx::query(due).bind(now).bind(max_keys).fetch_all(pool).await? {
-                woken.push((r.try_get_unchecked(0)?, r.try_get(1)?));
+                let key: String = r.try_get_unchecked(0)?;
+                let until: i64 = r.try_get(1)?;
+                if until > now {
+                    held.push((key, until));
+                } else {
+                    free.push(key);
+                }
             }
-            let mut plans: Vec<(String, i64, KeyPlan)> = Vec::with_capacity(woken.len());
-            if !woken.is_empty() {
+            if !free.is_empty() {
+                let lease = format!(
+                    "UPDATE outbox_key_seq SET owner = ?, lease_expire = ?, next_due = ? \
+                     WHERE sharding_key IN ({}) AND lease_expire <= ?",
+                    marks(free.len())
+                );
+                let mut q = sqlx::query(&lease).bind(owner).bind(lease_expire).bind(lease_expire);
+                for k in &free {
+                    q = q.bind(k);
+                }
+                q.bind(now).execute(pool).await?;
+                let mine = format!(
+                    "SELECT sharding_key, wake FROM outbox_key_seq WHERE sharding_key IN ({}) \
+                     AND owner = ? ORDER BY sharding_key",
+                    marks(free.len())
+                );
+                let mut q = sqlx::query(&mine);
+                for k in &free {
+                    q = q.bind(k);
+                }
+                for r in q.bind(owner).fetch_all(pool).await? {
+                    keys.push((r.try_get_unchecked(0)?, r.try_get(1)?));
+                }
+            }
+            // Keys held by others sleep until their lease runs out (their holder wakes them
+            // when it gives them back earlier): one statement per lease expiry.
+            let mut by_expiry: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
+            for (key, until) in &held {
+                by_expiry.entry(*until).or_default().push(key);
+            }
+            for (until, group) in &by_expiry {
+                let sleep = format!(
+                    "UPDATE outbox_key_seq SET next_due = ? WHERE sharding_key IN ({}) \
+                     AND lease_expire = ?",
+                    marks(group.len())
+                );
+                let mut q = sqlx::query(&sleep).bind(*until);
+                for k in group {
+                    q = q.bind(*k);
+                }
+                q.bind(*until).execute(pool).await?;
+            }
+            Ok(())
+        })?;
+
+        // 2. Read the leased keys' unsent messages and decide each key's run.
+        let mut plans: Vec<(ClaimedKey, KeyPlan)> = Vec::with_capacity(keys.len());
+        let mut ids: Vec<i64> = Vec::new();
+        on_writer!(self, pool => {
+            plans.clear();
+            ids.clear();
+            if !keys.is_empty() {
                 let unsent = format!(
-                    "SELECT id, sharding_key, seq, topic, status, next_attempt_time, lease_expire \
+                    "SELECT id, sharding_key, seq, topic, status, next_attempt_time \
                      FROM outbox WHERE status IN ('held', 'pending') AND sharding_key IN ({}) \
                      ORDER BY sharding_key, seq",
-                    marks(woken.len())
+                    marks(keys.len())
                 );
                 let mut q = sqlx::query(&unsent);
-                for (k, _) in &woken {
+                for (k, _) in &keys {
                     q = q.bind(k);
                 }
                 let mut by_key: HashMap<String, Vec<Unsent>> = HashMap::new();
@@ -263,111 +363,134 @@ impl Store {
                         topic: r.try_get_unchecked(3)?,
                         pending: r.try_get_unchecked::<String, _>(4)? == OutboxState::Pending.as_str(),
                         due: r.try_get(5)?,
-                        leased_until: r.try_get(6)?,
                     });
                 }
-                for (key, wake) in woken {
-                    let rows = by_key.remove(&key).unwrap_or_default();
+                for (key, wake) in &keys {
+                    let rows = by_key.remove(key).unwrap_or_default();
                     let plan = KeyPlan::of(&rows, now, per_key);
-                    plans.push((key, wake, plan));
+                    let complete = match &plan {
+                        KeyPlan::Claim { ids: run, complete } => {
+                            ids.extend(run);
+                            *complete
+                        }
+                        KeyPlan::Sleep(_) => true,
+                    };
+                    let key = ClaimedKey {
+                        sharding_key: key.clone(),
+                        wake: *wake,
+                        complete,
+                    };
+                    plans.push((key, plan));
                 }
             }
-            let mut ids: Vec<i64> = plans
-                .iter()
-                .filter_map(|(_, _, p)| match p {
-                    KeyPlan::Claim { ids, .. } => Some(ids.iter().copied()),
-                    KeyPlan::Sleep(_) => None,
-                })
-                .flatten()
-                .collect();
+            // Messages without a key are leased one by one.
+            let mut loose: Vec<i64> = Vec::new();
             for r in sqlx::query(keyless).bind(now).bind(now).bind(max_keys).fetch_all(pool).await? {
-                ids.push(r.try_get::<i64, _>(0)?);
+                loose.push(r.try_get::<i64, _>(0)?);
             }
-            let mut claimed = Vec::new();
-            if !ids.is_empty() {
+            if !loose.is_empty() {
                 let claim = format!(
                     "UPDATE outbox SET owner = ?, lease_expire = ? WHERE id IN ({}) \
-                     AND status = 'pending' AND lease_expire <= ?",
-                    marks(ids.len())
+                     AND status = 'pending' AND sharding_key = '' AND lease_expire <= ?",
+                    marks(loose.len())
                 );
                 let mut q = sqlx::query(&claim).bind(owner).bind(lease_expire);
-                for id in &ids {
+                for id in &loose {
                     q = q.bind(*id);
                 }
                 q.bind(now).execute(pool).await?;
-                let rows = sqlx::query(&fetch).bind(owner).fetch_all(pool).await?;
-                claimed = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
+                ids.extend(loose);
             }
-            // Another dispatcher may have claimed part of a run at the same moment: a claim
-            // that does not start at the key's first message is given back whole.
-            let mut stray: Vec<i64> = Vec::new();
-            for (key, _, plan) in &plans {
-                if let KeyPlan::Claim { head_seq, .. } = plan {
-                    let first = claimed.iter().find(|r| &r.sharding_key == key);
-                    if first.is_some_and(|r| r.seq != Some(*head_seq)) {
-                        stray.extend(claimed.iter().filter(|r| &r.sharding_key == key).map(|r| r.id));
-                    }
-                }
-            }
-            if !stray.is_empty() {
-                claimed.retain(|r| !stray.contains(&r.id));
-                let sql = format!(
-                    "UPDATE outbox SET owner = '', lease_expire = 0 WHERE owner = ? AND id IN ({})",
-                    marks(stray.len())
-                );
-                let mut q = sqlx::query(&sql).bind(owner);
-                for id in &stray {
+            Ok(())
+        })?;
+
+        // 3. Fetch what was claimed (the keys' runs, and the keyless messages this claim
+        // won), and give back the keys with nothing to send.
+        let sleeping: Vec<KeyRelease<'_>> = plans
+            .iter()
+            .filter_map(|(k, p)| match p {
+                KeyPlan::Sleep(until) => Some(KeyRelease {
+                    sharding_key: &k.sharding_key,
+                    wake: k.wake,
+                    next_due: *until,
+                }),
+                KeyPlan::Claim { .. } => None,
+            })
+            .collect();
+        self.outbox_release_keys(owner, &sleeping).await?;
+        let mut rows = Vec::new();
+        if !ids.is_empty() {
+            let fetch = format!(
+                "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id IN ({}) \
+                 AND (sharding_key <> '' OR owner = ?) ORDER BY sharding_key, seq, id",
+                marks(ids.len())
+            );
+            rows = on_writer!(self, pool => {
+                let mut q = sqlx::query(&fetch);
+                for id in &ids {
                     q = q.bind(*id);
                 }
-                q.execute(pool).await?;
+                let found = q.bind(owner).fetch_all(pool).await?;
+                found.iter().map(decode).collect::<Result<Vec<_>>>()
+            })?;
+            for r in &mut rows {
+                // A keyed message is this claim's through its key's lease.
+                r.owner = owner.to_owned();
             }
-            // When each key is looked at next.
-            let claimed_keys: Vec<&str> = plans
-                .iter()
-                .filter(|(k, _, p)| {
-                    matches!(p, KeyPlan::Claim { .. }) && claimed.iter().any(|r| &r.sharding_key == k)
-                })
-                .map(|(k, _, _)| k.as_str())
-                .collect();
-            if !claimed_keys.is_empty() {
-                let sql = format!(
-                    "UPDATE outbox_key_seq SET next_due = ? WHERE sharding_key IN ({})",
-                    marks(claimed_keys.len())
-                );
-                let mut q = sqlx::query(&sql).bind(lease_expire);
-                for k in &claimed_keys {
-                    q = q.bind(*k);
+        }
+        let keys = plans
+            .into_iter()
+            .filter(|(_, p)| matches!(p, KeyPlan::Claim { .. }))
+            .map(|(k, _)| k)
+            .collect();
+        Ok(OutboxClaim { rows, keys })
+    }
+
+    /// Gives back keys `owner` leased: each is due again at its `next_due` if no change woke
+    /// it since it was leased, at once otherwise. A key no longer `owner`'s (its lease ran
+    /// out and another claim took it) is left alone.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn outbox_release_keys(&self, owner: &str, keys: &[KeyRelease<'_>]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // Grouped by when they are due: one statement per time, not per key (most sleep until
+        // a wake, or are due at once).
+        let mut by_time: BTreeMap<i64, Vec<&KeyRelease<'_>>> = BTreeMap::new();
+        for k in keys {
+            by_time.entry(k.next_due).or_default().push(k);
+        }
+        let all: Vec<&str> = keys.iter().map(|k| k.sharding_key).collect();
+        on_writer!(self, pool => {
+            for (until, group) in &by_time {
+                if *until == 0 {
+                    continue;
+                }
+                let sql = release_keys_sql(group.len());
+                let mut q = sqlx::query(&sql).bind(*until).bind(owner);
+                for k in group {
+                    q = q.bind(k.sharding_key);
+                }
+                for k in group {
+                    q = q.bind(k.sharding_key).bind(k.wake);
                 }
                 q.execute(pool).await?;
             }
-            // Keys put to sleep, grouped by when they wake: one statement per time, not per
-            // key (most sleep until a wake, or until a lease runs out).
-            let mut sleeping: BTreeMap<i64, Vec<(&str, i64)>> = BTreeMap::new();
-            for (key, wake, plan) in &plans {
-                let until = match plan {
-                    KeyPlan::Sleep(until) => *until,
-                    // Claimed by another dispatcher meanwhile: look again when its claim ends.
-                    KeyPlan::Claim { .. } if !claimed_keys.contains(&key.as_str()) => lease_expire,
-                    KeyPlan::Claim { .. } => continue,
-                };
-                sleeping.entry(until).or_default().push((key.as_str(), *wake));
+            // What is still held: woken since, or due at once.
+            let sql = wake_keys_sql(all.len());
+            let mut q = sqlx::query(&sql).bind(owner);
+            for k in &all {
+                q = q.bind(*k);
             }
-            for (until, keys) in &sleeping {
-                let sql = sleep_keys(keys.len());
-                let mut q = sqlx::query(&sql).bind(*until);
-                for (key, _) in keys {
-                    q = q.bind(*key);
-                }
-                for (key, wake) in keys {
-                    q = q.bind(*key).bind(*wake);
-                }
-                q.execute(pool).await?;
-            }
-            Ok(claimed)
+            q.execute(pool).await?;
+            Ok(())
         })
     }
 
-    /// Gives claimed messages back untouched (they were not tried).
+    /// Gives claimed messages back untried: a message without a key is free again, and the
+    /// key of a keyed one is given back, due at once.
     ///
     /// # Errors
     /// A database error.
@@ -375,14 +498,13 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        let sql = format!(
+        let loose = format!(
             "UPDATE outbox SET owner = '', lease_expire = 0 WHERE owner = ? AND id IN ({})",
             marks(ids.len())
         );
-        // Their keys are looked at again at once.
         let wake = format!(
-            "UPDATE outbox_key_seq SET next_due = 0, wake = wake + 1 WHERE sharding_key IN \
-             (SELECT sharding_key FROM outbox WHERE owner = ? AND id IN ({}))",
+            "UPDATE outbox_key_seq SET owner = '', lease_expire = 0, next_due = 0, wake = wake + 1 \
+             WHERE owner = ? AND sharding_key IN (SELECT sharding_key FROM outbox WHERE id IN ({}))",
             marks(ids.len())
         );
         on_writer!(self, pool => {
@@ -391,7 +513,7 @@ impl Store {
                 q = q.bind(*id);
             }
             q.execute(pool).await?;
-            let mut q = sqlx::query(&sql).bind(owner);
+            let mut q = sqlx::query(&loose).bind(owner);
             for id in ids {
                 q = q.bind(*id);
             }
@@ -401,17 +523,27 @@ impl Store {
     }
 
     /// Records a failed delivery: the message is due again at `next_attempt_time`, or, when
-    /// `dead`, set aside as a dead letter and its key's next message may go at once. The
-    /// error is shown on the transaction. Returns whether the message was still this claim's.
+    /// `dead`, set aside as a dead letter and its key's next message may go at once. A keyed
+    /// message's key is given back, due when its head may go. The error is shown on the
+    /// transaction. Returns whether the message was still this claim's.
     ///
     /// # Errors
     /// A database error.
     pub async fn outbox_retry(&self, row: &OutboxRow, failed: &Failed<'_>) -> Result<bool> {
-        let sql = "UPDATE outbox SET attempts = attempts + 1, refusals = refusals + ?, \
-                   next_attempt_time = ?, last_error = ?, status = ?, owner = '', lease_expire = 0 \
-                   WHERE id = ? AND owner = ?";
-        let key_due =
-            "UPDATE outbox_key_seq SET next_due = ?, wake = wake + 1 WHERE sharding_key = ?";
+        let keyed = !row.sharding_key.is_empty();
+        // The claim holds a keyed message through its key's lease, a keyless one itself.
+        let sql = format!(
+            "UPDATE outbox SET attempts = attempts + 1, refusals = refusals + ?, \
+             next_attempt_time = ?, last_error = ?, status = ?, owner = '', lease_expire = 0 \
+             WHERE id = ? AND {}",
+            if keyed {
+                "sharding_key IN (SELECT sharding_key FROM outbox_key_seq WHERE sharding_key = ? AND owner = ?)"
+            } else {
+                "sharding_key = ? AND owner = ?"
+            }
+        );
+        let key_due = "UPDATE outbox_key_seq SET owner = '', lease_expire = 0, next_due = ?, \
+                       wake = wake + 1 WHERE sharding_key = ? AND owner = ?";
         // Operators see the error on the transaction too (`query`).
         let visible =
             "UPDATE trans_global SET last_error = ? WHERE gid = ? AND status = 'submitted'";
@@ -439,18 +571,24 @@ impl Store {
             failed.next_attempt_time
         };
         on_writer!(self, pool => {
-            let n = sqlx::query(sql)
+            let n = sqlx::query(&sql)
                 .bind(i64::from(failed.refused))
                 .bind(failed.next_attempt_time)
                 .bind(error)
                 .bind(status.as_str())
                 .bind(row.id)
+                .bind(&row.sharding_key)
                 .bind(&row.owner)
                 .execute(pool)
                 .await?
                 .rows_affected();
-            if n > 0 && !row.sharding_key.is_empty() {
-                sqlx::query(key_due).bind(key_due_at).bind(&row.sharding_key).execute(pool).await?;
+            if n > 0 && keyed {
+                sqlx::query(key_due)
+                    .bind(key_due_at)
+                    .bind(&row.sharding_key)
+                    .bind(&row.owner)
+                    .execute(pool)
+                    .await?;
             }
             if n > 0 && !error.is_empty() {
                 sqlx::query(visible).bind(shown).bind(&row.gid).execute(pool).await?;
@@ -630,7 +768,6 @@ mod tests {
             topic: "T".into(),
             pending,
             due: 0,
-            leased_until: 0,
         }
     }
 
@@ -642,28 +779,26 @@ mod tests {
     }
 
     #[test]
-    fn a_key_whose_head_waits_sleeps_until_its_retry_or_its_lease_ends() {
+    fn a_key_whose_head_waits_sleeps_until_its_retry() {
         let mut head = unsent(1, 1, true);
         head.due = 50;
-        assert_eq!(KeyPlan::of(&[head.clone()], 10, 64), KeyPlan::Sleep(50));
-        head.due = 0;
-        head.leased_until = 70;
-        assert_eq!(KeyPlan::of(&[head], 10, 64), KeyPlan::Sleep(70));
+        assert_eq!(KeyPlan::of(&[head], 10, 64), KeyPlan::Sleep(50));
     }
 
     #[test]
     fn a_run_stops_at_a_gap_a_held_message_another_topic_or_the_limit() {
         let run = [unsent(1, 1, true), unsent(2, 2, true), unsent(3, 4, true)];
-        let claim = |ids: Vec<i64>| KeyPlan::Claim { head_seq: 1, ids };
-        assert_eq!(KeyPlan::of(&run, 10, 64), claim(vec![1, 2]));
-        assert_eq!(KeyPlan::of(&run, 10, 1), claim(vec![1]));
+        let claim = |ids: Vec<i64>, complete: bool| KeyPlan::Claim { ids, complete };
+        assert_eq!(KeyPlan::of(&run, 10, 64), claim(vec![1, 2], false));
+        assert_eq!(KeyPlan::of(&run, 10, 1), claim(vec![1], false));
+        assert_eq!(KeyPlan::of(&run[..2], 10, 64), claim(vec![1, 2], true));
         let held = [unsent(1, 1, true), unsent(2, 2, false), unsent(3, 3, true)];
-        assert_eq!(KeyPlan::of(&held, 10, 64), claim(vec![1]));
+        assert_eq!(KeyPlan::of(&held, 10, 64), claim(vec![1], false));
         let mut other = unsent(2, 2, true);
         other.topic = "U".into();
         assert_eq!(
             KeyPlan::of(&[unsent(1, 1, true), other], 10, 64),
-            claim(vec![1])
+            claim(vec![1], false)
         );
     }
 }
