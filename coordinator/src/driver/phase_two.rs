@@ -85,7 +85,8 @@ impl Driver {
                 // Not a failure: look again after a fixed interval, or as soon as the
                 // dispatcher records a delivery.
                 let detail = if c.txn.last_error.starts_with("delivery of step") {
-                    // Keep the dispatcher's report of why delivery fails.
+                    // Keep the dispatcher's report of why delivery fails (or that a message
+                    // was dead-lettered).
                     c.txn.last_error.clone()
                 } else {
                     format!(

@@ -552,7 +552,7 @@ impl Store {
         let error = &error;
         let shown = &if failed.dead {
             format!(
-                "step {} dead-lettered after {} refusals by the broker (redrive it with POST /api/admin/redrive once fixed): {error}",
+                "delivery of step {}: dead-lettered after {} refusals by the broker (redrive it with POST /api/admin/redrive once fixed): {error}",
                 row.branch_id,
                 row.refusals + 1
             )
