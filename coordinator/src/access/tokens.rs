@@ -1,9 +1,10 @@
 //! Bearer tokens and the two scopes they grant.
 //!
-//! - `client`: prepare, submit, abort, registerBranch, newGid, version, query and all (whose
-//!   answers show `branch_headers` only to the operator scope).
-//! - `operator`: forceStop, the cron resets, metrics; an operator token is good for client
-//!   routes too.
+//! - `client`: prepare, submit, abort, registerBranch, newGid, version and query (a
+//!   transaction read by its gid, as an initiator learns its outcome; `branch_headers` are
+//!   shown only to the operator scope).
+//! - `operator`: all (every transaction), forceStop, the cron resets, metrics and the admin
+//!   routes; an operator token is good for client routes too.
 //!
 //! A scope is required when at least one token grants it. Without client tokens anyone may
 //! use client routes (so DTM clients that send no `Authorization` header keep working);

@@ -101,9 +101,11 @@ pub fn router(state: AppState) -> Router {
         .route("/registerTccBranch", post(branch::register_branch))
         .route("/registerXaBranch", post(branch::register_branch))
         .route("/query", get(read::query))
-        .route("/all", get(read::all))
         .route_layer(from_fn_with_state(state.clone(), client_scope));
+    // Listing every tenant's transactions is an operator's view; a client reads its own by
+    // gid (`query`).
     let operator = Router::new()
+        .route("/all", get(read::all))
         .route("/forceStop", post(global::force_stop))
         .route("/resetCronTime", get(read::reset_cron_time))
         .route("/resetNextCronTime", post(read::reset_next_cron_time))
