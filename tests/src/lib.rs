@@ -5,6 +5,7 @@
 //! The tests need a real MySQL (MariaDB) at `SETTLE_TEST_MYSQL_URL` (default
 //! `mysql://root@127.0.0.1:3306`); `deploy/test.sh` starts one.
 
+pub mod broker;
 pub mod browser;
 pub mod chaos;
 pub mod proxy;
@@ -572,13 +573,25 @@ where
 /// # Errors
 /// The broker cannot be reached.
 pub async fn new_topic(client: &settle_rocketmq::Client, prefix: &str) -> anyhow::Result<String> {
+    new_topic_at(client, &rocketmq_namesrv(), prefix).await
+}
+
+/// [`new_topic`] on the broker of the name server `namesrv`.
+///
+/// # Errors
+/// The broker cannot be reached.
+pub async fn new_topic_at(
+    client: &settle_rocketmq::Client,
+    namesrv: &str,
+    prefix: &str,
+) -> anyhow::Result<String> {
     let topic = format!(
         "{prefix}{}",
         &uuid::Uuid::new_v4().simple().to_string()[..10]
     );
     let mut producer = settle_rocketmq::Producer::start(
         client,
-        &rocketmq_namesrv(),
+        namesrv,
         &format!("{topic}-admin"),
         Duration::from_secs(3),
     )
@@ -613,6 +626,18 @@ impl Collector {
     /// # Errors
     /// The consumer cannot start.
     pub async fn start(client: &settle_rocketmq::Client, topic: &str) -> anyhow::Result<Self> {
+        Self::start_at(client, &rocketmq_namesrv(), topic).await
+    }
+
+    /// [`Collector::start`] on the broker of the name server `namesrv`.
+    ///
+    /// # Errors
+    /// The consumer cannot start.
+    pub async fn start_at(
+        client: &settle_rocketmq::Client,
+        namesrv: &str,
+        topic: &str,
+    ) -> anyhow::Result<Self> {
         let received = Arc::new(Mutex::new(Vec::new()));
         let sink = received.clone();
         let handler: settle_rocketmq::Handler = Arc::new(move |d: settle_rocketmq::Delivery| {
@@ -628,14 +653,9 @@ impl Collector {
             "{topic}-collector-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let consumer = settle_rocketmq::OrderlyConsumer::start(
-            client,
-            &rocketmq_namesrv(),
-            &group,
-            topic,
-            handler,
-        )
-        .await?;
+        let consumer =
+            settle_rocketmq::OrderlyConsumer::start(client, namesrv, &group, topic, handler)
+                .await?;
         Ok(Self { received, consumer })
     }
 

@@ -1,4 +1,4 @@
-//! A TCP fault proxy for tests, on 127.0.0.1: put between the coordinator and what it talks
+//! A TCP fault proxy for tests, on loopback: put between the coordinator and what it talks
 //! to (participants, MySQL, the broker, Redis), it forwards bytes and injects faults.
 //!
 //! Faults are named as Toxiproxy names them, so tests read familiar: a [`Toxic`] applies to
@@ -74,7 +74,7 @@ struct Settings {
     disabled: bool,
 }
 
-/// A TCP proxy on 127.0.0.1 that injects faults; see the module docs.
+/// A TCP proxy on loopback that injects faults; see the module docs.
 #[derive(Clone)]
 pub struct FaultProxy {
     addr: SocketAddr,
@@ -83,12 +83,25 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
-    /// Starts a proxy forwarding to `upstream` (`host:port`).
+    /// Starts a proxy on a free port of 127.0.0.1 forwarding to `upstream` (`host:port`).
     ///
     /// # Errors
     /// It cannot bind a port.
     pub async fn start(upstream: &str) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), upstream).await
+    }
+
+    /// Starts a proxy listening on `listen`, a loopback address (a server that advertises
+    /// an address of its own, such as a RocketMQ broker, is reached through a proxy there).
+    ///
+    /// # Errors
+    /// `listen` is not a loopback address, or it cannot be bound.
+    pub async fn start_on(listen: SocketAddr, upstream: &str) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            listen.ip().is_loopback(),
+            "the fault proxy listens on loopback only, not {listen}"
+        );
+        let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let (settings, _) = watch::channel(Settings::default());
         let proxy = Self {

@@ -1,14 +1,21 @@
 //! Network faults through the fault proxy: between the coordinator and its participants,
-//! and between the coordinator and MySQL. Slow, lost, black-holed and reset traffic delays
-//! transactions but never changes what was decided: every submitted TCC ends confirmed on
-//! every branch, nothing is cancelled, and everything answered is kept.
+//! between the coordinator and MySQL, and between the coordinator and the broker. Slow,
+//! lost, black-holed and reset traffic delays transactions but never changes what was
+//! decided: every submitted TCC ends confirmed on every branch, nothing is cancelled,
+//! everything answered is kept, and every committed message arrives in its key's order.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use serde_json::json;
 use settle_protocol::GlobalRequest;
-use settle_sdk::SettleClient;
+use settle_sdk::{Msg, SettleClient};
+use settle_tests::broker::OwnBroker;
 use settle_tests::proxy::{FaultProxy, Stream, Toxic};
-use settle_tests::{spawn_coordinator, test_config, Participant, TestDb, TestSqlite};
+use settle_tests::{
+    eventually, new_topic_at, spawn_coordinator, test_config, Collector, Participant, TestDb,
+    TestSqlite,
+};
 
 /// Runs a two-branch TCC whose Tries go straight to `p` and whose confirms and cancels go
 /// through `proxy` (in front of `p`).
@@ -150,4 +157,119 @@ async fn a_store_connection_reset_mid_load_loses_nothing_answered() -> anyhow::R
     }
     app.stop().await;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_through_a_reset_black_holed_and_slow_broker_link_all_arrive_in_key_order(
+) -> anyhow::Result<()> {
+    const KEYS: u64 = 4;
+    // A broker of the test's own: the coordinator and the consumer reach it only through
+    // its proxy.
+    let broker = OwnBroker::start().await?;
+    let proxy = broker.proxy();
+    let db = TestSqlite::new();
+    let mut config = test_config(&db.url);
+    config.rocketmq_namesrv = broker.namesrv().to_owned();
+    config.delivery_poll_interval_ms = 100;
+    let app = spawn_coordinator(config).await?;
+    let rmq = settle_rocketmq::Client::new("test")?;
+    let topic = new_topic_at(&rmq, broker.namesrv(), "SettleProxied").await?;
+    let collector = Collector::start_at(&rmq, broker.namesrv(), &topic).await?;
+    let client = SettleClient::new(app.api_url());
+
+    // Each phase commits five messages per key, one transaction after another, while the
+    // link to the broker is: healthy; reset (every connection, new ones too); a black hole
+    // (nothing passes, nothing is closed); slow and jittery. Then it heals.
+    let faults: [Option<(Stream, Toxic)>; 4] = [
+        None,
+        Some((
+            Stream::Upstream,
+            Toxic::ResetPeer {
+                timeout: Duration::ZERO,
+            },
+        )),
+        Some((
+            Stream::Upstream,
+            Toxic::Timeout {
+                timeout: Duration::ZERO,
+            },
+        )),
+        Some((
+            Stream::Downstream,
+            Toxic::Latency {
+                latency: Duration::from_millis(60),
+                jitter: Duration::from_millis(50),
+            },
+        )),
+    ];
+    let mut committed: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut n = 0;
+    for fault in faults {
+        if let Some((stream, toxic)) = fault {
+            proxy.add("fault", stream, toxic);
+        }
+        let first_of_phase = n + 1;
+        for _ in 0..5 {
+            n += 1;
+            for key in 0..KEYS {
+                let gid = format!("net-broker-{key}-{n}-{}", &db_suffix());
+                Msg::new(&client, &gid)
+                    .add(
+                        &format!("rocketmq://{topic}?key=k{key}&tag=e"),
+                        &json!({"key": key, "n": n}),
+                    )?
+                    .submit()
+                    .await?;
+                committed.entry(key).or_default().push(n);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        if matches!(
+            fault,
+            Some((_, Toxic::ResetPeer { .. } | Toxic::Timeout { .. }))
+        ) {
+            // The link is cut: what this phase committed waits in the outbox.
+            let through = collector.received().iter().any(|(d, _)| {
+                serde_json::from_slice::<serde_json::Value>(&d.body)
+                    .ok()
+                    .and_then(|b| b["n"].as_u64())
+                    .is_some_and(|m| m >= first_of_phase)
+            });
+            assert!(
+                !through,
+                "a message crossed a cut link: the proxy is not in the way"
+            );
+        }
+        proxy.clear();
+    }
+    let total = committed.values().map(Vec::len).sum::<usize>();
+    eventually(
+        "every committed message to arrive",
+        Duration::from_secs(120),
+        || async { collector.distinct_ids().len() >= total },
+    )
+    .await?;
+
+    // Redeliveries are allowed (consumers dedupe by id); each key's first deliveries must be
+    // its committed sequence, in order.
+    let mut arrived: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut ids = HashSet::new();
+    for (d, _) in collector.received() {
+        if ids.insert(d.message_id.clone()) {
+            let body: serde_json::Value = serde_json::from_slice(&d.body)?;
+            arrived
+                .entry(body["key"].as_u64().unwrap_or(u64::MAX))
+                .or_default()
+                .push(body["n"].as_u64().unwrap_or(0));
+        }
+    }
+    assert_eq!(arrived, committed, "lost, unexpected or out of order");
+    collector.shutdown().await;
+    app.stop().await;
+    rmq.shutdown().await;
+    Ok(())
+}
+
+fn db_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..6].to_owned()
 }
