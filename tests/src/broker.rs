@@ -29,7 +29,10 @@ pub struct OwnBroker {
     namesrv: String,
     proxy: FaultProxy,
     home: PathBuf,
-    processes: Vec<Child>,
+    broker_bin: PathBuf,
+    broker_port: u16,
+    name_server: Option<Child>,
+    broker: Option<Child>,
 }
 
 impl OwnBroker {
@@ -94,28 +97,47 @@ impl OwnBroker {
             .await?,
             namesrv,
             home,
-            processes: Vec::new(),
+            broker_bin,
+            broker_port,
+            name_server: None,
+            broker: None,
         };
         let namesrv_conf = me.home.join("namesrv.toml");
-        me.spawn(
+        me.name_server = Some(me.spawn(
             &namesrv_bin,
             &["-c", path(&namesrv_conf), "--bindAddress", "127.0.0.1"],
             "namesrv",
-        )?;
+        )?);
         wait_port(namesrv_port).await?;
-        let broker_conf = me.home.join("broker.toml");
-        let ns = me.namesrv.clone();
-        me.spawn(
-            &broker_bin,
-            &["-c", path(&broker_conf), "-n", &ns],
-            "broker",
-        )?;
-        wait_port(broker_port).await?;
+        me.start_broker().await?;
         Ok(me)
     }
 
-    fn spawn(&mut self, binary: &Path, args: &[&str], log: &str) -> anyhow::Result<()> {
-        let out = std::fs::File::create(self.home.join(format!("{log}.log")))?;
+    async fn start_broker(&mut self) -> anyhow::Result<()> {
+        let conf = self.home.join("broker.toml");
+        let ns = self.namesrv.clone();
+        let bin = self.broker_bin.clone();
+        self.broker = Some(self.spawn(&bin, &["-c", path(&conf), "-n", &ns], "broker")?);
+        wait_port(self.broker_port).await
+    }
+
+    /// Kills the broker (SIGKILL: it recovers its queues from the commit log) and starts it
+    /// again on its store.
+    ///
+    /// # Errors
+    /// It does not come back within a minute.
+    pub async fn restart_broker(&mut self) -> anyhow::Result<()> {
+        if let Some(mut b) = self.broker.take() {
+            let _ = b.kill().await;
+        }
+        self.start_broker().await
+    }
+
+    fn spawn(&self, binary: &Path, args: &[&str], log: &str) -> anyhow::Result<Child> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home.join(format!("{log}.log")))?;
         let child = Command::new(binary)
             .args(args)
             .env("ROCKETMQ_HOME", &self.home)
@@ -125,8 +147,7 @@ impl OwnBroker {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        self.processes.push(child);
-        Ok(())
+        Ok(child)
     }
 
     /// The name server's address (`host:port`), for the coordinator and consumers.
@@ -142,7 +163,10 @@ impl OwnBroker {
 
 impl Drop for OwnBroker {
     fn drop(&mut self) {
-        for p in &mut self.processes {
+        for p in [&mut self.broker, &mut self.name_server]
+            .into_iter()
+            .flatten()
+        {
             let _ = p.start_kill();
         }
         let _ = std::fs::remove_dir_all(&self.home);

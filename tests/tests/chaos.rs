@@ -2,7 +2,8 @@
 //! transfers, ordered orders and plain TCCs and messages through a load balancer, and a
 //! seeded schedule of faults (coordinators killed and paused, the database crashed, paused,
 //! black-holed and its connections reset, participants slow or down, their database
-//! black-holed, the broker restarted, Redis restarted and its connections reset). Every promise is
+//! black-holed, the broker restarted or black-holed, Redis restarted and its connections
+//! reset). Every promise is
 //! checked from every side afterwards (see `settle_tests::chaos`).
 //!
 //! `SETTLE_CHAOS_SEED` and `SETTLE_CHAOS_SECONDS` choose another seed or length; a failing
@@ -11,7 +12,6 @@
 use std::time::Duration;
 
 use settle_tests::chaos::{run, Options};
-use settle_tests::rocketmq_namesrv;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -29,7 +29,6 @@ async fn a_minute_of_seeded_faults_breaks_no_promise() -> anyhow::Result<()> {
         duration: Duration::from_secs(seconds),
         settle_timeout: Duration::from_secs(90),
         binary: env!("CARGO_BIN_EXE_settle-under-test").to_owned(),
-        namesrv: rocketmq_namesrv(),
         workers: 6,
     })
     .await?;

@@ -2,9 +2,9 @@
 //! ordered orders and plain TCCs and messages, a seeded schedule of faults), checks every
 //! invariant and prints the report. Exits 1 if a promise was broken. See `settle_tests::chaos`.
 //!
-//! Needs MariaDB's and Redis's server programs (`deploy/services.sh start` installs them; a
-//! run starts a server of each of its own, to crash them) and RocketMQ
-//! (`deploy/rocketmq.sh start`, found through `SETTLE_TEST_ROCKETMQ`).
+//! Needs MariaDB's and Redis's server programs (`deploy/services.sh start` installs them) and
+//! the RocketMQ name server and broker (`deploy/rocketmq.sh install`): a run starts a server
+//! of each of its own, to crash them and cut their links.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -69,7 +69,6 @@ fn main() -> ExitCode {
         duration: Duration::from_secs(args.duration),
         settle_timeout: Duration::from_secs(args.settle_timeout),
         binary,
-        namesrv: settle_tests::rocketmq_namesrv(),
         workers: args.workers,
     };
     eprintln!(

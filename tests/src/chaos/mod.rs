@@ -3,8 +3,8 @@
 //! [`run`] starts three coordinators (the third with a clock 30 s fast) on one MySQL
 //! database behind a round-robin [`balancer::Balancer`], with fault proxies ([`crate::proxy::FaultProxy`]) between the
 //! coordinators and MySQL, between the participants and their databases, in front of each
-//! bank, and between the cache consumer and Redis (a MariaDB and a Redis server of its own,
-//! so that they can be crashed). It runs the [`workload`]s (transfers by
+//! bank, between the cache consumer and Redis, and between everyone and the RocketMQ broker
+//! (a MariaDB, a Redis server and a broker of its own, so that they can be crashed). It runs the [`workload`]s (transfers by
 //! TCC, ordered orders by transactional messages) and the [`plain`] load (TCCs and messages
 //! against a participant that only records) while injecting the faults of
 //! [`schedule::schedule`] for the seed, one at a time. Then it heals everything, stops the
@@ -39,8 +39,9 @@ use settle_sdk::SettleClient;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{ConnectOptions, MySqlPool, Row};
 
+use crate::broker::OwnBroker;
 use crate::proxy::{FaultProxy, Stream, Toxic};
-use crate::{new_topic, rocketmq_script, Collector, SettleProcess};
+use crate::{new_topic_at, Collector, SettleProcess};
 use check::{Evidence, Outboxed, Violation};
 use schedule::{Fault, Planned, COORDINATORS};
 use workload::{OrderCounts, Orders, Stop, Told, Transfer, Transfers};
@@ -56,8 +57,6 @@ pub struct Options {
     pub settle_timeout: Duration,
     /// The `settle` binary.
     pub binary: String,
-    /// RocketMQ name server (`host:port`).
-    pub namesrv: String,
     /// Initiators per workload.
     pub workers: usize,
 }
@@ -189,6 +188,8 @@ impl OrderCache {
 /// Everything the faults act on.
 struct Rig {
     binary: String,
+    broker: OwnBroker,
+    namesrv: String,
     store_url: String,
     ports: Vec<u16>,
     coordinators: Vec<Option<SettleProcess>>,
@@ -214,9 +215,9 @@ const COORDINATOR_FLAGS: [&str; 6] = [
 const SKEWED: usize = COORDINATORS - 1;
 
 impl Rig {
-    async fn start_coordinator(&mut self, i: usize, namesrv: &str) -> anyhow::Result<()> {
+    async fn start_coordinator(&mut self, i: usize) -> anyhow::Result<()> {
         let mut flags = COORDINATOR_FLAGS.to_vec();
-        flags.extend(["--rocketmq-namesrv", namesrv]);
+        flags.extend(["--rocketmq-namesrv", &self.namesrv]);
         if i == SKEWED {
             flags.extend(["--clock-off-by-ms", "30000"]);
         }
@@ -277,7 +278,12 @@ impl Rig {
                 Stream::Upstream,
                 Toxic::Timeout { timeout: hold },
             ),
-            Fault::BrokerRestart => rocketmq_script("restart-broker").await?,
+            Fault::BrokerRestart => self.broker.restart_broker().await?,
+            Fault::BrokerBlackHole => {
+                self.broker
+                    .proxy()
+                    .add(NAME, Stream::Upstream, Toxic::Timeout { timeout: hold })
+            }
             Fault::DatabaseCrash => {
                 self.mariadb.kill().await?;
                 self.mariadb_down = true;
@@ -296,7 +302,7 @@ impl Rig {
     }
 
     /// Heals every fault; restarts killed coordinators.
-    async fn heal(&mut self, namesrv: &str) -> anyhow::Result<()> {
+    async fn heal(&mut self) -> anyhow::Result<()> {
         if self.mariadb_down {
             self.mariadb.restart().await?;
             self.mariadb_down = false;
@@ -309,6 +315,7 @@ impl Rig {
             &self.redis,
             &self.banks[0],
             &self.banks[1],
+            self.broker.proxy(),
         ] {
             p.clear();
             p.enable();
@@ -317,7 +324,7 @@ impl Rig {
             if self.coordinators[i].is_some() {
                 self.signal(i, "-CONT").await?;
             } else {
-                self.start_coordinator(i, namesrv).await?;
+                self.start_coordinator(i).await?;
             }
         }
         Ok(())
@@ -385,6 +392,9 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
     let participant_database = FaultProxy::start(&mysql_addr).await?;
     let redis_server = redis::Redis::start().await?;
     let redis = FaultProxy::start(&host_port(&redis_server.url())?).await?;
+    // A RocketMQ broker of its own, reached by everyone through a proxy.
+    let broker = OwnBroker::start().await?;
+    let namesrv = broker.namesrv().to_owned();
 
     // The participants: two banks and the order service, their databases behind a proxy.
     let mut bank_pools = Vec::new();
@@ -410,6 +420,8 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
 
     let mut rig = Rig {
         binary: o.binary.clone(),
+        broker,
+        namesrv: namesrv.clone(),
         store_url: through(&mysql, &database, &databases[0])?,
         ports: (0..COORDINATORS)
             .map(|_| crate::free_port())
@@ -424,7 +436,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
         mariadb_down: false,
     };
     for i in 0..COORDINATORS {
-        rig.start_coordinator(i, &o.namesrv).await?;
+        rig.start_coordinator(i).await?;
     }
     let balancer = balancer::Balancer::start(
         rig.ports
@@ -438,11 +450,11 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
 
     // Topics, what consumers receive, and the order cache.
     let rmq = settle_rocketmq::Client::new("settle-chaos")?;
-    let balance_topic = new_topic(&rmq, "ChaosBalance").await?;
-    let order_topic = new_topic(&rmq, "ChaosOrders").await?;
+    let balance_topic = new_topic_at(&rmq, &namesrv, "ChaosBalance").await?;
+    let order_topic = new_topic_at(&rmq, &namesrv, "ChaosOrders").await?;
     let collectors = [
-        Collector::start(&rmq, &balance_topic).await?,
-        Collector::start(&rmq, &order_topic).await?,
+        Collector::start_at(&rmq, &namesrv, &balance_topic).await?,
+        Collector::start_at(&rmq, &namesrv, &order_topic).await?,
     ];
     let run_id = &prefix[prefix.len() - 6..];
     let redis_url = format!("redis://{}", rig.redis.addr());
@@ -461,7 +473,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
     };
     let consumer = CacheConsumer::start(
         &rmq,
-        &o.namesrv,
+        &namesrv,
         &format!("chaos-cache-{run_id}"),
         &order_topic,
         cache,
@@ -515,10 +527,10 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
         rig.inject(fault, hold).await?;
         *faults.entry(fault.kind()).or_default() += 1;
         tokio::time::sleep(hold).await;
-        rig.heal(&o.namesrv).await?;
+        rig.heal().await?;
     }
     tokio::time::sleep(o.duration.saturating_sub(started.elapsed())).await;
-    rig.heal(&o.namesrv).await?;
+    rig.heal().await?;
     let healed = Instant::now();
     stop.stop();
     let transfers: Vec<Transfer> = transfer_run.await?;

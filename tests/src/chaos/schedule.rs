@@ -40,11 +40,13 @@ pub enum Fault {
     DatabasePause,
     /// Redis is killed (SIGKILL) and started again on its append-only file.
     RedisRestart,
+    /// Nothing passes from the coordinators (and the consumers) to the broker.
+    BrokerBlackHole,
 }
 
 impl Fault {
     /// Every fault kind, once (coordinator and bank faults on their first instance).
-    pub const KINDS: [&'static str; 12] = [
+    pub const KINDS: [&'static str; 13] = [
         "kill coordinator",
         "pause coordinator",
         "database black hole",
@@ -57,6 +59,7 @@ impl Fault {
         "database crash",
         "database pause",
         "redis restart",
+        "broker black hole",
     ];
 
     /// The kind, as the report names it.
@@ -74,6 +77,7 @@ impl Fault {
             Self::DatabaseCrash => Self::KINDS[9],
             Self::DatabasePause => Self::KINDS[10],
             Self::RedisRestart => Self::KINDS[11],
+            Self::BrokerBlackHole => Self::KINDS[12],
         }
     }
 
@@ -92,7 +96,8 @@ impl Fault {
             8 => Self::RedisResets,
             9 => Self::DatabaseCrash,
             10 => Self::DatabasePause,
-            _ => Self::RedisRestart,
+            11 => Self::RedisRestart,
+            _ => Self::BrokerBlackHole,
         }
     }
 }
