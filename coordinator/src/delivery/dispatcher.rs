@@ -4,9 +4,9 @@
 //! from its lowest not yet sent, plus due messages without a key, and hands them all to the
 //! sink at once (which sends them in batches, one per queue). The broker's acknowledgements
 //! are recorded through the orchestrator, all in one batched write: the messages are sent,
-//! their steps done, and a transaction that waited only for them finishes. Passes overlap: a
-//! new one starts while earlier ones publish, and never takes a key that is out (its head is
-//! leased).
+//! their steps done, and a transaction that waited only for them finishes. Then the pass
+//! gives its keys back. Passes overlap: a new one starts while earlier ones publish, and never
+//! takes a key that is out (the key is leased).
 //!
 //! A failed publish gives the key's first failed message back with a capped exponential
 //! backoff and the key's later ones untouched; the key waits, other keys do not. A message

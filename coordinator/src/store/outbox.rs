@@ -6,8 +6,9 @@
 //! messages wait as `held` until every confirm succeeded. The dispatcher claims, per key, a
 //! run starting at the lowest sequence not yet sent and stopping before anything it may not
 //! send yet, so a message never overtakes an earlier one of its key, while keys proceed
-//! independently. Acknowledgements are recorded by the batched writer (see
-//! [`crate::txn::delivered`]).
+//! independently. It leases the key (its `outbox_key_seq` row), not the messages, until it
+//! gives the key back. Acknowledgements are recorded by the batched writer (see
+//! [`crate::txn::delivered`]), fenced by that lease.
 
 use std::collections::{BTreeMap, HashMap};
 
