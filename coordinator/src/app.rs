@@ -132,6 +132,51 @@ pub struct Parts {
     pub transport: Option<Arc<dyn Transport>>,
     /// Where `rocketmq://` steps are published; `None`: RocketMQ at `rocketmq_namesrv`.
     pub sink: Option<Arc<dyn Sink>>,
+    /// Run no background loop: the scheduler's passes, the rounds and the dispatcher's
+    /// passes run only when [`ByHand::run`] is called, one at a time, and the heartbeat,
+    /// completion callbacks, alerts and retention do not run. The API serves as usual. With
+    /// a stepped clock and a transport and sink of its own, a simulation then makes the same
+    /// calls in the same order on every run of a seed.
+    pub by_hand: bool,
+}
+
+/// Background work of a coordinator started with [`Parts::by_hand`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// A pass of the scheduler: claims due transactions and queues a round on each.
+    Claim,
+    /// Runs the queued rounds (from claims, and from submits and aborts the API took), one
+    /// after the other.
+    Rounds,
+    /// A pass of the dispatcher: claims the deliverable messages, publishes them and records
+    /// the outcome.
+    Deliveries,
+}
+
+/// The background work of a coordinator started with [`Parts::by_hand`], run when its
+/// caller says.
+pub struct ByHand {
+    scheduler: Scheduler,
+    driver: Driver,
+    dispatcher: Option<Arc<Dispatcher>>,
+}
+
+impl ByHand {
+    /// Runs `work` to its end. Returns how many transactions were claimed, rounds run, or
+    /// messages claimed (0: there was nothing to do).
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn run(&self, work: Work) -> Result<usize, StoreError> {
+        match work {
+            Work::Claim => self.scheduler.pass().await,
+            Work::Rounds => Ok(self.driver.run_queued().await),
+            Work::Deliveries => match &self.dispatcher {
+                Some(dispatcher) => dispatcher.pass_by_hand().await,
+                None => Ok(0),
+            },
+        }
+    }
 }
 
 /// A started coordinator.
@@ -144,9 +189,17 @@ pub struct Application {
     grace: Duration,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
-    scheduler: JoinHandle<()>,
-    retention: JoinHandle<()>,
-    dispatcher: Option<JoinHandle<()>>,
+    /// The background loops, or the work they would do, to be run by hand.
+    background: Background,
+}
+
+enum Background {
+    Loops {
+        scheduler: JoinHandle<()>,
+        retention: JoinHandle<()>,
+        dispatcher: Option<JoinHandle<()>>,
+    },
+    ByHand(ByHand),
 }
 
 impl Application {
@@ -185,6 +238,7 @@ impl Application {
             clock,
             transport,
             sink,
+            by_hand,
         } = parts;
         config.validate()?;
         let instance_id = if config.instance_id.is_empty() {
@@ -280,17 +334,18 @@ impl Application {
         );
         let transport: Arc<dyn Transport> = transport
             .unwrap_or_else(|| Arc::new(HttpTransport::new(http, config.max_answer_bytes)));
-        let driver = Driver::new(
-            apply.clone(),
-            transport.clone(),
-            DriverSettings {
-                lease: config.lease(),
-                retry_cap_s: config.retry_cap_s,
-                max_inflight: config.max_inflight,
-                max_concurrent_calls: config.max_concurrent_calls,
-                allowlist: allowlist.clone(),
-            },
-        );
+        let driver_settings = DriverSettings {
+            lease: config.lease(),
+            retry_cap_s: config.retry_cap_s,
+            max_inflight: config.max_inflight,
+            max_concurrent_calls: config.max_concurrent_calls,
+            allowlist: allowlist.clone(),
+        };
+        let driver = if by_hand {
+            Driver::by_hand(apply.clone(), transport.clone(), driver_settings)
+        } else {
+            Driver::new(apply.clone(), transport.clone(), driver_settings)
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let sink: Option<Arc<dyn Sink>> = match sink {
             Some(sink) => Some(sink),
@@ -308,8 +363,8 @@ impl Application {
                 })?,
             )),
         };
-        let dispatcher = if let Some(sink) = sink {
-            let dispatcher = Arc::new(Dispatcher::new(
+        let dispatcher = sink.map(|sink| {
+            Arc::new(Dispatcher::new(
                 apply.clone(),
                 sink,
                 DispatchSettings {
@@ -327,11 +382,8 @@ impl Application {
                     clock: clock.clone(),
                 },
                 dispatch.clone(),
-            ));
-            Some(tokio::spawn(dispatcher.run(shutdown_rx.clone())))
-        } else {
-            None
-        };
+            ))
+        });
         let scheduler = Scheduler::new(
             store.clone(),
             driver.clone(),
@@ -340,68 +392,82 @@ impl Application {
             Duration::from_millis(config.poll_interval_ms),
             config.claim_batch,
         );
-        let scheduler = tokio::spawn(scheduler.run(shutdown_rx.clone()));
-        tokio::spawn(report_alive(
-            store.clone(),
-            clock.clone(),
-            instance_id.clone(),
-            address.to_string(),
-            shutdown_rx.clone(),
-        ));
-        if clock.is_alignable() {
-            tokio::spawn(keep_aligned(
-                store.clone(),
-                clock.clone(),
-                shutdown_rx.clone(),
-            ));
-        }
-        if !config.alert_url.is_empty() {
-            // The webhook is the operators' own choice, not a tenant's: no allowlist.
-            let webhook = reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(3))
-                .redirect(reqwest::redirect::Policy::none())
-                .build()?;
-            let settings = AlertSettings {
-                url: config.alert_url.clone(),
-                after_retries: (config.alert_after_retries > 0)
-                    .then_some(config.alert_after_retries),
-                after_age_ms: (config.alert_after_s > 0).then(|| {
-                    i64::try_from(config.alert_after_s.saturating_mul(1000)).unwrap_or(i64::MAX / 4)
-                }),
-                interval: Duration::from_millis(config.alert_interval_ms),
-                instance_id: instance_id.clone(),
-            };
-            tokio::spawn(crate::alert::run(
-                store.clone(),
-                clock.clone(),
-                webhook,
-                settings,
-                metrics.clone(),
-                shutdown_rx.clone(),
-            ));
-        }
-        tokio::spawn(
-            Notifier {
-                store: store.clone(),
-                clock: clock.clone(),
-                transport,
-                allowlist: allowlist.clone(),
-                metrics: metrics.clone(),
-                interval: Duration::from_millis(config.poll_interval_ms),
-                instance_id: instance_id.clone(),
+        let background = if by_hand {
+            Background::ByHand(ByHand {
+                scheduler,
+                driver: driver.clone(),
+                dispatcher,
+            })
+        } else {
+            Background::Loops {
+                scheduler: tokio::spawn(scheduler.run(shutdown_rx.clone())),
+                dispatcher: dispatcher.map(|d| tokio::spawn(d.run(shutdown_rx.clone()))),
+                retention: tokio::spawn(retention::run(
+                    store.clone(),
+                    clock.clone(),
+                    RetentionSettings {
+                        keep: Duration::from_secs(config.retention_s),
+                        batch: 500,
+                        interval: Duration::from_secs(10),
+                    },
+                    shutdown_rx.clone(),
+                )),
             }
-            .run(shutdown_rx.clone()),
-        );
-        let retention = tokio::spawn(retention::run(
-            store.clone(),
-            clock,
-            RetentionSettings {
-                keep: Duration::from_secs(config.retention_s),
-                batch: 500,
-                interval: Duration::from_secs(10),
-            },
-            shutdown_rx.clone(),
-        ));
+        };
+        if !by_hand {
+            tokio::spawn(report_alive(
+                store.clone(),
+                clock.clone(),
+                instance_id.clone(),
+                address.to_string(),
+                shutdown_rx.clone(),
+            ));
+            if clock.is_alignable() {
+                tokio::spawn(keep_aligned(
+                    store.clone(),
+                    clock.clone(),
+                    shutdown_rx.clone(),
+                ));
+            }
+            if !config.alert_url.is_empty() {
+                // The webhook is the operators' own choice, not a tenant's: no allowlist.
+                let webhook = reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()?;
+                let settings = AlertSettings {
+                    url: config.alert_url.clone(),
+                    after_retries: (config.alert_after_retries > 0)
+                        .then_some(config.alert_after_retries),
+                    after_age_ms: (config.alert_after_s > 0).then(|| {
+                        i64::try_from(config.alert_after_s.saturating_mul(1000))
+                            .unwrap_or(i64::MAX / 4)
+                    }),
+                    interval: Duration::from_millis(config.alert_interval_ms),
+                    instance_id: instance_id.clone(),
+                };
+                tokio::spawn(crate::alert::run(
+                    store.clone(),
+                    clock.clone(),
+                    webhook,
+                    settings,
+                    metrics.clone(),
+                    shutdown_rx.clone(),
+                ));
+            }
+            tokio::spawn(
+                Notifier {
+                    store: store.clone(),
+                    clock: clock.clone(),
+                    transport,
+                    allowlist: allowlist.clone(),
+                    metrics: metrics.clone(),
+                    interval: Duration::from_millis(config.poll_interval_ms),
+                    instance_id: instance_id.clone(),
+                }
+                .run(shutdown_rx.clone()),
+            );
+        }
         info!(
             address = %address,
             store = %redact_url(&config.database_url),
@@ -439,9 +505,7 @@ impl Application {
             grace: Duration::from_millis(grace_ms),
             shutdown,
             server,
-            scheduler,
-            retention,
-            dispatcher,
+            background,
         })
     }
 
@@ -465,6 +529,15 @@ impl Application {
         &self.store
     }
 
+    /// The background work to run by hand, on a coordinator started with
+    /// [`Parts::by_hand`]; `None` on one whose loops run by themselves.
+    pub fn by_hand(&self) -> Option<&ByHand> {
+        match &self.background {
+            Background::ByHand(work) => Some(work),
+            Background::Loops { .. } => None,
+        }
+    }
+
     /// Runs until Ctrl-C or SIGTERM, then stops.
     pub async fn run_until_stopped(self) {
         wait_for_signal().await;
@@ -477,10 +550,17 @@ impl Application {
     /// leases it still holds, so that other instances take its work over at once.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
-        let _ = self.scheduler.await;
-        let _ = self.retention.await;
-        if let Some(dispatcher) = self.dispatcher {
-            let _ = dispatcher.await;
+        if let Background::Loops {
+            scheduler,
+            retention,
+            dispatcher,
+        } = self.background
+        {
+            let _ = scheduler.await;
+            let _ = retention.await;
+            if let Some(dispatcher) = dispatcher {
+                let _ = dispatcher.await;
+            }
         }
         if !self.driver.drain(self.grace).await {
             warn!(grace_ms = self.grace.as_millis(), "rounds still running at the end of the grace period; their leases are handed back and their writes fenced out");

@@ -10,6 +10,14 @@
 //! simulation steps it, so timeouts, retry backoff and leases run over minutes of simulated
 //! time in a fraction of a second.
 //!
+//! A seed replays exactly. The coordinator is started by hand ([`Parts::by_hand`]): nothing
+//! of it runs in the background. At each instant the simulation runs the scheduler's pass,
+//! the queued rounds and the dispatcher's pass, in an order the seed picks, until none finds
+//! work; requests are made one at a time. So one thing happens at a time, in an order fixed
+//! by the seed, and retry jitter is a function of the transaction and its attempt. Every
+//! call and publish is traced with its simulated time and outcome; two runs of a seed must
+//! give the same trace.
+//!
 //! Once the faults stop, the transactions must settle within a bound of simulated time, and
 //! the same invariants the chaos runner checks must hold: each TCC confirmed everywhere or
 //! cancelled everywhere, as decided; no confirm without a successful Try; every effect
@@ -22,9 +30,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use anyhow::Context;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use settle_coordinator::app::{Application, Parts};
+use settle_coordinator::app::{Application, ByHand, Parts, Work};
 use settle_coordinator::clock::Clock;
 use settle_coordinator::delivery::{Failure, Sink};
 use settle_coordinator::driver::transport::{Answer, Request, Transport};
@@ -43,6 +52,10 @@ const START_MS: i64 = 1_800_000_000_000;
 const FAULTY_MS: i64 = 60_000;
 /// Simulated time after the faults stop within which everything must have settled, ms.
 const SETTLE_BOUND_MS: i64 = 240_000;
+/// Passes at one instant after which work that is still found is a busy loop.
+const MAX_PASSES: usize = 200;
+/// Mixed into the seed for the generator that orders the coordinator's work.
+const ORDER_SALT: u64 = 0x0DE5_5EED_0F0D_E500;
 
 /// SplitMix64: a small, fast generator whose sequence is fixed by its seed.
 #[derive(Debug, Clone)]
@@ -119,12 +132,16 @@ struct World {
     received: Vec<(String, String)>,
     locals: HashMap<String, Local>,
     faults: BTreeMap<&'static str, u64>,
+    /// Every call and publish, in the order they happened, with the simulated time and
+    /// what was answered: what must be the same on every run of a seed.
+    trace: Vec<String>,
 }
 
 /// The participants, the initiators' check-back endpoints and the broker, in one place.
 #[derive(Debug, Clone)]
 struct Sim {
     seed: u64,
+    clock: Clock,
     world: Arc<Mutex<World>>,
 }
 
@@ -160,6 +177,12 @@ impl Sim {
         None
     }
 
+    /// Adds a line to the trace: the simulated time, what was called, what happened.
+    fn log(&self, w: &mut World, identity: &str, what: &str) {
+        let line = format!("{} {identity}: {what}", self.clock.now_ms() - START_MS);
+        w.trace.push(line);
+    }
+
     /// A branch operation or message step: its effect is applied once, however often it is
     /// called (as a barrier would).
     fn branch(&self, gid: &str, branch: &str, op: &str) -> Answer {
@@ -174,6 +197,7 @@ impl Sim {
                 ("participant applied, answer lost", 0.1),
             ],
         );
+        self.log(&mut w, &identity, fault.unwrap_or("applied"));
         match fault {
             Some("participant answered 500") => {
                 return Answer::Status(500, "internal error".into());
@@ -205,24 +229,30 @@ impl Sim {
                 ("check-back timed out", 0.05),
             ],
         );
-        match fault {
-            Some("check-back answered 500") => return Answer::Status(500, String::new()),
-            Some("check-back answered 200 without a verdict") => {
-                return Answer::Status(200, "<html>maintenance</html>".into());
+        let (what, answer) = match (fault, w.locals.get(gid).copied()) {
+            (Some(kind @ "check-back answered 500"), _) => {
+                (kind, Answer::Status(500, String::new()))
             }
-            Some(_) => return Answer::TimedOut,
-            None => {}
-        }
-        let Some(local) = w.locals.get(gid).copied() else {
-            return Answer::Status(404, "unknown".into());
+            (Some(kind @ "check-back answered 200 without a verdict"), _) => {
+                (kind, Answer::Status(200, "<html>maintenance</html>".into()))
+            }
+            (Some(kind), _) => (kind, Answer::TimedOut),
+            (None, None) => ("unknown", Answer::Status(404, "unknown".into())),
+            (None, Some(local)) if asked < local.ongoing_first => (
+                "ongoing",
+                Answer::Status(425, r#"{"dtm_result":"ONGOING"}"#.into()),
+            ),
+            (None, Some(local)) if local.committed => (
+                "committed",
+                Answer::Status(200, r#"{"dtm_result":"SUCCESS"}"#.into()),
+            ),
+            (None, Some(_)) => (
+                "rolled back",
+                Answer::Status(409, r#"{"dtm_result":"FAILURE"}"#.into()),
+            ),
         };
-        if asked < local.ongoing_first {
-            Answer::Status(425, r#"{"dtm_result":"ONGOING"}"#.into())
-        } else if local.committed {
-            Answer::Status(200, r#"{"dtm_result":"SUCCESS"}"#.into())
-        } else {
-            Answer::Status(409, r#"{"dtm_result":"FAILURE"}"#.into())
-        }
+        self.log(&mut w, &identity, what);
+        answer
     }
 }
 
@@ -258,17 +288,24 @@ impl Sink for Sim {
                         permanent: false,
                     })
                 };
+                let identity = format!("publish/{}", m.message_id);
                 if stopped.contains(m.sharding_key.as_str()) {
+                    self.log(
+                        &mut w,
+                        &identity,
+                        "not sent: an earlier message of its key failed",
+                    );
                     return transient("an earlier message of the key failed");
                 }
                 let fault = self.fault(
                     &mut w,
-                    &format!("publish/{}", m.message_id),
+                    &identity,
                     &[
                         ("broker refused for now", 0.15),
                         ("broker stored, ack lost", 0.1),
                     ],
                 );
+                self.log(&mut w, &identity, fault.unwrap_or("stored"));
                 if fault != Some("broker refused for now") {
                     w.received
                         .push((m.sharding_key.clone(), m.message_id.clone()));
@@ -313,6 +350,31 @@ pub struct SeedReport {
     pub settle_ms: i64,
     /// What went wrong; empty when every invariant held.
     pub violations: Vec<String>,
+    /// Every call and publish, in order, with the simulated time and what happened.
+    pub trace: Vec<String>,
+}
+
+impl SeedReport {
+    /// A digest of the trace: two runs of a seed that made the same calls in the same order,
+    /// with the same outcomes, have the same digest.
+    pub fn digest(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.trace.hash(&mut h);
+        h.finish()
+    }
+
+    /// Where this run's trace first differs from `other`'s: the line number and both lines
+    /// (`None` where a trace ended); `None` when they are the same.
+    pub fn first_difference<'a>(
+        &'a self,
+        other: &'a SeedReport,
+    ) -> Option<(usize, Option<&'a str>, Option<&'a str>)> {
+        let n = self.trace.len().max(other.trace.len());
+        (0..n).find_map(|i| {
+            let (a, b) = (self.trace.get(i), other.trace.get(i));
+            (a != b).then(|| (i, a.map(String::as_str), b.map(String::as_str)))
+        })
+    }
 }
 
 /// The coordinator's configuration in a simulation.
@@ -328,6 +390,7 @@ fn config() -> Config {
         default_request_timeout_s: 3,
         rocketmq_namesrv: "simulated".into(),
         retention_s: 0,
+        instance_id: "sim".into(),
         ..Config::default()
     }
 }
@@ -473,23 +536,31 @@ async fn start_msg(
 /// The coordinator could not start, or refused the simulated initiators (not a
 /// violation: a broken simulation).
 pub async fn run_seed(seed: u64) -> anyhow::Result<SeedReport> {
+    let clock = Clock::stepped(START_MS);
     let sim = Sim {
         seed,
+        clock: clock.clone(),
         world: Arc::new(Mutex::new(World {
             faults_on: true,
             ..World::default()
         })),
     };
-    let clock = Clock::stepped(START_MS);
     let app = Application::start_with(
         config(),
         Parts {
             clock: clock.clone(),
             transport: Some(Arc::new(sim.clone())),
             sink: Some(Arc::new(sim.clone())),
+            by_hand: true,
         },
     )
     .await?;
+    let hand = app
+        .by_hand()
+        .context("a coordinator started by hand has work to run by hand")?;
+    // Picks the order the scheduler, the rounds and the dispatcher run in at each instant.
+    let mut order = SplitMix::new(seed ^ ORDER_SALT);
+    let mut busy = None;
     let client = SettleClient::new(app.api_url());
     let mut rng = SplitMix::new(seed);
     let count = rng.range(6, 16);
@@ -513,8 +584,10 @@ pub async fn run_seed(seed: u64) -> anyhow::Result<SeedReport> {
                 break;
             }
         }
-        // Let the scheduler, driver and dispatcher do what is due now.
-        tokio::time::sleep(Duration::from_millis(4)).await;
+        // The scheduler, the rounds and the dispatcher do what is due now.
+        if !run_due(hand, &mut order).await? {
+            busy.get_or_insert(now);
+        }
     }
     while next < count {
         started.push(start_one(&sim, &client, &mut rng, format!("sim{seed}-{next}")).await?);
@@ -528,6 +601,12 @@ pub async fn run_seed(seed: u64) -> anyhow::Result<SeedReport> {
         ..SeedReport::default()
     };
     check(&sim, &app, &client, &started, &mut report).await?;
+    if let Some(at) = busy {
+        report.violations.push(format!(
+            "the coordinator still found work after {MAX_PASSES} passes at {} ms of simulated time (a busy loop)",
+            at - START_MS
+        ));
+    }
     if settled_at.is_none() {
         report.violations.push(format!(
             "not settled {} s of simulated time after the faults stopped",
@@ -537,12 +616,34 @@ pub async fn run_seed(seed: u64) -> anyhow::Result<SeedReport> {
     {
         let w = sim.world();
         report.faults = w.faults.clone();
+        report.trace = w.trace.clone();
         report.duplicates = w.effects.values().map(|n| n.saturating_sub(1)).sum::<u64>()
             + (w.received.len() as u64)
                 .saturating_sub(w.received.iter().collect::<HashSet<_>>().len() as u64);
     }
     app.stop().await;
     Ok(report)
+}
+
+/// Runs what is due now: a pass of the scheduler, the queued rounds and a pass of the
+/// dispatcher, in an order `order` picks, again and again until none of them finds anything
+/// to do. Returns false if they still found work after [`MAX_PASSES`] (a busy loop).
+async fn run_due(hand: &ByHand, order: &mut SplitMix) -> anyhow::Result<bool> {
+    let mut work = [Work::Claim, Work::Rounds, Work::Deliveries];
+    for _ in 0..MAX_PASSES {
+        for i in (1..work.len()).rev() {
+            let j = usize::try_from(order.range(0, i as u64 + 1)).unwrap_or(0);
+            work.swap(i, j);
+        }
+        let mut found = 0;
+        for w in work {
+            found += hand.run(w).await?;
+        }
+        if found == 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Whether every transaction is final and every committed message is out.

@@ -156,7 +156,7 @@ async fn start_phase_two(
     // and a round looks at it).
     let round = match policy(claimed.txn.trans_type) {
         Some(p) if only_deliveries_left(p, claimed.txn.status, &claimed.branches) => None,
-        _ => Some(state.driver.spawn(claimed)),
+        _ => state.driver.spawn(claimed),
     };
     let Some(finished) = finished.as_mut() else {
         return Ok(Json(DtmResult::success()));

@@ -21,14 +21,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::apply::{new_token, Orchestrator};
 use crate::clock::Clock;
 use crate::otlp::{new_span_id, Kind, Span};
 use crate::store::{Failed, KeyRelease, OutboxClaim, OutboxRow, StoreError};
-use crate::txn::retry::retry_delay_ms;
+use crate::txn::retry::{jitter, retry_delay_ms};
 use crate::txn::{SentMessage, NEVER};
 
 /// Most messages of one key claimed in one pass.
@@ -146,9 +146,39 @@ impl Dispatcher {
     /// # Errors
     /// A database error.
     pub async fn pass(self: Arc<Self>) -> Result<usize, StoreError> {
+        let Some((claim, permit)) = self.claim().await? else {
+            return Ok(0);
+        };
+        let n = claim.rows.len();
+        tokio::spawn(async move {
+            self.deliver(claim).await;
+            drop(permit);
+            // The keys delivered may have more, and room is free again.
+            self.wake.notify_one();
+        });
+        Ok(n)
+    }
+
+    /// One pass run by hand: claims what can be delivered now, publishes it and records the
+    /// outcome before it returns. Returns how many messages were claimed.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn pass_by_hand(&self) -> Result<usize, StoreError> {
+        let Some((claim, _permit)) = self.claim().await? else {
+            return Ok(0);
+        };
+        let n = claim.rows.len();
+        self.deliver(claim).await;
+        Ok(n)
+    }
+
+    /// Claims what can be delivered now, with the room it takes; `None` when there is
+    /// nothing, or no room.
+    async fn claim(&self) -> Result<Option<(OutboxClaim, OwnedSemaphorePermit)>, StoreError> {
         let free = self.slots.available_permits();
         if free == 0 {
-            return Ok(0);
+            return Ok(None);
         }
         let now = self.settings.clock.now_ms();
         let owner = format!("{}/{}", self.settings.instance_id, new_token());
@@ -159,28 +189,21 @@ impl Dispatcher {
             .claim_outbox(&owner, now, now + self.lease_ms(), max_keys, RUN_PER_KEY)
             .await?;
         if claim.rows.is_empty() {
-            return Ok(0);
+            return Ok(None);
         }
         // Claimed and leased; nothing published.
         fail::fail_point!("delivery::after_claim", |_| Err(StoreError::injected(
             "delivery::after_claim"
         )));
-        let n = claim.rows.len();
         let keys = claim.rows.iter().map(key_of).collect::<HashSet<_>>().len();
         let permits = u32::try_from(keys.min(free)).unwrap_or(1);
         let Ok(permit) = self.slots.clone().try_acquire_many_owned(permits) else {
             // Another pass took the room meanwhile: give these back for the next pass.
             let ids: Vec<i64> = claim.rows.iter().map(|r| r.id).collect();
             self.apply.store().outbox_release(&owner, &ids).await?;
-            return Ok(0);
+            return Ok(None);
         };
-        tokio::spawn(async move {
-            self.deliver(claim).await;
-            drop(permit);
-            // The keys delivered may have more, and room is free again.
-            self.wake.notify_one();
-        });
-        Ok(n)
+        Ok(Some((claim, permit)))
     }
 
     /// Hands `claimed` to the sink; the fail points around it make every message fail as a
@@ -293,7 +316,7 @@ impl Dispatcher {
                 1,
                 self.settings.retry_cap_s,
                 row.attempts,
-                rand::random::<f64>(),
+                jitter(&(row.message_id.as_str(), row.attempts)),
             );
             let error = &failure.error;
             let dead = failure.permanent && row.refusals + 1 >= self.settings.dead_letter_after;

@@ -16,7 +16,8 @@ pub mod phase_two;
 pub mod round;
 pub mod transport;
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -55,6 +56,8 @@ struct Inner {
     transport: Arc<dyn Transport>,
     settings: DriverSettings,
     inflight: Arc<Semaphore>,
+    /// Rounds waiting to be run by hand; `None`: rounds run as tasks of their own.
+    queue: Option<Mutex<VecDeque<Claimed>>>,
 }
 
 /// How a round ended.
@@ -76,6 +79,26 @@ impl Driver {
         transport: Arc<dyn Transport>,
         settings: DriverSettings,
     ) -> Self {
+        Self::build(apply, transport, settings, None)
+    }
+
+    /// A driver whose rounds run only when [`Driver::run_queued`] is called, one at a time:
+    /// with everything else run by hand as well, a simulation makes the same calls in the
+    /// same order on every run.
+    pub fn by_hand(
+        apply: Orchestrator,
+        transport: Arc<dyn Transport>,
+        settings: DriverSettings,
+    ) -> Self {
+        Self::build(apply, transport, settings, Some(Mutex::default()))
+    }
+
+    fn build(
+        apply: Orchestrator,
+        transport: Arc<dyn Transport>,
+        settings: DriverSettings,
+        queue: Option<Mutex<VecDeque<Claimed>>>,
+    ) -> Self {
         let inflight = Arc::new(Semaphore::new(settings.max_inflight.max(1)));
         Self {
             inner: Arc::new(Inner {
@@ -83,6 +106,7 @@ impl Driver {
                 transport,
                 settings,
                 inflight,
+                queue,
             }),
         }
     }
@@ -106,25 +130,60 @@ impl Driver {
     }
 
     /// Starts a round on `claimed` in the background, waiting for a free slot first. The
-    /// handle yields how the round ended.
-    pub fn spawn(&self, claimed: Claimed) -> tokio::task::JoinHandle<RoundEnd> {
+    /// handle yields how the round ended. A driver run by hand ([`Driver::by_hand`]) queues
+    /// the round for [`Driver::run_queued`] instead, and returns no handle.
+    pub fn spawn(&self, claimed: Claimed) -> Option<tokio::task::JoinHandle<RoundEnd>> {
+        if let Some(queue) = &self.inner.queue {
+            lock(queue).push_back(claimed);
+            return None;
+        }
         let this = self.clone();
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             let Ok(_permit) = this.inner.inflight.clone().acquire_owned().await else {
                 return RoundEnd::Left;
             };
-            let gid = claimed.txn.gid.clone();
-            match this.round(claimed).await {
-                Ok(end) => end,
-                Err(e) if e.is_lease_lost() => {
-                    info!(gid = %gid, "lease lost to another instance; leaving the transaction");
-                    RoundEnd::Left
-                }
-                Err(e) => {
-                    warn!(gid = %gid, error = %error_chain(&e), "round failed; the transaction is retried when its lease runs out");
-                    RoundEnd::Left
-                }
-            }
-        })
+            this.run_round(claimed).await
+        }))
     }
+
+    /// Runs the rounds queued by [`Driver::spawn`] on a driver run by hand, one after the
+    /// other in the order they were queued (rounds queued meanwhile included). Returns how
+    /// many ran.
+    pub async fn run_queued(&self) -> usize {
+        let Some(queue) = &self.inner.queue else {
+            return 0;
+        };
+        let mut ran = 0;
+        loop {
+            let next = lock(queue).pop_front();
+            let Some(claimed) = next else {
+                return ran;
+            };
+            self.run_round(claimed).await;
+            ran += 1;
+        }
+    }
+
+    /// One round, its errors logged: a lost lease or a failed round leaves the transaction
+    /// to whoever claims it next.
+    async fn run_round(&self, claimed: Claimed) -> RoundEnd {
+        let gid = claimed.txn.gid.clone();
+        match self.round(claimed).await {
+            Ok(end) => end,
+            Err(e) if e.is_lease_lost() => {
+                info!(gid = %gid, "lease lost to another instance; leaving the transaction");
+                RoundEnd::Left
+            }
+            Err(e) => {
+                warn!(gid = %gid, error = %error_chain(&e), "round failed; the transaction is retried when its lease runs out");
+                RoundEnd::Left
+            }
+        }
+    }
+}
+
+fn lock(queue: &Mutex<VecDeque<Claimed>>) -> std::sync::MutexGuard<'_, VecDeque<Claimed>> {
+    queue
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

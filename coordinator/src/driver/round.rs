@@ -8,7 +8,7 @@ use crate::store::{Claimed, StoreError};
 use crate::txn::change::RetryNote;
 use crate::txn::check_back::CheckBack;
 use crate::txn::policy::{policy, DuePrepared};
-use crate::txn::retry::retry_delay_ms;
+use crate::txn::retry::{jitter, retry_delay_ms};
 use crate::txn::{GlobalStatus, GlobalTxn, Op, NEVER};
 
 impl Driver {
@@ -106,7 +106,7 @@ impl Driver {
             txn.options.retry_interval,
             self.inner.settings.retry_cap_s,
             exponent,
-            rand::random::<f64>(),
+            jitter(&(txn.gid.as_str(), txn.retry_count)),
         );
         let limit_reached = txn.options.retry_limit > 0 && count >= txn.options.retry_limit;
         let mut last_error = last_error;

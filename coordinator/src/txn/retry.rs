@@ -3,6 +3,24 @@
 //! The schedule is stored with the transaction (its retry count), not held in memory, so it
 //! survives restarts and moves between coordinator instances.
 
+use std::hash::{Hash, Hasher};
+
+/// The jitter of one attempt, in `[0, 1)`: a function of `what` (the transaction or message
+/// and how many attempts it has had), so that things failing together spread out over the
+/// interval while a run that repeats the same attempts repeats the same schedule (a
+/// simulation seed replays exactly).
+pub fn jitter(what: &impl Hash) -> f64 {
+    // `DefaultHasher::new` always starts from the same keys; SplitMix64's finaliser spreads
+    // the bits.
+    let mut h = std::hash::DefaultHasher::new();
+    what.hash(&mut h);
+    let mut z = h.finish().wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// Milliseconds to wait before the next attempt.
 ///
 /// `start_s` is the first interval (s), doubled after each of `failures` failed attempts and
@@ -37,6 +55,20 @@ mod tests {
         let d = retry_delay_ms(10, 60, 0, 0.999_999);
         assert!((8_000..8_010).contains(&d), "{d}");
         assert_eq!(retry_delay_ms(10, 60, 0, 0.5), 9_000);
+    }
+
+    #[test]
+    fn jitter_is_fixed_by_what_it_is_of_and_spread_over_the_unit() {
+        assert_eq!(jitter(&("g1", 3_i64)), jitter(&("g1", 3_i64)));
+        assert_ne!(jitter(&("g1", 3_i64)), jitter(&("g1", 4_i64)));
+        let draws: Vec<f64> = (0..1_000_i64).map(|n| jitter(&("gid", n))).collect();
+        assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
+        // Spread: every tenth of the unit interval gets a share.
+        for tenth in 0..10 {
+            let lo = f64::from(tenth) / 10.0;
+            let n = draws.iter().filter(|u| (lo..lo + 0.1).contains(*u)).count();
+            assert!((50..150).contains(&n), "{n} draws in [{lo}, {lo}+0.1)");
+        }
     }
 
     proptest! {
