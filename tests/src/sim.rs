@@ -38,6 +38,7 @@ use settle_coordinator::clock::Clock;
 use settle_coordinator::delivery::{Failure, Sink};
 use settle_coordinator::driver::transport::{Answer, Request, Transport};
 use settle_coordinator::store::OutboxRow;
+use settle_coordinator::txn::retry::jitter;
 use settle_coordinator::Config;
 use settle_protocol::{GlobalRequest, RegisterBranchRequest};
 use settle_sdk::SettleClient;
@@ -93,12 +94,10 @@ fn to_unit(bits: u64) -> f64 {
 }
 
 /// A number in `[0, 1)` fixed by the seed and `what`: the same question gets the same
-/// answer in every run of the seed, whatever order the questions come in.
+/// answer in every run of the seed, whatever order the questions come in (the coordinator's
+/// own retry jitter is drawn the same way).
 fn roll(seed: u64, what: &impl Hash) -> f64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    seed.hash(&mut h);
-    what.hash(&mut h);
-    SplitMix::new(h.finish()).unit()
+    jitter(&(seed, what))
 }
 
 /// What a simulated initiator decided for a transaction.
