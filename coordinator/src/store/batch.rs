@@ -693,7 +693,10 @@ where
         read.add(globals);
         let mut branches = Sql::new(
             dialect,
-            &format!("SELECT {BRANCH_COLUMNS} FROM trans_branch_op WHERE gid IN "),
+            &format!(
+                "SELECT {BRANCH_COLUMNS} FROM trans_branch_op{} WHERE gid IN ",
+                dialect.use_index("uniq_branch_op")
+            ),
         );
         branches
             .text_list(gids.iter().copied())

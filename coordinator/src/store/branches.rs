@@ -25,7 +25,8 @@ impl Store {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT {BRANCH_COLUMNS} FROM trans_branch_op WHERE gid IN ({}) ORDER BY id",
+            "SELECT {BRANCH_COLUMNS} FROM trans_branch_op{} WHERE gid IN ({}) ORDER BY id",
+            self.dialect().use_index("uniq_branch_op"),
             marks(gids.len())
         );
         on_writer!(self, pool => {

@@ -347,8 +347,9 @@ impl Store {
             if !keys.is_empty() {
                 let unsent = format!(
                     "SELECT id, sharding_key, seq, topic, status, next_attempt_time \
-                     FROM outbox WHERE status IN ('held', 'pending') AND sharding_key IN ({}) \
+                     FROM outbox{} WHERE status IN ('held', 'pending') AND sharding_key IN ({}) \
                      ORDER BY sharding_key, seq",
+                    self.dialect().use_index("idx_unsent"),
                     marks(keys.len())
                 );
                 let mut q = sqlx::query(&unsent);
