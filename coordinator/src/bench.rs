@@ -112,6 +112,9 @@ pub struct BenchArgs {
     /// Draw throughput and p99 latency against concurrency, per server, as an SVG here.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// Run nothing: draw `--svg` from the runs of a CSV file that `--csv` wrote.
+    #[arg(long, requires = "svg")]
+    pub chart_from: Option<PathBuf>,
     /// tcc: start this many transactions per second, whatever the answers (an open loop),
     /// instead of `-c` initiators each starting the next when one ends; latency counts from
     /// when a transaction was due to start, so a server that falls behind is not hidden.
@@ -183,12 +186,76 @@ pub struct Run {
     pub figures: Figures,
 }
 
+impl Run {
+    /// What a chart draws of it.
+    pub fn point(&self) -> Point {
+        Point {
+            system: self.system.clone(),
+            concurrency: self.concurrency,
+            settled_per_s: self.settled_per_s,
+            p99_ms: ms(self.figures.percentile(99.0)),
+        }
+    }
+}
+
+/// One run as a chart draws it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// Server name.
+    pub system: String,
+    /// Transactions running at once.
+    pub concurrency: usize,
+    /// Settled transactions per second.
+    pub settled_per_s: f64,
+    /// p99 initiator latency, ms.
+    pub p99_ms: f64,
+}
+
+/// Reads back the runs of a CSV file written by [`csv`].
+///
+/// # Errors
+/// The header or a row is not what [`csv`] writes.
+pub fn points_from_csv(text: &str) -> anyhow::Result<Vec<Point>> {
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    if header != CSV_HEADER {
+        bail!("not a CSV file of settle bench: its first line is '{header}', not '{CSV_HEADER}'");
+    }
+    lines
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            let cols: Vec<&str> = line.split(',').collect();
+            let bad = || anyhow::anyhow!("line {} of the CSV file is not a run: '{line}'", i + 2);
+            if cols.len() != CSV_HEADER.split(',').count() {
+                return Err(bad());
+            }
+            Ok(Point {
+                system: cols[0].to_owned(),
+                concurrency: cols[1].parse().map_err(|_| bad())?,
+                settled_per_s: cols[2].parse().map_err(|_| bad())?,
+                p99_ms: cols[6].parse().map_err(|_| bad())?,
+            })
+        })
+        .collect()
+}
+
+const CSV_HEADER: &str =
+    "system,concurrency,settled_tx_per_s,transactions,p50_ms,p90_ms,p99_ms,max_ms";
+
 /// Runs the benchmark and prints its figures.
 ///
 /// # Errors
 /// A server or the database cannot be reached, a transaction fails, or an output file
 /// cannot be written.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let (Some(from), Some(path)) = (&args.chart_from, &args.svg) {
+        let text = std::fs::read_to_string(from)
+            .with_context(|| format!("cannot read {}", from.display()))?;
+        chart(&points_from_csv(&text)?, path)?;
+        println!("wrote {}", path.display());
+        return Ok(());
+    }
     let levels = if args.sweep.is_empty() {
         vec![args.concurrency]
     } else {
@@ -296,7 +363,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     if let Some(path) = &args.svg {
-        chart(&runs, path)?;
+        chart(&runs.iter().map(Run::point).collect::<Vec<_>>(), path)?;
         println!("wrote {}", path.display());
     }
     if args.raw {
@@ -829,9 +896,7 @@ async fn msg_run(
 
 /// The runs as CSV: one row per server and concurrency.
 pub fn csv(runs: &[Run]) -> String {
-    let mut out = String::from(
-        "system,concurrency,settled_tx_per_s,transactions,p50_ms,p90_ms,p99_ms,max_ms\n",
-    );
+    let mut out = format!("{CSV_HEADER}\n");
     for r in runs {
         let f = &r.figures;
         out.push_str(&format!(
@@ -853,33 +918,37 @@ pub fn csv(runs: &[Run]) -> String {
 ///
 /// # Errors
 /// The file cannot be written.
-pub fn chart(runs: &[Run], path: &std::path::Path) -> anyhow::Result<()> {
+pub fn chart(runs: &[Point], path: &std::path::Path) -> anyhow::Result<()> {
     use plotters::prelude::*;
 
-    let mut systems: Vec<&str> = runs.iter().map(|r| r.system.as_str()).collect();
-    systems.dedup();
+    // Each system once, in the order it first appears (a sweep interleaves them).
+    let mut systems: Vec<&str> = Vec::new();
+    for r in runs {
+        if !systems.contains(&r.system.as_str()) {
+            systems.push(&r.system);
+        }
+    }
     let max_c = runs.iter().map(|r| r.concurrency).max().unwrap_or(1) as f64;
     let max_tps = runs.iter().map(|r| r.settled_per_s).fold(1.0, f64::max) * 1.1;
-    let max_p99 = runs
-        .iter()
-        .map(|r| ms(r.figures.percentile(99.0)))
-        .fold(1.0, f64::max)
-        * 1.1;
+    let max_p99 = runs.iter().map(|r| r.p99_ms).fold(1.0, f64::max) * 1.1;
     let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (left, right) = root.split_horizontally(500);
     let palette = [BLUE, RED, GREEN, MAGENTA];
     /// Title, unit, top of the axis, and the value drawn.
-    type Panel = (&'static str, &'static str, f64, fn(&Run) -> f64);
+    type Panel = (&'static str, &'static str, f64, fn(&Point) -> f64);
     let panels: [Panel; 2] = [
-        ("Throughput (settled TCC/s)", "tx/s", max_tps, |r: &Run| {
-            r.settled_per_s
-        }),
+        (
+            "Throughput (settled TCC/s)",
+            "tx/s",
+            max_tps,
+            |r: &Point| r.settled_per_s,
+        ),
         (
             "p99 latency, prepare..submit (ms)",
             "ms",
             max_p99,
-            |r: &Run| ms(r.figures.percentile(99.0)),
+            |r: &Point| r.p99_ms,
         ),
     ];
     for (area, (title, unit, top, value)) in [&left, &right].into_iter().zip(panels) {
@@ -1157,10 +1226,11 @@ mod tests {
 
     #[test]
     fn runs_become_csv_rows_and_a_chart() {
+        // As a sweep produces them: the systems alternate.
         let runs: Vec<Run> = [
             ("settle", 8, 900.0),
-            ("settle", 64, 2_100.0),
             ("dtm", 8, 400.0),
+            ("settle", 64, 2_100.0),
             ("dtm", 64, 480.0),
         ]
         .iter()
@@ -1179,10 +1249,27 @@ mod tests {
             "settle,8,900.0,3,2.00,30.00,30.00,30.00"
         );
         let path = std::env::temp_dir().join(format!("settle-bench-{}.svg", std::process::id()));
-        chart(&runs, &path).unwrap();
+        let points: Vec<Point> = runs.iter().map(Run::point).collect();
+        assert_eq!(points_from_csv(&text).unwrap(), points);
+        let wrong = points_from_csv("gid,status\n").unwrap_err().to_string();
+        assert!(
+            wrong.starts_with("not a CSV file of settle bench: its first line is 'gid,status'"),
+            "{wrong}"
+        );
+        let short = format!("{CSV_HEADER}\nsettle,8,900.0\n");
+        let short = points_from_csv(&short).unwrap_err().to_string();
+        assert_eq!(
+            short,
+            "line 2 of the CSV file is not a run: 'settle,8,900.0'"
+        );
+        chart(&points, &path).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         let _ = std::fs::remove_file(&path);
         assert!(svg.starts_with("<svg"), "{}", &svg[..60.min(svg.len())]);
-        assert!(svg.contains("settle") && svg.contains("dtm") && svg.contains("concurrency"));
+        assert!(svg.contains("concurrency"));
+        // One legend entry and one line per system and panel.
+        assert_eq!(svg.matches("\nsettle\n").count(), 2, "{svg}");
+        assert_eq!(svg.matches("\ndtm\n").count(), 2, "{svg}");
+        assert_eq!(svg.matches("stroke-width=\"2\"").count(), 4, "{svg}");
     }
 }
