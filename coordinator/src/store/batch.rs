@@ -684,7 +684,10 @@ where
         });
         let mut globals = Sql::new(
             dialect,
-            &format!("SELECT {GLOBAL_COLUMNS} FROM trans_global WHERE gid IN "),
+            &format!(
+                "SELECT {GLOBAL_COLUMNS} FROM trans_global{} WHERE gid IN ",
+                dialect.use_index("uniq_gid")
+            ),
         );
         globals
             .text_list(gids.iter().copied())

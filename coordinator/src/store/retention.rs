@@ -50,6 +50,10 @@ impl Store {
         let find = "SELECT gid FROM trans_global WHERE status IN ('succeed', 'failed') \
                     AND finish_time < ? AND callback_due IS NULL ORDER BY finish_time LIMIT ?";
         let for_update = self.dialect().for_update();
+        let (by_gid, by_key) = (
+            self.dialect().use_index("uniq_gid"),
+            self.dialect().use_index("PRIMARY"),
+        );
         on_writer!(self, pool => {
             let gids = first_strings(&sqlx::query(find)
                 .bind(finished_before)
@@ -64,7 +68,7 @@ impl Store {
             let list = marks(gids.len());
             // Lock the transactions first, as every batch does.
             let lock = format!(
-                "SELECT gid FROM trans_global WHERE gid IN ({list}) AND status IN ('succeed', 'failed') AND callback_due IS NULL ORDER BY gid{for_update}"
+                "SELECT gid FROM trans_global{by_gid} WHERE gid IN ({list}) AND status IN ('succeed', 'failed') AND callback_due IS NULL ORDER BY gid{for_update}"
             );
             let mut q = sqlx::query(&lock);
             for g in &gids {
@@ -103,7 +107,7 @@ impl Store {
             }
             if !keys.is_empty() {
                 let klist = marks(keys.len());
-                let lock = format!("SELECT sharding_key FROM outbox_key_seq WHERE sharding_key IN ({klist}) ORDER BY sharding_key{for_update}");
+                let lock = format!("SELECT sharding_key FROM outbox_key_seq{by_key} WHERE sharding_key IN ({klist}) ORDER BY sharding_key{for_update}");
                 let used = format!("SELECT DISTINCT sharding_key FROM outbox WHERE sharding_key IN ({klist})");
                 let mut q = sqlx::query(&lock);
                 for k in &keys {
