@@ -280,6 +280,24 @@ pub(super) fn is_duplicate_key(e: &sqlx::Error) -> bool {
 
 type Outcomes = Vec<std::result::Result<Applied, TxnError>>;
 
+/// A command decided in a batch not yet committed: its answer, sharing the transaction's
+/// state with the batch until the batch is done.
+struct Decided {
+    duplicate: bool,
+    current: Arc<Current>,
+}
+
+impl Decided {
+    /// The answer, once the batch let go of the state (no copy unless a later command of the
+    /// batch changed the same transaction).
+    fn applied(self) -> Applied {
+        Applied {
+            duplicate: self.duplicate,
+            current: Arc::unwrap_or_clone(self.current),
+        }
+    }
+}
+
 async fn attempt(
     conn: &mut Conn,
     cmds: &[Command],
@@ -327,7 +345,9 @@ async fn attempt(
 
 /// One transaction's state in a batch.
 struct Work {
-    current: Current,
+    /// Shared with the answers of the commands decided so far: a command's answer is the
+    /// state after its change, copied only if a later command of the batch changes it again.
+    current: Arc<Current>,
     existed: bool,
     /// Something changed: its branches are compared with what was read.
     dirty: bool,
@@ -335,24 +355,24 @@ struct Work {
     global_dirty: bool,
     /// Status of each stored branch operation (by id) when read.
     read_status: HashMap<i64, BranchStatus>,
-    /// Its row as read (and locked), to write only the columns that changed.
-    read_txn: Option<GlobalTxn>,
+    /// Its row's mutable columns as read (and locked), to write only those that changed.
+    read_columns: Option<Vec<Stored>>,
 }
 
 impl Work {
     /// Nothing read yet about `gid`.
     fn new(gid: &str) -> Self {
         Self {
-            current: Current {
+            current: Arc::new(Current {
                 gid: gid.to_owned(),
                 txn: None,
                 branches: Vec::new(),
-            },
+            }),
             existed: false,
             dirty: false,
             global_dirty: false,
             read_status: HashMap::new(),
-            read_txn: None,
+            read_columns: None,
         }
     }
 }
@@ -438,7 +458,7 @@ fn decide_all(
     stamp: &Stamp,
     work: &mut HashMap<String, Work>,
     plan: &mut Plan,
-) -> Outcomes {
+) -> Vec<std::result::Result<Decided, TxnError>> {
     cmds.iter()
         .map(|cmd| {
             let w = work.get_mut(&cmd.gid).ok_or_else(|| TxnError::NotFound {
@@ -447,7 +467,7 @@ fn decide_all(
             match (cmd.decide)(&w.current, stamp)? {
                 Decision::Apply(change) => {
                     let now = change.now;
-                    let effect = w.current.apply(change)?;
+                    let effect = Arc::make_mut(&mut w.current).apply(change)?;
                     w.dirty = true;
                     w.global_dirty |= effect.global_changed;
                     let traceparent = w
@@ -456,14 +476,14 @@ fn decide_all(
                         .as_ref()
                         .map_or("", |t| t.options.traceparent.as_str());
                     plan.add(&cmd.gid, traceparent, now, effect);
-                    Ok(Applied {
+                    Ok(Decided {
                         duplicate: false,
-                        current: w.current.clone(),
+                        current: Arc::clone(&w.current),
                     })
                 }
-                Decision::AlreadyDone => Ok(Applied {
+                Decision::AlreadyDone => Ok(Decided {
                     duplicate: true,
-                    current: w.current.clone(),
+                    current: Arc::clone(&w.current),
                 }),
             }
         })
@@ -486,6 +506,32 @@ impl Value<'_> {
             Self::OptInt(v) => sql.opt_int(v),
         };
     }
+
+    fn stored(self) -> Stored {
+        match self {
+            Self::Text(v) => Stored::Text(v.to_owned()),
+            Self::Int(v) => Stored::Int(v),
+            Self::OptInt(v) => Stored::OptInt(v),
+        }
+    }
+
+    fn is(self, stored: &Stored) -> bool {
+        match (self, stored) {
+            (Self::Text(a), Stored::Text(b)) => a == b,
+            (Self::Int(a), Stored::Int(b)) => a == *b,
+            (Self::OptInt(a), Stored::OptInt(b)) => a == *b,
+            _ => false,
+        }
+    }
+}
+
+/// A mutable column's value as read, kept to compare with once the batch decided (rather
+/// than a copy of the whole transaction, whose steps and payloads never change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stored {
+    Text(String),
+    Int(i64),
+    OptInt(Option<i64>),
 }
 
 /// A mutable column of a global row, and how to read its value from a transaction.
@@ -509,13 +555,22 @@ const MUTABLE_COLUMNS: [Column; 14] = [
     ("last_error", |t| Value::Text(&t.last_error)),
 ];
 
-/// The mutable columns of a global row that differ between `read` and `now`, with their new
-/// values.
-fn changed_columns<'a>(read: &GlobalTxn, now: &'a GlobalTxn) -> Vec<(&'static str, Value<'a>)> {
+/// The mutable columns of a global row as read, in the order of [`MUTABLE_COLUMNS`].
+fn read_columns(t: &GlobalTxn) -> Vec<Stored> {
     MUTABLE_COLUMNS
         .iter()
-        .filter(|(_, value)| value(read) != value(now))
-        .map(|(name, value)| (*name, value(now)))
+        .map(|(_, value)| value(t).stored())
+        .collect()
+}
+
+/// The mutable columns of a global row that differ between `read` (see [`read_columns`])
+/// and `now`, with their new values.
+fn changed_columns<'a>(read: &[Stored], now: &'a GlobalTxn) -> Vec<(&'static str, Value<'a>)> {
+    MUTABLE_COLUMNS
+        .iter()
+        .zip(read)
+        .filter(|((_, value), was)| !value(now).is(was))
+        .map(|((name, value), _)| (*name, value(now)))
         .collect()
 }
 
@@ -670,7 +725,7 @@ where
     for<'r> i64: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
     for<'r> Option<i64>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
 {
-    let result: Result<Outcomes> = async {
+    let result: Result<Vec<std::result::Result<Decided, TxnError>>> = async {
         // 1. Begin, read and lock, in gid order.
         let gids: BTreeSet<&str> = cmds.iter().map(|c| c.gid.as_str()).collect();
         let mut work: HashMap<String, Work> = gids
@@ -711,15 +766,15 @@ where
                 let t = rows::decode_global(row, rows::Reading::Strict)?;
                 if let Some(w) = work.get_mut(&t.gid) {
                     w.existed = true;
-                    w.read_txn = Some(t.clone());
-                    w.current.txn = Some(t);
+                    w.read_columns = Some(read_columns(&t));
+                    Arc::make_mut(&mut w.current).txn = Some(t);
                 }
             }
             for row in &ops.rows {
                 let b = rows::decode_branch(row)?;
                 if let Some(w) = work.get_mut(&b.gid) {
                     w.read_status.insert(b.id, b.status);
-                    w.current.branches.push(b);
+                    Arc::make_mut(&mut w.current).branches.push(b);
                 }
             }
         }
@@ -760,7 +815,13 @@ where
         // Nothing of the batch stays; a broken connection is replaced by the caller.
         let _ = trip::<DB>(conn, "ROLLBACK").await;
     }
-    result
+    // The batch's state is dropped: each answer now owns its transaction's state.
+    result.map(|decided| {
+        decided
+            .into_iter()
+            .map(|d| d.map(Decided::applied))
+            .collect()
+    })
 }
 
 /// Takes the next sequence numbers of every key the batch enqueues messages for (under the
@@ -948,7 +1009,7 @@ fn write_globals(script: &mut Script, dialect: Dialect, dirty: &[&Work]) {
     type Row<'a> = (&'a str, Vec<Value<'a>>);
     let mut groups: BTreeMap<Vec<&'static str>, Vec<Row<'_>>> = BTreeMap::new();
     for w in dirty.iter().filter(|w| w.existed && w.global_dirty) {
-        if let (Some(read), Some(t)) = (&w.read_txn, &w.current.txn) {
+        if let (Some(read), Some(t)) = (&w.read_columns, &w.current.txn) {
             let changed = changed_columns(read, t);
             if changed.is_empty() {
                 continue;
@@ -1199,5 +1260,26 @@ mod tests {
             },
         );
         assert_eq!(script.len(), 2);
+    }
+
+    #[test]
+    fn only_the_columns_that_changed_since_the_read_are_written() {
+        use crate::txn::model::sample;
+        use crate::txn::{GlobalStatus, TransType};
+
+        let read = sample(TransType::Tcc, GlobalStatus::Submitted);
+        let was = read_columns(&read);
+        assert_eq!(was.len(), MUTABLE_COLUMNS.len());
+        assert!(changed_columns(&was, &read).is_empty());
+
+        let mut now = read.clone();
+        now.status = GlobalStatus::Succeeded;
+        now.finish_time = Some(read.update_time + 5);
+        now.owner = "instance-b".into();
+        let names: Vec<&str> = changed_columns(&was, &now)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(names, ["status", "finish_time", "owner"]);
     }
 }
