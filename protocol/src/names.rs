@@ -34,6 +34,10 @@ pub const OP_CANCEL: &str = "cancel";
 pub const OP_ACTION: &str = "action";
 /// Branch operation: saga compensation.
 pub const OP_COMPENSATE: &str = "compensate";
+/// Branch operation: XA commit of a prepared branch.
+pub const OP_COMMIT: &str = "commit";
+/// Branch operation: XA rollback of a prepared branch.
+pub const OP_ROLLBACK: &str = "rollback";
 /// Branch operation of a msg check-back and of the local transaction it guards.
 pub const OP_MSG: &str = "msg";
 

@@ -66,7 +66,7 @@ pub struct GlobalRequest {
     #[serde(default, deserialize_with = "nullable")]
     pub branch_headers: BTreeMap<String, String>,
     /// Call every branch of phase 2 at once instead of one at a time (a Settle extension for
-    /// TCC).
+    /// TCC; for a saga, as `"concurrent": true` in `custom_data`).
     #[serde(default, deserialize_with = "nullable")]
     pub concurrent: bool,
     /// Retries after which the transaction stops being retried automatically (`0`: never).
@@ -83,6 +83,22 @@ pub struct GlobalRequest {
         skip_serializing_if = "String::is_empty"
     )]
     pub callback_url: String,
+    /// Messages a saga sends once every action succeeded (a Settle extension): each
+    /// `{"action": URL}`, `rocketmq://TOPIC?key=KEY` or HTTP, with one body each in
+    /// `message_payloads`.
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub messages: Vec<BTreeMap<String, String>>,
+    /// One body per entry of `messages`.
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub message_payloads: Vec<String>,
 }
 
 /// Shows a header map's names with every value hidden, for `Debug` output.
@@ -116,6 +132,8 @@ impl std::fmt::Debug for GlobalRequest {
             .field("retry_limit", &self.retry_limit)
             .field("retry_count", &self.retry_count)
             .field("callback_url", &self.callback_url)
+            .field("messages", &self.messages)
+            .field("message_payloads", &self.message_payloads)
             .finish()
     }
 }

@@ -102,6 +102,12 @@ async fn malformed_or_mistyped_bodies_are_rejected_naming_the_problem() -> anyho
         &api.post("prepare", json!({"gid": "g1", "trans_type": "saga"}))
             .await?,
         400,
+        "a saga transaction is created by its submit alone",
+    );
+    assert_rejected(
+        &api.post("prepare", json!({"gid": "g1", "trans_type": "workflow"}))
+            .await?,
+        400,
         "not supported",
     );
     assert_rejected(
@@ -327,7 +333,7 @@ async fn bad_messages_are_rejected_naming_the_step() -> anyhow::Result<()> {
         )
         .await?,
         400,
-        "step 1: 'smtp://mail/a' has scheme 'smtp'",
+        "the action of branch 01: 'smtp://mail/a' has scheme 'smtp'",
     );
     assert_rejected(
         &api.post(
@@ -340,7 +346,7 @@ async fn bad_messages_are_rejected_naming_the_step() -> anyhow::Result<()> {
         )
         .await?,
         400,
-        "step 2: 'rocketmq://?key=k' names no topic",
+        "the action of branch 02: 'rocketmq://?key=k' names no topic",
     );
     assert_rejected(
         &api.post(

@@ -41,6 +41,13 @@ pub enum ApiError {
     /// What the request names does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with what is stored (a topic's subscribers): DTM's FAILURE.
+    #[error("{0}")]
+    Refused(String),
+    /// A submitted transaction will not succeed (`wait_result`): DTM's FAILURE, with its
+    /// rollback reason.
+    #[error("{0}")]
+    Failure(String),
     /// The operation was accepted but has not finished within the wait (`wait_result`).
     #[error("{0}")]
     Ongoing(String),
@@ -81,6 +88,8 @@ impl ApiError {
             Self::Txn(TxnError::UnknownCode { .. }) => (StatusCode::BAD_REQUEST, "unknown_code"),
             Self::Txn(TxnError::LeaseLost { .. }) => (StatusCode::CONFLICT, "lease_lost"),
             Self::Txn(TxnError::TooMany { .. }) => (StatusCode::BAD_REQUEST, "too_many"),
+            Self::Failure(_) => (StatusCode::CONFLICT, "rolled_back"),
+            Self::Refused(_) => (StatusCode::CONFLICT, "conflict"),
             Self::Ongoing(_) => (StatusCode::TOO_EARLY, "ongoing"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

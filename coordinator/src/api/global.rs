@@ -14,37 +14,75 @@ use super::{validate, AppState};
 use crate::driver::RoundEnd;
 use crate::store::Claimed;
 use crate::telemetry::ApiOp;
-use crate::txn::policy::{only_deliveries_left, policy, require};
+use crate::txn::policy::{only_deliveries_left, require, Moment, Policy, Refusal, Subscribers};
 use crate::txn::target::Target;
-use crate::txn::{self, GlobalStatus, GlobalTxn, NewBranch, TransOptions, TransType};
+use crate::txn::{topic, GlobalStatus, GlobalTxn, NewBranch, TransOptions, TransType};
 
 /// A request that passed validation.
 struct Checked {
     req: GlobalRequest,
     trans_type: TransType,
     options: TransOptions,
-    /// The msg's steps as branch operations (empty for TCC).
+    /// The branch operations its steps create (none for a TCC without messages).
     steps: Vec<NewBranch>,
 }
 
-fn check(state: &AppState, req: GlobalRequest) -> Result<Checked, ApiError> {
-    let result = (|| {
-        validate::id("gid", &req.gid)?;
-        let trans_type = validate::trans_type(&req.trans_type)?;
-        let options = validate::options(&req, &state.config)?;
-        let steps = validate::steps(
-            &req,
-            trans_type,
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        Self::bad(r.code, r.message)
+    }
+}
+
+/// Checks what every request on a whole transaction carries: its gid, type and options.
+fn check_head(
+    state: &AppState,
+    req: &GlobalRequest,
+) -> Result<(TransType, &'static dyn Policy, TransOptions), ApiError> {
+    validate::id("gid", &req.gid)?;
+    let trans_type = validate::trans_type(&req.trans_type)?;
+    let policy = require(trans_type)?;
+    let options = validate::options(req, &state.config, policy)?;
+    Ok((trans_type, policy, options))
+}
+
+/// The subscribers of every topic the request's steps name, as the store holds them now.
+async fn subscribers(state: &AppState, req: &GlobalRequest) -> Result<Subscribers, ApiError> {
+    let topics: Vec<&str> = req
+        .steps
+        .iter()
+        .flat_map(|step| step.values())
+        .filter_map(|url| topic::topic_name(url))
+        .collect();
+    if topics.is_empty() {
+        return Ok(Subscribers::new());
+    }
+    for t in &topics {
+        topic::check_name(t).map_err(|e| ApiError::bad("invalid_steps", e.to_string()))?;
+    }
+    Ok(state.store.topic_subscribers(&topics).await?)
+}
+
+async fn check(state: &AppState, req: GlobalRequest, at: Moment) -> Result<Checked, ApiError> {
+    let result = async {
+        let (trans_type, policy, options) = check_head(state, &req)?;
+        if at == Moment::Prepare && !policy.can_prepare() {
+            return Err(ApiError::bad(
+                "unsupported_operation",
+                format!(
+                    "a {trans_type} transaction is created by its submit alone, not by prepare"
+                ),
+            ));
+        }
+        policy.check(&req, at)?;
+        let subscribers = subscribers(state, &req).await?;
+        let steps = policy.steps(&req, at, &subscribers)?;
+        validate::ops(
+            &steps,
             state.rocketmq_enabled(),
             state.config.max_branches,
             state.config.max_message_bytes,
         )?;
         validate::text("custom_data", &req.custom_data, validate::MAX_TEXT_BYTES)?;
-        if trans_type == TransType::Msg {
-            if let Some(problem) = txn::msg::delay_problem(&req.custom_data) {
-                return Err(ApiError::bad("invalid_option", problem));
-            }
-        }
         validate::stored_json("steps", &req.steps)?;
         validate::stored_json("payloads", &req.payloads)?;
         if !req.query_prepared.is_empty() {
@@ -66,7 +104,8 @@ fn check(state: &AppState, req: GlobalRequest) -> Result<Checked, ApiError> {
             options,
             steps,
         })
-    })();
+    }
+    .await;
     if result.is_err() {
         state.metrics.request(ApiOp::Rejected);
     }
@@ -109,22 +148,8 @@ pub async fn prepare(
     headers: HeaderMap,
     JsonBody(req): JsonBody<GlobalRequest>,
 ) -> Result<Json<DtmResult>, ApiError> {
-    let mut c = check(&state, req)?;
+    let mut c = check(&state, req, Moment::Prepare).await?;
     c.options.traceparent = traceparent(&headers);
-    if !require(c.trans_type)?.steps_at_prepare() && !c.steps.is_empty() {
-        state.metrics.request(ApiOp::Rejected);
-        return Err(ApiError::bad(
-            "invalid_steps",
-            "a TCC's messages go with its submit, not its prepare",
-        ));
-    }
-    if c.trans_type == TransType::Msg && c.req.query_prepared.is_empty() {
-        state.metrics.request(ApiOp::Rejected);
-        return Err(ApiError::bad(
-            "invalid_url",
-            "query_prepared is missing: a prepared msg must say where to check it back",
-        ));
-    }
     state.metrics.request(ApiOp::Prepare);
     let txn = new_txn(&c, GlobalStatus::Prepared, state.apply.clock().now_ms());
     let applied = state.apply.prepare(txn, c.steps).await?;
@@ -154,55 +179,67 @@ async fn start_phase_two(
     // A msg whose steps all go to brokers has nothing to call: the dispatcher delivers it and
     // its last acknowledgement finishes it (if none comes, the lease taken at submit runs out
     // and a round looks at it).
-    let round = match policy(claimed.txn.trans_type) {
-        Some(p) if only_deliveries_left(p, claimed.txn.status, &claimed.branches) => None,
-        _ => state.driver.spawn(claimed),
+    let round = if only_deliveries_left(claimed_policy(&claimed)?, &claimed.txn, &claimed.branches)
+    {
+        None
+    } else {
+        state.driver.spawn(claimed)
     };
     let Some(finished) = finished.as_mut() else {
         return Ok(Json(DtmResult::success()));
     };
     let deadline = tokio::time::Instant::now() + timeout;
-    // The first round usually finishes it; if it ends waiting (a retry, or messages not yet
+    // Waiting ends when the transaction finished, or when a submit turned to rolling back
+    // (a saga whose action failed: its compensation goes on, but it will not succeed).
+    let ends = |s: GlobalStatus| s.is_final() || (submitting && s == GlobalStatus::Aborting);
+    let settled = |t: Option<GlobalTxn>| t.filter(|t| ends(t.status));
+    // The first round usually ends it; if it ends waiting (a retry, or messages not yet
     // acknowledged by their broker), wait to be told it finished, looking at the store now
     // and then in case another instance finishes it.
-    let mut status = match round {
-        Some(round) => match tokio::time::timeout(timeout, round).await {
-            Ok(Ok(RoundEnd::Finished(status))) => Some(status),
-            _ => None,
-        },
-        None => None,
-    };
-    while status.is_none() && tokio::time::Instant::now() < deadline {
-        let look = (tokio::time::Instant::now() + FINISH_LOOK).min(deadline);
-        tokio::select! {
-            told = &mut *finished => {
-                status = told.ok();
-                if status.is_none() {
-                    break;
-                }
-            }
-            () = tokio::time::sleep_until(look) => {
-                status = state
-                    .store
-                    .find(&gid)
-                    .await?
-                    .map(|t| t.status)
-                    .filter(|s| s.is_final());
+    let mut outcome = None;
+    if let Some(round) = round {
+        if let Ok(Ok(RoundEnd::Finished(s) | RoundEnd::Retrying(s))) =
+            tokio::time::timeout(timeout, round).await
+        {
+            if ends(s) {
+                outcome = settled(state.store.find(&gid).await?);
             }
         }
     }
-    match status {
-        Some(GlobalStatus::Failed) if submitting => Err(ApiError::Txn(txn::TxnError::Conflict {
-            gid,
-            status: GlobalStatus::Failed,
-            action: "succeed",
-        })),
+    while outcome.is_none() && tokio::time::Instant::now() < deadline {
+        let look = (tokio::time::Instant::now() + FINISH_LOOK).min(deadline);
+        tokio::select! {
+            told = &mut *finished => {
+                if told.is_err() {
+                    break;
+                }
+                outcome = settled(state.store.find(&gid).await?);
+            }
+            () = tokio::time::sleep_until(look) => {
+                outcome = settled(state.store.find(&gid).await?);
+            }
+        }
+    }
+    match outcome {
+        Some(t) if submitting && t.status != GlobalStatus::Succeeded => {
+            Err(ApiError::Failure(if t.rollback_reason.is_empty() {
+                format!("transaction '{gid}' is {}: it will not succeed", t.status)
+            } else {
+                t.rollback_reason
+            }))
+        }
         Some(_) => Ok(Json(DtmResult::success())),
         None => Err(ApiError::Ongoing(format!(
             "transaction '{gid}' has not finished phase 2 within {}s; it is still being driven",
             timeout.as_secs()
         ))),
     }
+}
+
+/// The policy of a transaction this instance claimed (a type it drives, or it could not have
+/// been created).
+fn claimed_policy(c: &Claimed) -> Result<&'static dyn Policy, ApiError> {
+    Ok(require(c.txn.trans_type)?)
 }
 
 /// `POST submit`: commits a transaction and starts confirming its branches (or, for a msg,
@@ -215,7 +252,7 @@ pub async fn submit(
     headers: HeaderMap,
     JsonBody(req): JsonBody<GlobalRequest>,
 ) -> Result<Json<DtmResult>, ApiError> {
-    let mut c = check(&state, req)?;
+    let mut c = check(&state, req, Moment::Submit).await?;
     c.options.traceparent = traceparent(&headers);
     state.metrics.request(ApiOp::Submit);
     let wait = c.options.wait_result;
@@ -236,18 +273,20 @@ pub async fn abort(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<GlobalRequest>,
 ) -> Result<Json<DtmResult>, ApiError> {
-    let c = check(&state, req)?;
+    let (_, _, options) = check_head(&state, &req).inspect_err(|_| {
+        state.metrics.request(ApiOp::Rejected);
+    })?;
     state.metrics.request(ApiOp::Abort);
-    let reason = if c.req.rollback_reason.is_empty() {
+    let reason = if req.rollback_reason.is_empty() {
         "aborted by the initiator".to_owned()
     } else {
-        c.req.rollback_reason.clone()
+        req.rollback_reason.clone()
     };
-    let Some(claimed) = state.apply.abort(&c.req.gid, reason).await? else {
+    let Some(claimed) = state.apply.abort(&req.gid, reason).await? else {
         return Ok(Json(DtmResult::success()));
     };
     info!(gid = %claimed.txn.gid, status = "aborting", reason = %claimed.txn.rollback_reason, "transaction aborted");
-    let wait = c.options.wait_result || claimed.txn.options.wait_result;
+    let wait = options.wait_result || claimed.txn.options.wait_result;
     start_phase_two(&state, claimed, wait).await
 }
 

@@ -11,6 +11,7 @@
 //! # Layout
 //! - [`global`]: `prepare`, `submit`, `abort`, `forceStop`.
 //! - [`branch`]: `registerBranch` and its aliases.
+//! - [`topics`]: `subscribe`, `unsubscribe`, `topic/{name}`, `scanKV`, `queryKV`.
 //! - [`read`]: `query`, `all`, `newGid`, `version`, the cron resets and metrics.
 //! - [`admin`]: the admin UI and the operator routes it reads.
 //! - [`validate`]: input rules; [`body`]: extractors with clear errors; [`error`]: answers.
@@ -22,6 +23,7 @@ pub mod error;
 pub mod global;
 pub mod read;
 pub mod serve;
+pub mod topics;
 pub mod validate;
 
 use crate::otlp::{new_span_id, Kind, Span};
@@ -30,7 +32,7 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::Response;
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post};
 use axum::Router;
 use settle_protocol::API_PREFIX;
 
@@ -109,6 +111,11 @@ pub fn router(state: AppState) -> Router {
         .route("/forceStop", post(global::force_stop))
         .route("/resetCronTime", get(read::reset_cron_time))
         .route("/resetNextCronTime", post(read::reset_next_cron_time))
+        .route("/subscribe", get(topics::subscribe))
+        .route("/unsubscribe", get(topics::unsubscribe))
+        .route("/topic/{name}", delete(topics::delete_topic))
+        .route("/scanKV", get(topics::scan_kv))
+        .route("/queryKV", get(topics::query_kv))
         .route_layer(from_fn_with_state(state.clone(), operator_scope));
     let metrics = Router::new()
         .route("/api/metrics", get(read::metrics))

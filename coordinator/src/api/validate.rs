@@ -6,7 +6,7 @@ use settle_protocol::GlobalRequest;
 use super::error::ApiError;
 use crate::config::Config;
 use crate::txn::target::Target;
-use crate::txn::{NewBranch, Op, TransOptions, TransType};
+use crate::txn::{NewBranch, TransOptions, TransType};
 
 /// Longest gid or branch id, in bytes.
 pub const MAX_ID_LEN: usize = 128;
@@ -114,7 +114,7 @@ pub fn trans_type(value: &str) -> Result<TransType, ApiError> {
     if crate::txn::policy::policy(t).is_none() {
         return Err(ApiError::bad(
             "unsupported_trans_type",
-            format!("trans_type '{t}' is not supported by this Settle server (tcc and msg are)"),
+            format!("trans_type '{t}' is not supported by this Settle server (tcc, msg, saga and xa are)"),
         ));
     }
     Ok(t)
@@ -153,110 +153,54 @@ pub fn url(field: &str, value: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Checks the steps of a msg (each `{"action": URL}`, with one payload per step) and turns
-/// them into the branch operations to store: step `i` is branch `0i`, op `action`.
+/// Checks the branch operations a request creates (whatever its type made of its steps):
+/// each URL and body must be one Settle can call or publish, and there may be at most
+/// `max_branches` branches.
 ///
 /// # Errors
-/// A 400 naming the step and what is wrong with it.
-///
-/// A TCC may carry messages too (a Settle extension on `submit`): the same steps, delivered
-/// once every confirm succeeded, as branches `m01`, `m02`, ...
-pub fn steps(
-    req: &GlobalRequest,
-    trans_type: TransType,
+/// A 400 naming the operation and what is wrong with it.
+pub fn ops(
+    ops: &[NewBranch],
     rocketmq: bool,
-    max_steps: usize,
+    max_branches: usize,
     max_message_bytes: usize,
-) -> Result<Vec<NewBranch>, ApiError> {
-    let prefix = match trans_type {
-        TransType::Msg => "",
-        TransType::Tcc if !req.steps.is_empty() || !req.payloads.is_empty() => "m",
-        TransType::Tcc => return Ok(Vec::new()),
-        _ => {
-            if req.steps.is_empty() {
-                return Ok(Vec::new());
-            }
-            return Err(ApiError::bad(
-                "invalid_steps",
-                format!("a {trans_type} transaction takes no steps"),
-            ));
-        }
-    };
-    if req.steps.is_empty() {
-        return Err(ApiError::bad(
-            "invalid_steps",
-            "a msg needs at least one step",
-        ));
-    }
-    if req.steps.len() > max_steps {
+) -> Result<(), ApiError> {
+    let branches: std::collections::BTreeSet<&str> =
+        ops.iter().map(|o| o.branch_id.as_str()).collect();
+    if branches.len() > max_branches {
         return Err(ApiError::bad(
             "too_many",
             format!(
-                "a transaction may carry at most {max_steps} steps (--max-branches), got {}",
-                req.steps.len()
+                "a transaction may carry at most {max_branches} branches (--max-branches), got {}",
+                branches.len()
             ),
         ));
     }
-    if req.payloads.len() != req.steps.len() {
-        return Err(ApiError::bad(
-            "invalid_steps",
-            format!(
-                "a msg needs one payload per step: {} steps, {} payloads",
-                req.steps.len(),
-                req.payloads.len()
-            ),
-        ));
-    }
-    let mut out = Vec::with_capacity(req.steps.len());
-    for (i, (step, payload)) in req.steps.iter().zip(&req.payloads).enumerate() {
-        if let Some(other) = step.keys().find(|k| k.as_str() != "action") {
+    for op in ops {
+        let what = format!("the {} of branch {}", op.op, op.branch_id);
+        text(&format!("the payload of {what}"), &op.data, MAX_TEXT_BYTES)?;
+        if op.url.len() > MAX_URL_LEN {
             return Err(ApiError::bad(
                 "invalid_steps",
-                format!(
-                    "step {} has '{}'; a msg step has only an action",
-                    i + 1,
-                    other.escape_default()
-                ),
+                format!("{what} is a URL longer than {MAX_URL_LEN} bytes"),
             ));
         }
-        let action = step.get("action").map(String::as_str).unwrap_or_default();
-        if action.is_empty() {
-            return Err(ApiError::bad(
-                "invalid_steps",
-                format!("step {} has no action URL", i + 1),
-            ));
-        }
-        text(
-            &format!("the payload of step {}", i + 1),
-            payload,
-            MAX_TEXT_BYTES,
-        )?;
-        if action.len() > MAX_URL_LEN {
-            return Err(ApiError::bad(
-                "invalid_steps",
-                format!(
-                    "the action of step {} is longer than {MAX_URL_LEN} bytes",
-                    i + 1
-                ),
-            ));
-        }
-        match Target::parse(action) {
+        match Target::parse(&op.url) {
             Ok(Target::Http(_)) => {}
             Ok(Target::RocketMq(_)) if rocketmq => {
                 // What the broker would refuse is refused here, before anything is stored.
-                if payload.is_empty() {
+                if op.data.is_empty() {
                     return Err(ApiError::bad(
                         "invalid_steps",
-                        format!("step {} goes to RocketMQ with an empty payload, which the broker refuses", i + 1),
+                        format!("{what} goes to RocketMQ with an empty payload, which the broker refuses"),
                     ));
                 }
-                if payload.len() > max_message_bytes {
+                if op.data.len() > max_message_bytes {
                     return Err(ApiError::bad(
                         "too_large",
                         format!(
-                            "the payload of step {} is {} bytes; a RocketMQ message may have at most {max_message_bytes} (--max-message-bytes)",
-                            i + 1,
-                            payload.len()
+                            "the payload of {what} is {} bytes; a RocketMQ message may have at most {max_message_bytes} (--max-message-bytes)",
+                            op.data.len()
                         ),
                     ));
                 }
@@ -264,31 +208,24 @@ pub fn steps(
             Ok(Target::RocketMq(_)) => {
                 return Err(ApiError::bad(
                     "rocketmq_not_configured",
-                    format!("step {} goes to RocketMQ, but this server has no RocketMQ name server configured (--rocketmq-namesrv)", i + 1),
+                    format!("{what} goes to RocketMQ, but this server has no RocketMQ name server configured (--rocketmq-namesrv)"),
                 ));
             }
-            Err(e) => {
-                return Err(ApiError::bad(
-                    "invalid_steps",
-                    format!("step {}: {e}", i + 1),
-                ))
-            }
+            Err(e) => return Err(ApiError::bad("invalid_steps", format!("{what}: {e}"))),
         }
-        out.push(NewBranch {
-            branch_id: format!("{prefix}{:02}", i + 1),
-            op: Op::Action,
-            url: action.to_owned(),
-            data: payload.clone(),
-        });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Resolves a request's options against the server defaults.
 ///
 /// # Errors
 /// A 400 naming a negative or out-of-range option.
-pub fn options(req: &GlobalRequest, config: &Config) -> Result<TransOptions, ApiError> {
+pub fn options(
+    req: &GlobalRequest,
+    config: &Config,
+    policy: &dyn crate::txn::policy::Policy,
+) -> Result<TransOptions, ApiError> {
     let pick = |field: &'static str, value: i64, default: i64, max: i64| -> Result<i64, ApiError> {
         if value < 0 {
             return Err(ApiError::bad(
@@ -358,7 +295,7 @@ pub fn options(req: &GlobalRequest, config: &Config) -> Result<TransOptions, Api
         timeout_to_fail: pick(
             "timeout_to_fail",
             req.timeout_to_fail,
-            config.default_timeout_to_fail_s,
+            policy.default_timeout_s(config.default_timeout_to_fail_s),
             30 * 86_400,
         )?,
         request_timeout: pick(
@@ -405,7 +342,8 @@ mod tests {
     fn trans_types_are_parsed_and_unsupported_ones_named() {
         assert_eq!(trans_type("tcc").ok(), Some(TransType::Tcc));
         assert!(message(trans_type("tcx")).contains("unknown trans_type 'tcx'"));
-        assert!(message(trans_type("saga")).contains("not supported"));
+        assert_eq!(trans_type("saga").ok(), Some(TransType::Saga));
+        assert!(message(trans_type("workflow")).contains("not supported"));
         assert!(message(trans_type("")).contains("missing"));
     }
 
@@ -418,122 +356,44 @@ mod tests {
         assert!(message(url("cancel", "")).contains("cancel is missing"));
     }
 
-    fn msg(steps: &[&str], payloads: usize) -> GlobalRequest {
-        GlobalRequest {
-            steps: steps
-                .iter()
-                .map(|a| [("action".to_owned(), (*a).to_owned())].into())
-                .collect(),
-            payloads: (0..payloads).map(|i| format!("{{\"n\":{i}}}")).collect(),
-            ..GlobalRequest::new("g", "msg")
+    fn op(id: &str, url: &str, data: &str) -> NewBranch {
+        NewBranch {
+            branch_id: id.into(),
+            op: crate::txn::Op::Action,
+            url: url.into(),
+            data: data.into(),
         }
     }
 
     #[test]
-    fn msg_steps_become_action_branches_in_order() {
-        let b = steps(
-            &msg(&["http://a/x", "http://b/y"], 2),
-            TransType::Msg,
-            false,
-            99,
-            1024,
-        )
-        .unwrap();
-        assert_eq!(b.len(), 2);
-        assert_eq!(
-            (
-                b[0].branch_id.as_str(),
-                b[0].op,
-                b[0].url.as_str(),
-                b[0].data.as_str()
-            ),
-            ("01", Op::Action, "http://a/x", "{\"n\":0}")
-        );
-        assert_eq!(b[1].branch_id, "02");
-    }
-
-    #[test]
-    fn bad_msg_steps_are_named() {
-        assert!(
-            message(steps(&msg(&[], 0), TransType::Msg, false, 99, 1024))
-                .contains("at least one step")
-        );
-        assert!(message(steps(
-            &msg(&["http://a/x"], 0),
-            TransType::Msg,
-            false,
-            99,
-            1024
-        ))
-        .contains("1 steps, 0 payloads"));
-        assert!(message(steps(
-            &msg(&["mailto:x@y"], 1),
-            TransType::Msg,
-            false,
-            99,
-            1024
-        ))
-        .contains("scheme 'mailto'"));
-        assert!(message(steps(
-            &msg(&["rocketmq://?key=1"], 1),
-            TransType::Msg,
-            false,
-            99,
-            1024
-        ))
-        .contains("names no topic"));
-        assert!(
-            message(steps(&msg(&[""], 1), TransType::Msg, false, 99, 1024)).contains("no action")
-        );
-        let mut compensate = msg(&["http://a/x"], 1);
-        compensate.steps[0].insert("compensate".into(), "http://a/y".into());
-        assert!(message(steps(&compensate, TransType::Msg, false, 99, 1024))
-            .contains("has 'compensate'"));
-        let tcc = steps(&msg(&["http://a/x"], 1), TransType::Tcc, false, 99, 1024).unwrap();
-        assert_eq!(
-            tcc[0].branch_id, "m01",
-            "a TCC's messages are branches m01, m02, ..."
-        );
-        assert!(message(steps(
-            &msg(&["rocketmq://t?key=k"], 1),
-            TransType::Msg,
-            false,
-            99,
-            1024
-        ))
-        .contains("no RocketMQ name server"));
-        assert!(steps(
-            &msg(&["rocketmq://t?key=k"], 1),
-            TransType::Msg,
-            true,
-            99,
-            1024
-        )
-        .is_ok());
-        assert!(message(steps(
-            &msg(&["http://a/x", "http://b/y"], 2),
-            TransType::Msg,
-            false,
-            1,
-            1024
-        ))
-        .contains("at most 1 steps"));
-        let mut empty = msg(&["rocketmq://t?key=k"], 1);
-        empty.payloads[0].clear();
-        assert!(message(steps(&empty, TransType::Msg, true, 99, 1024)).contains("empty payload"));
-        let mut big = msg(&["rocketmq://t?key=k"], 1);
-        big.payloads[0] = "x".repeat(1025);
-        let why = message(steps(&big, TransType::Msg, true, 99, 1024));
+    fn bad_operations_are_named() {
+        let check = |ops_: &[NewBranch], rocketmq: bool| message(ops(ops_, rocketmq, 2, 1024));
+        assert!(ops(&[op("01", "http://a/x", "{}")], false, 2, 1024).is_ok());
+        assert!(check(&[op("01", "mailto:x@y", "{}")], false)
+            .contains("the action of branch 01: 'mailto:x@y' has scheme 'mailto'"));
+        assert!(check(&[op("01", "rocketmq://?key=1", "{}")], true).contains("names no topic"));
+        assert!(check(&[op("01", "rocketmq://t?key=k", "{}")], false)
+            .contains("no RocketMQ name server"));
+        assert!(ops(&[op("01", "rocketmq://t?key=k", "{}")], true, 2, 1024).is_ok());
+        assert!(check(&[op("01", "rocketmq://t?key=k", "")], true).contains("empty payload"));
+        let why = check(&[op("01", "rocketmq://t?key=k", &"x".repeat(1025))], true);
         assert!(
             why.contains("1025 bytes") && why.contains("at most 1024"),
             "{why}"
         );
+        let three = [
+            op("01", "http://a/x", "{}"),
+            op("02", "http://a/x", "{}"),
+            op("03", "http://a/x", "{}"),
+        ];
+        assert!(check(&three, false).contains("at most 2 branches"));
     }
 
     #[test]
     fn options_default_when_zero_and_reject_negatives() {
         let config = Config::default();
-        let o = options(&GlobalRequest::new("g", "tcc"), &config).unwrap();
+        let tcc = crate::txn::policy::require(TransType::Tcc).unwrap();
+        let o = options(&GlobalRequest::new("g", "tcc"), &config, tcc).unwrap();
         assert_eq!(
             (o.timeout_to_fail, o.request_timeout, o.retry_interval),
             (35, 3, 10)
@@ -542,11 +402,13 @@ mod tests {
             request_timeout: -1,
             ..GlobalRequest::new("g", "tcc")
         };
-        assert!(message(options(&req, &config)).contains("request_timeout must not be negative"));
+        assert!(
+            message(options(&req, &config, tcc)).contains("request_timeout must not be negative")
+        );
         let req = GlobalRequest {
             timeout_to_fail: 10_000_000,
             ..GlobalRequest::new("g", "tcc")
         };
-        assert!(message(options(&req, &config)).contains("timeout_to_fail must be at most"));
+        assert!(message(options(&req, &config, tcc)).contains("timeout_to_fail must be at most"));
     }
 }

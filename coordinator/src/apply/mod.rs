@@ -283,15 +283,37 @@ impl Orchestrator {
         Ok(applied)
     }
 
-    /// A prepared transaction this instance claimed timed out: roll it back with `reason`,
-    /// keeping the lease to cancel its branches. Returns the transaction as it is now.
+    /// A transaction this instance drives turns to rolling back with `reason` (a prepared
+    /// one timed out; a running saga cannot complete), recording what the round did (`done`
+    /// succeeded, `failed` failed) and keeping the lease to undo its branches. Returns the
+    /// transaction as it is now.
     ///
     /// # Errors
     /// A lost lease; a database error.
-    pub async fn time_out(&self, c: &Claimed, reason: String) -> Result<Claimed> {
+    pub async fn roll_back(
+        &self,
+        c: &Claimed,
+        reason: String,
+        done: Vec<(String, Op)>,
+        failed: Vec<(String, Op)>,
+    ) -> Result<Claimed> {
         let applied = self
             .under_lease(c, move |cur, token, now| {
-                txn::timeout::time_out(cur, token, &reason, now)
+                txn::roll_back::roll_back(cur, token, &reason, &done, &failed, now)
+            })
+            .await?;
+        Ok(claimed(applied.current).unwrap_or_else(|| c.clone()))
+    }
+
+    /// Records what a round on a claimed transaction has done so far (`done` succeeded),
+    /// keeping the lease. Returns the transaction as it is now.
+    ///
+    /// # Errors
+    /// A lost lease; a database error.
+    pub async fn progress(&self, c: &Claimed, done: Vec<(String, Op)>) -> Result<Claimed> {
+        let applied = self
+            .under_lease(c, move |cur, token, now| {
+                txn::lease::progress(cur, token, done.clone(), now)
             })
             .await?;
         Ok(claimed(applied.current).unwrap_or_else(|| c.clone()))
@@ -612,7 +634,7 @@ mod tests {
             .unwrap();
         let c = claimed.pop().expect("due after its timeout");
         let c = o
-            .time_out(&c, "Timeout after 35 seconds".into())
+            .roll_back(&c, "Timeout after 35 seconds".into(), vec![], vec![])
             .await
             .unwrap();
         assert_eq!(c.txn.status, GlobalStatus::Aborting);

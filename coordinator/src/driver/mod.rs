@@ -65,8 +65,8 @@ struct Inner {
 pub enum RoundEnd {
     /// The transaction reached this final status.
     Finished(crate::txn::GlobalStatus),
-    /// Work remains; a retry is scheduled.
-    Retrying,
+    /// Work remains; a retry is scheduled. The transaction is in this status.
+    Retrying(crate::txn::GlobalStatus),
     /// Not due yet, or another instance took it over.
     Left,
 }

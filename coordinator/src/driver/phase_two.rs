@@ -1,22 +1,48 @@
-//! Phase 2: confirm, cancel or deliver every branch operation not yet done, stage after
-//! stage as the transaction type's policy says, from the state in memory.
+//! Phase 2: call every branch operation the transaction type's policy says is next, from the
+//! state in memory, until nothing is left to call now.
 //!
-//! Within a stage, operations are called one at a time (in the stage's order), or all at
-//! once when the transaction asked for `concurrent`. Broker-bound steps are not called: the
-//! dispatcher delivers them from the outbox and marks them done. The round ends with one
-//! write: the finished transaction, or what succeeded and when to try again.
+//! The policy picks the operations ([`Policy::next`]): a TCC's confirms last registered
+//! first, a msg's steps in order, a saga's actions along its chain or DAG and its
+//! compensations back along it. Several picked at once are called at once (at most
+//! `--max-concurrent-calls`). Broker-bound steps are not called: the dispatcher delivers them
+//! from the outbox and marks them done. The round ends with one write: the finished
+//! transaction, or what succeeded and when to try again. Before the calls that need it (a
+//! saga's later steps), what the round did so far is written first; when the forward path
+//! cannot complete (a saga's action failed), the transaction turns to rolling back and the
+//! round goes on undoing it.
 
 use tracing::info;
 
+use super::call::CallResult;
 use super::{Driver, RoundEnd};
 use crate::store::{Claimed, StoreError};
-use crate::txn::branch::{after_call, BranchStep};
-use crate::txn::policy::{Order, Policy};
-use crate::txn::target::is_broker;
-use crate::txn::{BranchOp, BranchStatus, Decision, Op};
+use crate::txn::branch::BranchStep;
+use crate::txn::policy::{Due, Limit, Next, Policy};
+use crate::txn::{BranchStatus, Decision, Op, NEVER};
 
 /// Lease left that a call must fit in, beyond its own timeout, ms.
 const LEASE_MARGIN_MS: i64 = 5_000;
+
+/// How [`Driver::end_round`] ended.
+enum Ended {
+    /// The round is over.
+    Round(RoundEnd),
+    /// The transaction turned to rolling back; the round goes on with it.
+    Turned(Box<(Claimed, Progress)>),
+}
+
+/// What a round did that is not yet written.
+#[derive(Default)]
+struct Progress {
+    /// Operations that succeeded.
+    done: Vec<(String, Op)>,
+    /// Operations that failed for good.
+    failed: Vec<(String, Op)>,
+    /// The answer that failed an operation for good, as the rollback reason.
+    failure: Option<String>,
+    /// Held messages may go out.
+    release_held: bool,
+}
 
 impl Driver {
     /// Runs phase 2 of a claimed transaction.
@@ -25,87 +51,178 @@ impl Driver {
     /// A lost lease; a database error.
     pub(super) async fn phase_two(
         &self,
-        c: Claimed,
+        mut c: Claimed,
         policy: &dyn Policy,
     ) -> Result<RoundEnd, StoreError> {
+        let apply = &self.inner.apply;
         let mut lease_until = c.txn.lease_expire;
-        let mut done: Vec<(String, Op)> = Vec::new();
-        let mut release_held = false;
-        for stage in policy.phase_two(c.txn.status) {
-            let mut pending: Vec<&BranchOp> = c
-                .branches
-                .iter()
-                .filter(|b| b.op == stage.op && b.status == BranchStatus::Prepared)
-                .collect();
-            if pending.is_empty() {
+        let mut round = Progress::default();
+        loop {
+            let (ops, checkpoint) = match policy.next(&c.txn, &c.branches) {
+                Next::Finish => {
+                    let status = apply.finish(&c, round.done).await?;
+                    info!(gid = %c.txn.gid, status = %status, "transaction finished");
+                    return Ok(RoundEnd::Finished(status));
+                }
+                Next::Wait { release_held } => {
+                    round.release_held |= release_held;
+                    // Not a failure: look again after a fixed interval, or as soon as the
+                    // dispatcher records a delivery.
+                    let detail = if c.txn.last_error.starts_with("delivery of step") {
+                        // Keep the dispatcher's report of why delivery fails (or that a
+                        // message was dead-lettered).
+                        c.txn.last_error.clone()
+                    } else {
+                        let waiting = c
+                            .branches
+                            .iter()
+                            .filter(|b| b.status == BranchStatus::Prepared && b.op == Op::Action)
+                            .count();
+                        format!("waiting for the broker to acknowledge {waiting} message(s)")
+                    };
+                    match self.end_round(c, policy, round, true, detail).await? {
+                        Ended::Round(end) => return Ok(end),
+                        Ended::Turned(turned) => {
+                            (c, round) = *turned;
+                            continue;
+                        }
+                    }
+                }
+                Next::RollBack => {
+                    let reason = round.failure.take().unwrap_or_else(|| {
+                        "an operation failed for good (its answer was not kept)".to_owned()
+                    });
+                    info!(gid = %c.txn.gid, reason = %reason, "rolling back");
+                    c = self.turn(&c, reason, &mut round).await?;
+                    continue;
+                }
+                Next::Call {
+                    ops,
+                    release_held,
+                    checkpoint,
+                } => {
+                    round.release_held |= release_held;
+                    (ops, checkpoint)
+                }
+            };
+            if checkpoint && !round.done.is_empty() {
+                c = apply.progress(&c, std::mem::take(&mut round.done)).await?;
+            }
+            if let Due::RollBack(reason) = policy.on_due(&c.txn, apply.clock().now_ms()) {
+                info!(gid = %c.txn.gid, reason = %reason, "timed out; rolling back");
+                c = self.turn(&c, reason, &mut round).await?;
                 continue;
             }
-            release_held |= stage.releases_held;
-            if stage.order == Order::Reverse {
-                pending.reverse();
-            }
-            let (waiting, calls): (Vec<&BranchOp>, Vec<&BranchOp>) =
-                pending.into_iter().partition(|b| is_broker(&b.url));
-            let mut failure: Option<(bool, String)> = None;
-            if c.txn.options.concurrent && calls.len() > 1 {
-                // The calls run at once: one lease check covers them all.
-                lease_until = self.ensure_lease(&c, lease_until).await?;
-                // At most max_concurrent_calls at a time, answers in the branches' order.
+            // The calls run at once: one lease check covers them all.
+            lease_until = self.ensure_lease(&c, lease_until).await?;
+            let results = if let [one] = ops.as_slice() {
+                vec![self.call(&c.txn, &c.branches[*one]).await]
+            } else {
+                // At most max_concurrent_calls at a time, answers in the operations' order.
                 let room =
                     tokio::sync::Semaphore::new(self.inner.settings.max_concurrent_calls.max(1));
-                let txn = &c.txn;
-                let results = futures_util::future::join_all(calls.iter().map(|b| {
+                let (txn, branches) = (&c.txn, &c.branches);
+                futures_util::future::join_all(ops.iter().map(|i| {
                     let room = &room;
                     async move {
                         let _turn = room.acquire().await;
-                        self.call(txn, b).await
+                        self.call(txn, &branches[*i]).await
                     }
                 }))
-                .await;
-                for (b, r) in calls.iter().zip(results) {
-                    match self.outcome(&c, b, r) {
-                        None => done.push((b.branch_id.clone(), b.op)),
-                        Some(f) => failure = failure.or(Some(f)),
+                .await
+            };
+            let mut retry: Option<(bool, String)> = None;
+            let mut failed_now = false;
+            for (i, result) in ops.into_iter().zip(results) {
+                let answer = format!(
+                    "{} of branch {} answered {}: {}",
+                    c.branches[i].op,
+                    c.branches[i].branch_id,
+                    result.outcome.as_str(),
+                    result.detail
+                );
+                match self.outcome(&c, policy, i, result) {
+                    Ok(Some(status)) => {
+                        let b = &mut c.branches[i];
+                        b.status = status;
+                        let id = (b.branch_id.clone(), b.op);
+                        if status == BranchStatus::Failed {
+                            failed_now = true;
+                            round.failed.push(id);
+                            round.failure.get_or_insert(answer);
+                        } else {
+                            round.done.push(id);
+                        }
                     }
-                }
-            } else {
-                for b in &calls {
-                    lease_until = self.ensure_lease(&c, lease_until).await?;
-                    let r = self.call(&c.txn, b).await;
-                    match self.outcome(&c, b, r) {
-                        None => done.push((b.branch_id.clone(), b.op)),
-                        Some(f) => {
-                            failure = Some(f);
-                            break;
+                    Ok(None) => {}
+                    Err((ongoing, detail)) => {
+                        if retry.is_none() {
+                            retry = Some((ongoing, detail));
                         }
                     }
                 }
             }
-            if failure.is_none() && !waiting.is_empty() {
-                // Not a failure: look again after a fixed interval, or as soon as the
-                // dispatcher records a delivery.
-                let detail = if c.txn.last_error.starts_with("delivery of step") {
-                    // Keep the dispatcher's report of why delivery fails (or that a message
-                    // was dead-lettered).
-                    c.txn.last_error.clone()
-                } else {
-                    format!(
-                        "waiting for the broker to acknowledge {} message(s)",
-                        waiting.len()
-                    )
-                };
-                failure = Some((true, detail));
+            if failed_now {
+                // The policy decides what a failure does (a saga rolls back).
+                continue;
             }
-            if let Some((ongoing, detail)) = failure {
-                let progressed = !done.is_empty();
-                self.retry(&c, done, release_held, progressed, ongoing, detail)
-                    .await?;
-                return Ok(RoundEnd::Retrying);
+            if let Some((ongoing, detail)) = retry {
+                match self.end_round(c, policy, round, ongoing, detail).await? {
+                    Ended::Round(end) => return Ok(end),
+                    Ended::Turned(turned) => (c, round) = *turned,
+                }
             }
         }
-        let status = self.inner.apply.finish(&c, done).await?;
-        info!(gid = %c.txn.gid, status = %status, "transaction finished");
-        Ok(RoundEnd::Finished(status))
+    }
+
+    /// Turns the transaction to rolling back with `reason`, writing what the round did.
+    async fn turn(
+        &self,
+        c: &Claimed,
+        reason: String,
+        round: &mut Progress,
+    ) -> Result<Claimed, StoreError> {
+        self.inner
+            .apply
+            .roll_back(
+                c,
+                reason,
+                std::mem::take(&mut round.done),
+                std::mem::take(&mut round.failed),
+            )
+            .await
+    }
+
+    /// Ends a round that cannot go on now: records what succeeded and schedules the next
+    /// one. Past its retry limit, a transaction stops being retried, or, if its policy says
+    /// so, rolls back (and the round goes on undoing it).
+    async fn end_round(
+        &self,
+        c: Claimed,
+        policy: &dyn Policy,
+        mut round: Progress,
+        ongoing: bool,
+        detail: String,
+    ) -> Result<Ended, StoreError> {
+        let progressed = !round.done.is_empty();
+        let now = self.inner.apply.clock().now_ms();
+        let (next, note) = self.schedule(&c.txn, progressed, ongoing, detail, now);
+        let next = match policy.after_failures(&c.txn, note.count) {
+            Limit::Retry => next,
+            Limit::Stop => NEVER,
+            Limit::RollBack(reason) => {
+                info!(gid = %c.txn.gid, reason = %reason, last_error = %note.last_error, "retry limit passed; rolling back");
+                let c = self.turn(&c, reason, &mut round).await?;
+                return Ok(Ended::Turned(Box::new((c, round))));
+            }
+        };
+        // A running transaction's timeout is looked at when it passes, not a retry later.
+        let next = policy.deadline(&c.txn).map_or(next, |d| next.min(d));
+        self.inner
+            .apply
+            .schedule_retry(&c, round.done, round.release_held, next, note)
+            .await?;
+        Ok(Ended::Round(RoundEnd::Retrying(c.txn.status)))
     }
 
     /// Renews the lease when less than a call's worth of it is left. Returns its new expiry.
@@ -125,32 +242,43 @@ impl Driver {
         Ok(until)
     }
 
-    /// What a call's result means: `None` when the branch is done, or the failure to
-    /// schedule a retry for (`ongoing`, detail).
+    /// What a call's result means for operation `i`: its new status (`None`: nothing
+    /// changes), or the failure to schedule a retry for (`ongoing`, detail).
     fn outcome(
         &self,
         c: &Claimed,
-        branch: &BranchOp,
-        result: super::call::CallResult,
-    ) -> Option<(bool, String)> {
-        match after_call(branch.status, result.outcome) {
-            BranchStep::Done(Decision::Apply(_) | Decision::AlreadyDone) => None,
+        policy: &dyn Policy,
+        i: usize,
+        result: CallResult,
+    ) -> Result<Option<BranchStatus>, (bool, String)> {
+        let branch = &c.branches[i];
+        let described = || {
+            format!(
+                "{} {} of branch {}: {}",
+                branch.op,
+                result.outcome.as_str(),
+                branch.branch_id,
+                result.detail
+            )
+        };
+        match policy.after_call(&c.txn, branch, result.outcome) {
+            BranchStep::Done(Decision::Apply(status)) => {
+                if status == BranchStatus::Failed {
+                    info!(
+                        gid = %c.txn.gid, branch_id = %branch.branch_id, op = %branch.op,
+                        detail = %result.detail, "branch failed"
+                    );
+                }
+                Ok(Some(status))
+            }
+            BranchStep::Done(Decision::AlreadyDone) => Ok(None),
             BranchStep::Retry { ongoing } => {
                 info!(
                     gid = %c.txn.gid, branch_id = %branch.branch_id, op = %branch.op,
                     outcome = result.outcome.as_str(), detail = %result.detail,
                     "branch not done; will retry"
                 );
-                Some((
-                    ongoing,
-                    format!(
-                        "{} {} of branch {}: {}",
-                        branch.op,
-                        result.outcome.as_str(),
-                        branch.branch_id,
-                        result.detail
-                    ),
-                ))
+                Err((ongoing, described()))
             }
         }
     }

@@ -1,5 +1,6 @@
-//! One round on a claimed transaction: a prepared one that came due is first rolled back (a
-//! TCC) or checked back (a msg), as its type's policy says; then phase 2 runs.
+//! One round on a claimed transaction: one that came due past its timeout is first rolled
+//! back (a TCC, a saga) or checked back (a msg), as its type's policy says; then phase 2
+//! runs.
 
 use tracing::info;
 
@@ -7,9 +8,9 @@ use super::{Driver, RoundEnd};
 use crate::store::{Claimed, StoreError};
 use crate::txn::change::RetryNote;
 use crate::txn::check_back::CheckBack;
-use crate::txn::policy::{policy, DuePrepared};
+use crate::txn::policy::{policy, Due, Limit, Policy};
 use crate::txn::retry::{jitter, retry_delay_ms};
-use crate::txn::{GlobalStatus, GlobalTxn, Op, NEVER};
+use crate::txn::{GlobalStatus, GlobalTxn, NEVER};
 
 impl Driver {
     /// Runs one round of work on a transaction whose lease this instance holds.
@@ -24,33 +25,31 @@ impl Driver {
             apply.release(&c, NEVER).await?;
             return Ok(RoundEnd::Left);
         };
-        if c.txn.status == GlobalStatus::Prepared {
-            match policy.on_due_prepared(&c.txn, apply.clock().now_ms()) {
-                DuePrepared::NotYet(due) => {
-                    apply.release(&c, due).await?;
-                    return Ok(RoundEnd::Left);
-                }
-                DuePrepared::Abort(reason) => {
-                    info!(status = "aborting", reason = %reason, "transaction timed out");
-                    c = apply.time_out(&c, reason).await?;
-                }
-                DuePrepared::CheckBack => {
-                    // The answer must come back while the lease still holds.
-                    self.ensure_lease(&c, c.txn.lease_expire).await?;
-                    match self.check_back(&c.txn).await {
-                        CheckBack::AskAgain { ongoing, detail } => {
-                            info!(detail = %detail, "check-back undecided; will ask again");
-                            self.retry(&c, Vec::new(), false, false, ongoing, detail)
-                                .await?;
-                            return Ok(RoundEnd::Retrying);
-                        }
-                        answer => {
-                            c = apply.check_back(&c, answer).await?;
-                            info!(status = %c.txn.status, "check-back answered");
-                        }
+        match policy.on_due(&c.txn, apply.clock().now_ms()) {
+            Due::NotYet(due) => {
+                apply.release(&c, due).await?;
+                return Ok(RoundEnd::Left);
+            }
+            Due::RollBack(reason) => {
+                info!(status = "aborting", reason = %reason, "transaction timed out");
+                c = apply.roll_back(&c, reason, Vec::new(), Vec::new()).await?;
+            }
+            Due::CheckBack => {
+                // The answer must come back while the lease still holds.
+                self.ensure_lease(&c, c.txn.lease_expire).await?;
+                match self.check_back(&c.txn).await {
+                    CheckBack::AskAgain { ongoing, detail } => {
+                        info!(detail = %detail, "check-back undecided; will ask again");
+                        self.retry(&c, policy, ongoing, detail).await?;
+                        return Ok(RoundEnd::Retrying(c.txn.status));
+                    }
+                    answer => {
+                        c = apply.check_back(&c, answer).await?;
+                        info!(status = %c.txn.status, "check-back answered");
                     }
                 }
             }
+            Due::Drive => {}
         }
         match c.txn.status {
             GlobalStatus::Prepared => {
@@ -68,27 +67,31 @@ impl Driver {
         }
     }
 
-    /// Ends a round that did not finish: records what succeeded (`done`) and schedules the
-    /// next attempt. `progressed` restarts the backoff; `ongoing` (the participant said "not
-    /// yet", or messages await the broker) keeps the interval fixed.
-    pub(super) async fn retry(
+    /// Ends a round that did nothing but ask again later (an undecided check-back): schedules
+    /// the next attempt; `ongoing` (the initiator said "not yet") keeps the interval fixed.
+    async fn retry(
         &self,
         c: &Claimed,
-        done: Vec<(String, Op)>,
-        release_held: bool,
-        progressed: bool,
+        policy: &dyn Policy,
         ongoing: bool,
         last_error: String,
     ) -> Result<(), StoreError> {
         let now = self.inner.apply.clock().now_ms();
-        let (next, note) = self.schedule(&c.txn, progressed, ongoing, last_error, now);
+        let (next, note) = self.schedule(&c.txn, false, ongoing, last_error, now);
+        let next = match policy.after_failures(&c.txn, note.count) {
+            Limit::Retry | Limit::RollBack(_) => next,
+            Limit::Stop => NEVER,
+        };
         self.inner
             .apply
-            .schedule_retry(c, done, release_held, next, note)
+            .schedule_retry(c, Vec::new(), false, next, note)
             .await
     }
 
-    fn schedule(
+    /// When the next attempt after a round that did not finish is due, and the retry
+    /// bookkeeping to record: `progressed` restarts the backoff; `ongoing` (the participant
+    /// said "not yet", or messages await the broker) keeps the interval fixed.
+    pub(super) fn schedule(
         &self,
         txn: &GlobalTxn,
         progressed: bool,
@@ -108,11 +111,10 @@ impl Driver {
             exponent,
             jitter(&(txn.gid.as_str(), txn.retry_count)),
         );
-        let limit_reached = txn.options.retry_limit > 0 && count >= txn.options.retry_limit;
         let mut last_error = last_error;
         crate::store::truncate_utf8(&mut last_error, 2000);
         (
-            if limit_reached { NEVER } else { now + delay },
+            now + delay,
             RetryNote {
                 interval_s: (delay + 999) / 1000,
                 count,

@@ -19,6 +19,7 @@
 //! - [`batch`]: the batched writer every state change goes through.
 //! - [`globals`]: reading transactions (find, list, counts) and operator resets.
 //! - [`branches`]: reading and writing branch operations.
+//! - [`kv`]: DTM's key-value table, which holds topics.
 //! - [`leases`]: claiming due transactions.
 //! - [`outbox`]: the dispatcher's side of the outbox.
 //! - [`retention`]: deleting what finished long ago.
@@ -75,6 +76,7 @@ pub mod branches;
 pub mod callbacks;
 pub mod connect;
 pub mod globals;
+pub mod kv;
 pub mod leases;
 mod migrate;
 pub mod operators;

@@ -110,7 +110,7 @@ mod tests {
     }
 
     #[test]
-    fn a_saga_is_not_driven() {
+    fn a_saga_cannot_be_aborted() {
         let err = abort(&stored(TransType::Saga, Prepared), "", &lease(), 5).unwrap_err();
         assert!(matches!(err, TxnError::Unsupported { .. }));
     }

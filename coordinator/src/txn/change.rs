@@ -82,6 +82,9 @@ pub struct Change {
     pub add_branches: Vec<NewBranch>,
     /// Branch operations done: they become `succeed`.
     pub complete: Vec<(String, Op)>,
+    /// Branch operations that will not be done, or whose effect is rolled back: they become
+    /// `failed` (a saga's failed action, and those that may have run when it turned).
+    pub fail: Vec<(String, Op)>,
     /// Commit the transaction's broker-bound steps to the outbox, in this state.
     pub enqueue: Option<OutboxState>,
     /// When the enqueued messages may go out, ms (a delayed msg); `None`: at once.
@@ -105,6 +108,7 @@ impl Change {
             lease: LeaseWrite::Keep,
             add_branches: Vec::new(),
             complete: Vec::new(),
+            fail: Vec::new(),
             enqueue: None,
             deliver_from: None,
             release_held: false,
@@ -241,11 +245,16 @@ impl Current {
                 self.branches.push(BranchOp::new(&self.gid, b, now));
             }
         }
-        for (branch_id, op) in &change.complete {
-            if let Some(b) = self.branches.iter_mut().find(|b| {
-                &b.branch_id == branch_id && b.op == *op && b.status == BranchStatus::Prepared
-            }) {
-                b.finish(BranchStatus::Succeeded, now);
+        for (done, status) in [
+            (&change.complete, BranchStatus::Succeeded),
+            (&change.fail, BranchStatus::Failed),
+        ] {
+            for (branch_id, op) in done {
+                if let Some(b) = self.branches.iter_mut().find(|b| {
+                    &b.branch_id == branch_id && b.op == *op && b.status == BranchStatus::Prepared
+                }) {
+                    b.finish(status, now);
+                }
             }
         }
         if let Some(to) = change.to {

@@ -2,7 +2,7 @@
 //! waited only for them succeeds, in the same write.
 
 use super::change::{Change, Current, LeaseWrite};
-use super::policy::require;
+use super::policy::{require, Next};
 use super::{BranchStatus, Decision, GlobalStatus, Op, SentMessage, TxnError, NEVER};
 
 /// Decides what the acknowledgement of the messages `sent` (steps of one transaction) does.
@@ -24,20 +24,16 @@ pub fn delivered(
     if t.status != GlobalStatus::Submitted {
         return Ok(Decision::Apply(change));
     }
-    let stages = require(t.trans_type)?.phase_two(t.status);
-    let is_sent = |branch_id: &str| sent.iter().any(|m| m.branch_id == branch_id);
-    let mut left = false;
-    for b in &current.branches {
-        if b.status != BranchStatus::Prepared || !stages.iter().any(|s| s.op == b.op) {
-            continue;
-        }
-        if b.op == Op::Action && is_sent(&b.branch_id) {
+    let policy = require(t.trans_type)?;
+    let mut after = current.branches.clone();
+    for b in &mut after {
+        let acknowledged = sent.iter().any(|m| m.branch_id == b.branch_id);
+        if b.op == Op::Action && b.status == BranchStatus::Prepared && acknowledged {
+            b.status = BranchStatus::Succeeded;
             change.complete.push((b.branch_id.clone(), Op::Action));
-        } else {
-            left = true;
         }
     }
-    if !left {
+    if policy.next(t, &after) == Next::Finish {
         change = change
             .to(GlobalStatus::Succeeded)
             .due(NEVER)

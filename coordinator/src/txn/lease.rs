@@ -40,6 +40,23 @@ pub fn release(
     ))
 }
 
+/// Records what a round has done so far (the operations in `done` succeeded), keeping the
+/// lease: a saga's later steps are called only once this is durable.
+///
+/// # Errors
+/// [`TxnError::LeaseLost`] if another instance took the transaction over.
+pub fn progress(
+    current: &Current,
+    token: &str,
+    done: Vec<(String, Op)>,
+    now: i64,
+) -> Result<Decision<Change>, TxnError> {
+    current.fenced(token)?;
+    let mut change = Change::at(now);
+    change.complete = done;
+    Ok(Decision::Apply(change))
+}
+
 /// How a round that did not finish ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoundLeft {
@@ -112,6 +129,19 @@ mod tests {
         assert_eq!((t.next_cron_time, t.retry_count), (50, 1));
         assert_eq!((t.owner.as_str(), t.lease_token.as_str()), ("", ""));
         assert_eq!(t.last_error, "HTTP 500");
+    }
+
+    #[test]
+    fn progress_records_what_succeeded_and_keeps_the_lease() {
+        let mut c = leased();
+        let Ok(Decision::Apply(change)) = progress(&c, "mine", vec![("01".into(), Op::Action)], 5)
+        else {
+            panic!("recorded");
+        };
+        assert_eq!(change.lease, crate::txn::LeaseWrite::Keep);
+        c.apply(change).unwrap();
+        assert_eq!(c.txn.unwrap().lease_token, "mine");
+        assert!(progress(&leased(), "old", vec![], 5).is_err());
     }
 
     #[test]

@@ -12,14 +12,15 @@
 //!
 //! # Layout
 //! - One transition per file: [`prepare`], [`register`], [`submit`], [`abort`],
-//!   [`force_stop`], [`timeout`] (a prepared TCC timed out), [`check_back`] (a msg's
-//!   check-back answer), [`branch`] (what a branch call's answer means), [`delivered`] (the
-//!   broker acknowledged messages), [`finish`], and
-//!   [`lease`] (renewing, releasing, and the retry schedule of an unfinished round).
-//! - One file per transaction type behind [`policy`]: [`tcc`], [`msg`].
+//!   [`force_stop`], [`roll_back`] (a timeout passed, or a saga's action failed),
+//!   [`check_back`] (a msg's check-back answer), [`branch`] (what a branch call's answer
+//!   means), [`delivered`] (the broker acknowledged messages), [`finish`], and [`lease`]
+//!   (renewing, releasing, a round's progress, and the retry schedule of an unfinished
+//!   round).
+//! - One file per transaction type behind [`policy`]: [`tcc`], [`msg`], [`saga`], [`xa`].
 //! - The types they share: [`change`] (the intent a transition returns), [`model`],
-//!   [`status`], [`outbox`], [`target`] (where a step goes), [`error`]; [`retry`] computes
-//!   backoff.
+//!   [`status`], [`outbox`], [`target`] (where a step goes), [`topic`] (a msg's fan-out),
+//!   [`timeout`], [`error`]; [`retry`] computes backoff.
 
 pub mod abort;
 pub mod branch;
@@ -37,11 +38,15 @@ pub mod policy;
 pub mod prepare;
 pub mod register;
 pub mod retry;
+pub mod roll_back;
+pub mod saga;
 pub mod status;
 pub mod submit;
 pub mod target;
 pub mod tcc;
 pub mod timeout;
+pub mod topic;
+pub mod xa;
 
 pub use change::{Change, Current, Lease, LeaseWrite};
 pub use error::TxnError;

@@ -5,9 +5,14 @@
 //! rolled back but checked back: its initiator says whether the local transaction committed.
 //! A rolled-back msg has nothing to undo.
 
+use settle_protocol::GlobalRequest;
+
 use super::outbox::OutboxState;
-use super::policy::{DuePrepared, Order, Policy, Stage};
-use super::{GlobalStatus, GlobalTxn, Op, TransType};
+use super::policy::{
+    actions, staged, Due, Moment, Next, Order, Policy, Refusal, Stage, Subscribers,
+};
+use super::topic::topic_name;
+use super::{BranchOp, GlobalStatus, GlobalTxn, NewBranch, Op, TransType};
 
 /// The delay a msg's `custom_data` asks for, in seconds: `{"delay": N}` with N a positive
 /// integer. `None` when it asks for none (a delay that is not such a number is refused at the
@@ -51,12 +56,69 @@ impl Policy for Msg {
         true
     }
 
-    fn steps_at_submit(&self) -> bool {
-        false
+    fn check(&self, req: &GlobalRequest, at: Moment) -> Result<(), Refusal> {
+        if let Some(problem) = delay_problem(&req.custom_data) {
+            return Err(Refusal::new("invalid_option", problem));
+        }
+        if at == Moment::Prepare && req.query_prepared.is_empty() {
+            return Err(Refusal::new(
+                "invalid_url",
+                "query_prepared is missing: a prepared msg must say where to check it back",
+            ));
+        }
+        Ok(())
     }
 
-    fn steps_at_prepare(&self) -> bool {
-        true
+    /// A msg's steps, step `i` as branch `0i` (op `action`); a step to `topic://NAME` becomes
+    /// one branch per subscriber of the topic, `0i-01`, `0i-02`, ... (one subscriber keeps
+    /// `0i`), each with the step's payload, as DTM expands it.
+    fn steps(
+        &self,
+        req: &GlobalRequest,
+        _at: Moment,
+        subscribers: &Subscribers,
+    ) -> Result<Vec<NewBranch>, Refusal> {
+        if req.steps.is_empty() {
+            return Err(Refusal::new(
+                "invalid_steps",
+                "a msg needs at least one step",
+            ));
+        }
+        let mut out = Vec::with_capacity(req.steps.len());
+        for step in actions("a msg", &req.steps, &req.payloads, "")? {
+            let Some(topic) = topic_name(&step.url) else {
+                out.push(step);
+                continue;
+            };
+            let urls = subscribers.get(topic).map_or(&[][..], Vec::as_slice);
+            if urls.is_empty() {
+                return Err(Refusal::new(
+                    "topic_not_found",
+                    format!(
+                        "topic not found: step {} goes to topic '{}', which has no subscriber",
+                        step.branch_id,
+                        topic.escape_default()
+                    ),
+                ));
+            }
+            for (j, url) in urls.iter().enumerate() {
+                out.push(NewBranch {
+                    branch_id: if urls.len() == 1 {
+                        step.branch_id.clone()
+                    } else {
+                        format!("{}-{:02}", step.branch_id, j + 1)
+                    },
+                    op: Op::Action,
+                    url: url.clone(),
+                    data: step.data.clone(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn steps_at_submit(&self) -> bool {
+        false
     }
 
     fn outbox_at_commit(&self) -> OutboxState {
@@ -68,14 +130,14 @@ impl Policy for Msg {
         delay_s(&txn.custom_data).map_or(0, |s| s.saturating_mul(1000))
     }
 
-    fn on_timeout(&self, _txn: &GlobalTxn) -> DuePrepared {
-        DuePrepared::CheckBack
+    fn on_timeout(&self, _txn: &GlobalTxn) -> Due {
+        Due::CheckBack
     }
 
-    fn phase_two(&self, status: GlobalStatus) -> &'static [Stage] {
-        match status {
-            GlobalStatus::Submitted => DELIVER,
-            _ => &[],
+    fn next(&self, txn: &GlobalTxn, branches: &[BranchOp]) -> Next {
+        match txn.status {
+            GlobalStatus::Submitted => staged(txn, branches, DELIVER, |_| true),
+            _ => Next::Finish,
         }
     }
 }
@@ -88,14 +150,84 @@ mod tests {
     #[test]
     fn a_msg_that_timed_out_is_checked_back() {
         let t = sample(TransType::Msg, GlobalStatus::Prepared);
-        assert_eq!(Msg.on_due_prepared(&t, 2_000_000), DuePrepared::CheckBack);
+        assert_eq!(Msg.on_due(&t, 2_000_000), Due::CheckBack);
     }
 
     #[test]
     fn a_committed_msg_delivers_its_steps_and_a_rolled_back_one_does_nothing() {
-        assert_eq!(Msg.phase_two(GlobalStatus::Submitted)[0].op, Op::Action);
-        assert!(Msg.phase_two(GlobalStatus::Aborting).is_empty());
+        let step = BranchOp::new(
+            "g",
+            NewBranch {
+                branch_id: "01".into(),
+                op: Op::Action,
+                url: "rocketmq://T?key=k".into(),
+                data: "{}".into(),
+            },
+            1,
+        );
+        let submitted = sample(TransType::Msg, GlobalStatus::Submitted);
+        assert_eq!(
+            Msg.next(&submitted, std::slice::from_ref(&step)),
+            Next::Wait {
+                release_held: false
+            }
+        );
+        let aborting = sample(TransType::Msg, GlobalStatus::Aborting);
+        assert_eq!(Msg.next(&aborting, &[step]), Next::Finish);
         assert_eq!(Msg.outbox_at_commit(), OutboxState::Pending);
+    }
+
+    fn request(actions: &[&str]) -> GlobalRequest {
+        GlobalRequest {
+            steps: actions
+                .iter()
+                .map(|a| [("action".to_owned(), (*a).to_owned())].into())
+                .collect(),
+            payloads: actions.iter().map(|_| "{}".to_owned()).collect(),
+            ..GlobalRequest::new("g", "msg")
+        }
+    }
+
+    #[test]
+    fn a_topic_step_fans_out_to_every_subscriber() {
+        let subscribers = Subscribers::from([
+            (
+                "two".to_owned(),
+                vec!["http://a/1".to_owned(), "http://b/2".to_owned()],
+            ),
+            ("one".to_owned(), vec!["http://c/3".to_owned()]),
+        ]);
+        let ops = Msg
+            .steps(
+                &request(&["topic://two", "topic://one", "http://d/4"]),
+                Moment::Prepare,
+                &subscribers,
+            )
+            .unwrap();
+        let ids: Vec<(&str, &str)> = ops
+            .iter()
+            .map(|o| (o.branch_id.as_str(), o.url.as_str()))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("01-01", "http://a/1"),
+                ("01-02", "http://b/2"),
+                ("02", "http://c/3"),
+                ("03", "http://d/4")
+            ]
+        );
+        let why = Msg
+            .steps(&request(&["topic://none"]), Moment::Prepare, &subscribers)
+            .unwrap_err();
+        assert!(why.message.starts_with("topic not found"), "{why:?}");
+    }
+
+    #[test]
+    fn a_prepared_msg_says_where_to_check_it_back() {
+        let req = request(&["http://a/1"]);
+        assert!(Msg.check(&req, Moment::Prepare).is_err());
+        assert!(Msg.check(&req, Moment::Submit).is_ok());
     }
 
     #[test]

@@ -56,9 +56,9 @@ string_enum! {
         Tcc => names::TCC,
         /// Two-phase message.
         Msg => names::MSG,
-        /// Saga (accepted on the wire, not driven by Settle yet).
+        /// Saga: forward actions, compensated in reverse when one fails.
         Saga => names::SAGA,
-        /// XA (accepted on the wire, not driven by Settle yet).
+        /// XA: branches prepared in their own databases, committed or rolled back.
         Xa => names::XA,
         /// Workflow (accepted on the wire, not driven by Settle yet).
         Workflow => names::WORKFLOW,
@@ -88,7 +88,8 @@ string_enum! {
         Prepared => names::STATUS_PREPARED,
         /// Done.
         Succeeded => names::STATUS_SUCCEED,
-        /// Will not be done (a msg step whose transaction was dropped).
+        /// Will not be done, or its effect is rolled back: a step of a dropped msg, a saga
+        /// action that failed or was under way when its saga turned to compensation.
         Failed => names::STATUS_FAILED,
     }
 }
@@ -106,6 +107,10 @@ string_enum! {
         Action => names::OP_ACTION,
         /// saga compensation.
         Compensate => names::OP_COMPENSATE,
+        /// XA commit.
+        Commit => names::OP_COMMIT,
+        /// XA rollback.
+        Rollback => names::OP_ROLLBACK,
     }
 }
 

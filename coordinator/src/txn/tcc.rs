@@ -6,9 +6,14 @@
 //! abort or timeout) every branch, last registered first; a TCC still prepared after
 //! `timeout_to_fail` rolls back.
 
+use settle_protocol::{GlobalRequest, RegisterBranchRequest};
+
 use super::outbox::OutboxState;
-use super::policy::{DuePrepared, Order, Policy, Stage};
-use super::{GlobalStatus, GlobalTxn, NewBranch, Op, TransType};
+use super::policy::{
+    field, messages_at_submit, staged, Moment, Next, Order, Policy, Refusal, Stage, Subscribers,
+    DELIVER_HELD,
+};
+use super::{BranchOp, GlobalStatus, GlobalTxn, NewBranch, Op, TransType};
 
 /// The TCC policy.
 #[derive(Debug, Clone, Copy)]
@@ -20,11 +25,7 @@ const CONFIRM_THEN_DELIVER: &[Stage] = &[
         order: Order::Reverse,
         releases_held: false,
     },
-    Stage {
-        op: Op::Action,
-        order: Order::Given,
-        releases_held: true,
-    },
+    DELIVER_HELD,
 ];
 
 const CANCEL: &[Stage] = &[Stage {
@@ -42,30 +43,46 @@ impl Policy for Tcc {
         true
     }
 
+    fn steps(
+        &self,
+        req: &GlobalRequest,
+        at: Moment,
+        _subscribers: &Subscribers,
+    ) -> Result<Vec<NewBranch>, Refusal> {
+        messages_at_submit("a TCC's messages", req, at)
+    }
+
     fn steps_at_submit(&self) -> bool {
         true
     }
 
-    fn steps_at_prepare(&self) -> bool {
-        false
+    fn register(&self, req: &RegisterBranchRequest) -> Result<Vec<NewBranch>, Refusal> {
+        for name in ["confirm", "cancel"] {
+            if field(req, name).is_empty() {
+                return Err(Refusal::new(
+                    "invalid_url",
+                    format!("{name} is missing or empty"),
+                ));
+            }
+        }
+        Ok(branch_ops(
+            field(req, "branch_id"),
+            field(req, "data"),
+            field(req, "confirm"),
+            field(req, "cancel"),
+        )
+        .to_vec())
     }
 
     fn outbox_at_commit(&self) -> OutboxState {
         OutboxState::Held
     }
 
-    fn on_timeout(&self, txn: &GlobalTxn) -> DuePrepared {
-        DuePrepared::Abort(format!(
-            "Timeout after {} seconds",
-            txn.options.timeout_to_fail
-        ))
-    }
-
-    fn phase_two(&self, status: GlobalStatus) -> &'static [Stage] {
-        match status {
-            GlobalStatus::Submitted => CONFIRM_THEN_DELIVER,
-            GlobalStatus::Aborting => CANCEL,
-            _ => &[],
+    fn next(&self, txn: &GlobalTxn, branches: &[BranchOp]) -> Next {
+        match txn.status {
+            GlobalStatus::Submitted => staged(txn, branches, CONFIRM_THEN_DELIVER, |_| true),
+            GlobalStatus::Aborting => staged(txn, branches, CANCEL, |_| true),
+            _ => Next::Finish,
         }
     }
 }
@@ -85,28 +102,57 @@ pub fn branch_ops(branch_id: &str, data: &str, confirm: &str, cancel: &str) -> [
 mod tests {
     use super::*;
     use crate::txn::model::sample;
+    use crate::txn::policy::Due;
 
     #[test]
     fn a_tcc_that_timed_out_rolls_back_with_dtms_reason() {
         let t = sample(TransType::Tcc, GlobalStatus::Prepared);
+        assert_eq!(Tcc.on_due(&t, 1_034_999), Due::NotYet(1_035_000));
         assert_eq!(
-            Tcc.on_due_prepared(&t, 1_034_999),
-            DuePrepared::NotYet(1_035_000)
-        );
-        assert_eq!(
-            Tcc.on_due_prepared(&t, 1_035_000),
-            DuePrepared::Abort("Timeout after 35 seconds".into())
+            Tcc.on_due(&t, 1_035_000),
+            Due::RollBack("Timeout after 35 seconds".into())
         );
     }
 
     #[test]
-    fn phase_two_confirms_then_delivers_after_submit_and_cancels_after_abort() {
-        let ops = |s| Tcc.phase_two(s).iter().map(|st| st.op).collect::<Vec<_>>();
-        assert_eq!(ops(GlobalStatus::Submitted), [Op::Confirm, Op::Action]);
-        assert_eq!(ops(GlobalStatus::Aborting), [Op::Cancel]);
-        assert!(ops(GlobalStatus::Prepared).is_empty());
-        assert!(Tcc.phase_two(GlobalStatus::Submitted)[1].releases_held);
+    fn phase_two_confirms_last_first_then_delivers_and_cancels_after_abort() {
+        let ops = branch_ops("01", "{}", "http://c/confirm", "http://c/cancel");
+        let mut branches: Vec<BranchOp> = ops
+            .into_iter()
+            .chain(branch_ops(
+                "02",
+                "{}",
+                "http://c/confirm",
+                "http://c/cancel",
+            ))
+            .map(|b| BranchOp::new("g", b, 1))
+            .collect();
+        let submitted = sample(TransType::Tcc, GlobalStatus::Submitted);
+        let call = |ops: Vec<usize>| Next::Call {
+            ops,
+            release_held: false,
+            checkpoint: false,
+        };
+        assert_eq!(Tcc.next(&submitted, &branches), call(vec![3]));
+        branches[3].status = crate::txn::BranchStatus::Succeeded;
+        assert_eq!(Tcc.next(&submitted, &branches), call(vec![1]));
+        let aborting = sample(TransType::Tcc, GlobalStatus::Aborting);
+        assert_eq!(Tcc.next(&aborting, &branches), call(vec![2]));
         assert_eq!(Tcc.outbox_at_commit(), OutboxState::Held);
+    }
+
+    #[test]
+    fn messages_come_with_the_submit_only() {
+        let mut req = GlobalRequest::new("g", "tcc");
+        req.steps = vec![[("action".to_owned(), "http://a/x".to_owned())].into()];
+        req.payloads = vec!["{}".into()];
+        let none = Subscribers::new();
+        assert!(Tcc.steps(&req, Moment::Prepare, &none).is_err());
+        let ops = Tcc.steps(&req, Moment::Submit, &none).unwrap();
+        assert_eq!(
+            ops[0].branch_id, "m01",
+            "a TCC's messages are branches m01, m02, ..."
+        );
     }
 
     #[test]
