@@ -320,6 +320,64 @@ impl SettleClient {
         }
     }
 
+    /// Drives a global transaction whose branches the initiator calls itself (TCC, XA): opens
+    /// it with `prepare`, runs `body`, then submits `submit`; aborts if `body` or the submit
+    /// fails, unless the submit's outcome is unknown. Returns `body`'s value.
+    ///
+    /// # Errors
+    /// The error of `body`, of the prepare or of the submit (after aborting).
+    pub(crate) async fn drive_global<T>(
+        &self,
+        prepare: &GlobalRequest,
+        submit: &GlobalRequest,
+        body: impl std::future::Future<Output = Result<T, SdkError>>,
+    ) -> Result<T, SdkError> {
+        self.post("prepare", prepare).await?;
+        let result = match body.await {
+            Ok(value) => self.submit_truthfully(submit).await.map(|()| value),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            if matches!(e, SdkError::OutcomeUnknown { .. }) {
+                // It may have committed: an abort now could race its submit. The caller must
+                // find out (query) before doing anything again.
+                tracing::warn!(gid = %submit.gid, error = %e, "submit outcome unknown; not aborting");
+                return result;
+            }
+            if let Err(abort_error) = self.post("abort", submit).await {
+                tracing::warn!(gid = %submit.gid, error = %e, abort_error = %abort_error, "abort after a failed global transaction did not go through; the coordinator rolls it back after its timeout");
+            }
+        }
+        result
+    }
+
+    /// Calls a participant's operation the initiator makes itself (a TCC's Try, an XA
+    /// branch's action): POST `url` with the branch's query `params` (`gid`, `trans_type`,
+    /// `branch_id`, `op`) and `data` as the JSON body. Returns the answer's body.
+    ///
+    /// # Errors
+    /// [`SdkError::Failure`] if it answered FAILURE; any other error of the call.
+    pub async fn call_participant(
+        &self,
+        url: &str,
+        params: [(&str, &str); 4],
+        data: String,
+    ) -> Result<String, SdkError> {
+        let what = format!("{} of branch {}", params[3].1, params[2].1);
+        let response = self
+            .traced(self.http.post(url))
+            .query(&params)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(data)
+            .send()
+            .await
+            .map_err(|source| SdkError::Transport {
+                what: what.clone(),
+                source,
+            })?;
+        check_answer(&what, response).await
+    }
+
     /// A new gid from the coordinator.
     ///
     /// # Errors

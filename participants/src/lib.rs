@@ -4,6 +4,11 @@
 //! - [`client`]: talking to the coordinator (any DTM-compatible server): new gids, queries.
 //! - [`tcc`]: the initiator side of TCC: open a transaction, register and Try branches,
 //!   submit on success and abort on any error.
+//! - [`saga`]: the initiator side of a saga: steps (action and compensation), their order,
+//!   messages sent once it succeeded; one submit.
+//! - [`xa`]: XA on MySQL: the initiator (prepare, call branches, submit or abort) and the
+//!   participant (its local transaction prepared as an XA branch, committed or rolled back
+//!   by the coordinator).
 //! - [`barrier`]: the participant side: DTM's barrier on MySQL, so that each Try, Confirm and
 //!   Cancel runs at most once, a Cancel before its Try does nothing, and a Try after its Cancel
 //!   is refused.
@@ -27,11 +32,15 @@ pub mod client;
 pub mod consumer;
 pub mod handler;
 pub mod msg;
+pub mod saga;
 pub mod tcc;
+pub mod xa;
 
 pub use barrier::{BarrierError, BarrierOutcome, BarrierTable, BranchBarrier};
 pub use client::{SdkError, SettleClient};
 pub use handler::{BranchQuery, BranchResponse};
 pub use msg::Msg;
+pub use saga::Saga;
 pub use settle_protocol as protocol;
 pub use tcc::Tcc;
+pub use xa::Xa;

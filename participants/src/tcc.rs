@@ -25,9 +25,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use settle_protocol::{names, GlobalRequest};
-use tracing::warn;
 
-use crate::client::{check_answer, SdkError, SettleClient};
+use crate::client::{SdkError, SettleClient};
 
 /// A TCC global transaction opened by this service.
 #[derive(Debug, Clone)]
@@ -140,25 +139,19 @@ impl Tcc {
             "cancel": cancel_url,
         });
         self.inner.client.post("registerBranch", &register).await?;
-        let params = [
-            ("gid", self.gid()),
-            ("trans_type", names::TCC),
-            ("branch_id", branch_id.as_str()),
-            ("op", names::OP_TRY),
-        ];
-        let client = &self.inner.client;
-        let response = client
-            .traced(client.http().post(try_url))
-            .query(&params)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(data)
-            .send()
+        self.inner
+            .client
+            .call_participant(
+                try_url,
+                [
+                    ("gid", self.gid()),
+                    ("trans_type", names::TCC),
+                    ("branch_id", branch_id.as_str()),
+                    ("op", names::OP_TRY),
+                ],
+                data,
+            )
             .await
-            .map_err(|source| SdkError::Transport {
-                what: format!("try of branch {branch_id}"),
-                source,
-            })?;
-        check_answer(&format!("try of branch {branch_id}"), response).await
     }
 }
 
@@ -191,22 +184,12 @@ impl SettleClient {
         Fut: Future<Output = Result<T, SdkError>>,
     {
         let tcc = Tcc::with_options(self, request);
-        tcc.prepare().await?;
-        let result = match body(tcc.clone()).await {
-            Ok(value) => tcc.submit().await.map(|()| value),
-            Err(e) => Err(e),
+        let prepare = GlobalRequest {
+            steps: Vec::new(),
+            payloads: Vec::new(),
+            ..tcc.inner.request.clone()
         };
-        if let Err(e) = &result {
-            if matches!(e, SdkError::OutcomeUnknown { .. }) {
-                // It may have committed: an abort now could race its submit. The caller must
-                // find out (query) before doing anything again.
-                warn!(gid = %tcc.gid(), error = %e, "submit outcome unknown; not aborting");
-                return result;
-            }
-            if let Err(abort_error) = tcc.abort().await {
-                warn!(gid = %tcc.gid(), error = %e, abort_error = %abort_error, "abort after a failed TCC did not go through; the coordinator cancels it after its timeout");
-            }
-        }
-        result
+        self.drive_global(&prepare, &tcc.inner.request, body(tcc.clone()))
+            .await
     }
 }

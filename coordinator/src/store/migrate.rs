@@ -83,6 +83,11 @@ pub fn mysql() -> Migrator {
             "key leases",
             include_str!("../../migrations/mysql/0011_key_leases.sql"),
         ),
+        (
+            12,
+            "topics",
+            include_str!("../../migrations/mysql/0012_kv.sql"),
+        ),
     ])
 }
 
@@ -143,6 +148,11 @@ pub fn sqlite() -> Migrator {
             11,
             "key leases",
             include_str!("../../migrations/sqlite/0011_key_leases.sql"),
+        ),
+        (
+            12,
+            "topics",
+            include_str!("../../migrations/sqlite/0012_kv.sql"),
         ),
     ])
 }
