@@ -1,5 +1,6 @@
 //! Crash recovery and several coordinators on one database: the real `settle` process is
-//! killed mid-phase-2 and restarted; two coordinators share a database and confirm each
+//! killed mid-phase-2 (a TCC's confirms, a saga's actions or its compensation) and restarted
+//! or taken over by another instance; two coordinators share a database and confirm each
 //! branch exactly once.
 
 use std::collections::HashMap;
@@ -325,6 +326,119 @@ async fn a_coordinator_killed_with_batches_in_flight_keeps_exactly_what_it_answe
             client.query(gid).await?.branches.is_empty(),
             "{gid}: a refused registration wrote nothing"
         );
+    }
+    second.kill().await?;
+    Ok(())
+}
+
+/// A saga's `submit` body: step `i` goes to `/a{i}` and `/c{i}` of `p`.
+fn saga(gid: &str, p: &Participant, steps: usize) -> serde_json::Value {
+    json!({
+        "gid": gid,
+        "trans_type": "saga",
+        "steps": (0..steps)
+            .map(|i| json!({"action": p.url(&format!("a{i}")), "compensate": p.url(&format!("c{i}"))}))
+            .collect::<Vec<_>>(),
+        "payloads": (0..steps).map(|i| json!({"n": i}).to_string()).collect::<Vec<_>>(),
+    })
+}
+
+/// When `route` of `gid` first answered 200, if it did.
+fn first_success(p: &Participant, gid: &str, route: &str) -> Option<std::time::Instant> {
+    p.calls()
+        .into_iter()
+        .filter(|c| c.params.gid == gid && c.route == route && c.answered == 200)
+        .map(|c| c.at)
+        .min()
+}
+
+/// Every call of `later` for `gid` arrived after `earlier` had answered 200.
+fn in_order(p: &Participant, gid: &str, earlier: &str, later: &str) {
+    let done = first_success(p, gid, earlier).expect("the earlier step succeeded");
+    for c in p.calls() {
+        if c.params.gid == gid && c.route == later {
+            assert!(c.at > done, "{later} ran before {earlier} succeeded");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coordinator_killed_in_the_middle_of_a_sagas_actions_is_taken_over_in_order(
+) -> anyhow::Result<()> {
+    settle_tests::init();
+    let db = TestDb::mysql().await?;
+    let first = SettleProcess::start(BINARY, &db.url, &FAST).await?;
+    let second = SettleProcess::start(BINARY, &db.url, &FAST).await?;
+    let p = Participant::start().await?;
+    // The second action hangs, so the first instance is killed while it waits for it.
+    p.delay("a1", Duration::from_secs(5), 1);
+    let http = reqwest::Client::new();
+    assert_eq!(
+        post(&http, &first.api, "submit", &saga("s-kill", &p, 3)).await,
+        Some(200)
+    );
+    eventually(
+        "the second action to arrive",
+        Duration::from_secs(10),
+        || async { p.arrived("a1") >= 1 },
+    )
+    .await?;
+    first.kill().await?;
+    // The other instance takes it over once the lease runs out.
+    let client = SettleClient::new(second.api.clone());
+    assert_eq!(
+        client.wait_final("s-kill", Duration::from_secs(30)).await?,
+        "succeed"
+    );
+    in_order(&p, "s-kill", "a0", "a1");
+    in_order(&p, "s-kill", "a1", "a2");
+    assert!(p.answers("s-kill", "compensate").is_empty());
+    second.kill().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coordinator_killed_in_the_middle_of_a_sagas_compensation_finishes_it_in_reverse(
+) -> anyhow::Result<()> {
+    settle_tests::init();
+    let db = TestDb::mysql().await?;
+    let first = SettleProcess::start(BINARY, &db.url, &FAST).await?;
+    let p = Participant::start().await?;
+    // The last step fails; the compensation of the one before it hangs, and the instance is
+    // killed while it waits.
+    p.script("a3", &[409]);
+    p.delay("c2", Duration::from_secs(5), 1);
+    let http = reqwest::Client::new();
+    assert_eq!(
+        post(&http, &first.api, "submit", &saga("c-kill", &p, 4)).await,
+        Some(200)
+    );
+    eventually(
+        "a compensation to hang",
+        Duration::from_secs(10),
+        || async { p.arrived("c2") >= 1 },
+    )
+    .await?;
+    first.kill().await?;
+    let second = SettleProcess::start(BINARY, &db.url, &FAST).await?;
+    let client = SettleClient::new(second.api.clone());
+    assert_eq!(
+        client.wait_final("c-kill", Duration::from_secs(30)).await?,
+        "failed"
+    );
+    let failed = p
+        .calls()
+        .into_iter()
+        .find(|c| c.params.gid == "c-kill" && c.route == "a3")
+        .map(|c| c.at)
+        .expect("the failing action was called");
+    assert!(p
+        .calls()
+        .iter()
+        .filter(|c| c.params.gid == "c-kill" && c.route.starts_with('c'))
+        .all(|c| c.at > failed));
+    for (earlier, later) in [("c3", "c2"), ("c2", "c1"), ("c1", "c0")] {
+        in_order(&p, "c-kill", earlier, later);
     }
     second.kill().await?;
     Ok(())
