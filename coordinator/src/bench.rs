@@ -12,6 +12,10 @@
 //! `--sweep 8,16,32,64` repeats the run at each concurrency; `--csv` writes every run as a
 //! row and `--svg` draws throughput and p99 latency against concurrency for each server.
 //!
+//! `--mode saga` runs two-step sagas instead: each worker submits a saga (one request; the
+//! coordinator then calls the first action, then the second), and a saga counts once both
+//! its actions reached the participant. Its latency is the initiator's `submit`.
+//!
 //! `--mode msg` runs transactional messages instead: each worker prepares and submits msgs
 //! whose one step publishes to RocketMQ (`rocketmq://TOPIC?key=K`), spread over `--keys`
 //! sharding keys, and the bench consumes the topic back in order (an orderly consumer on the
@@ -50,6 +54,8 @@ use sqlx::Connection;
 pub enum Mode {
     /// TCC transactions with two branches.
     Tcc,
+    /// Sagas of two steps (one `submit` each; the coordinator calls both actions).
+    Saga,
     /// Transactional messages to RocketMQ, consumed back in order.
     Msg,
     /// Crash recovery: start a coordinator, put `-n` TCCs in flight (their confirms answer
@@ -265,8 +271,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("concurrency, --transactions and --duration-s must be positive");
     }
     if let Some(rate) = args.rate {
-        if !(rate > 0.0 && rate.is_finite()) || args.mode != Mode::Tcc || !args.sweep.is_empty() {
-            bail!("--rate must be a positive number of transactions per second, in tcc mode, without --sweep");
+        let open_loop_fits = rate > 0.0
+            && rate.is_finite()
+            && matches!(args.mode, Mode::Tcc | Mode::Saga)
+            && args.sweep.is_empty();
+        if !open_loop_fits {
+            bail!("--rate must be a positive number of transactions per second, in tcc or saga mode, without --sweep");
         }
     }
     if args.raw && args.database_url.is_none() {
@@ -277,7 +287,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return recovery(&args, max_c).await;
     }
     let consumer = match args.mode {
-        Mode::Tcc | Mode::Recovery => None,
+        Mode::Tcc | Mode::Saga | Mode::Recovery => None,
         Mode::Msg => {
             let Some(namesrv) = &args.rocketmq else {
                 bail!("--mode msg needs --rocketmq (the name server the coordinator publishes to)");
@@ -320,10 +330,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     let level = args
                         .rate
                         .map_or_else(|| format!("c={c}"), |rate| format!("rate={rate}/s"));
+                    let what = if args.mode == Mode::Saga {
+                        "saga (submit)"
+                    } else {
+                        "tcc (prepare..submit)"
+                    };
                     println!(
                         "{name} {level}: {:.1} settled tx/s; {}",
                         r.settled_per_s,
-                        r.figures.line("tcc (prepare..submit)")
+                        r.figures.line(what)
                     );
                     r
                 }
@@ -384,6 +399,7 @@ async fn one_run(
     args: &BenchArgs,
 ) -> anyhow::Result<Run> {
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let mode = args.mode;
     let confirms_before = participant.confirms.load(Ordering::Relaxed);
     let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -402,7 +418,7 @@ async fn one_run(
             open_loop(rate, total, &stop, started.into(), |i| {
                 let (http, server, base) = (http.clone(), server.clone(), base.clone());
                 let gid = format!("bench-{run_id}-{i}");
-                async move { one_tcc(&http, &server, &base, &gid).await }
+                async move { one_transaction(mode, &http, &server, &base, &gid).await }
             })
             .await
         });
@@ -429,7 +445,8 @@ async fn one_run(
                     return Ok(latencies);
                 }
                 let t0 = Instant::now();
-                one_tcc(&http, &server, &base, &format!("bench-{run_id}-{i}")).await?;
+                one_transaction(mode, &http, &server, &base, &format!("bench-{run_id}-{i}"))
+                    .await?;
                 latencies.push(t0.elapsed());
             }
         });
@@ -441,7 +458,7 @@ async fn one_run(
     while participant.confirms.load(Ordering::Relaxed) < want {
         if Instant::now() > deadline {
             bail!(
-                "{name}: only {} of {} confirms arrived within {}s",
+                "{name}: only {} of {} confirms (or saga actions) arrived within {}s",
                 participant.confirms.load(Ordering::Relaxed) - confirms_before,
                 2 * done,
                 args.settle_timeout_s
@@ -1021,6 +1038,45 @@ async fn expect_ok(response: reqwest::Result<reqwest::Response>, what: &str) -> 
     Ok(())
 }
 
+/// One transaction of `mode` (TCC or saga) through `server`, with branches served at `base`.
+async fn one_transaction(
+    mode: Mode,
+    http: &reqwest::Client,
+    server: &str,
+    base: &str,
+    gid: &str,
+) -> anyhow::Result<()> {
+    if mode == Mode::Saga {
+        one_saga(http, server, base, gid).await
+    } else {
+        one_tcc(http, server, base, gid).await
+    }
+}
+
+/// A two-step saga, as DTM's clients submit it: the coordinator calls both actions.
+async fn one_saga(
+    http: &reqwest::Client,
+    server: &str,
+    base: &str,
+    gid: &str,
+) -> anyhow::Result<()> {
+    let step = || {
+        std::collections::BTreeMap::from([
+            ("action".to_owned(), format!("{base}/action")),
+            ("compensate".to_owned(), format!("{base}/compensate")),
+        ])
+    };
+    let saga = GlobalRequest {
+        steps: vec![step(), step()],
+        payloads: vec![
+            json!({"amount": 30, "step": 1}).to_string(),
+            json!({"amount": 30, "step": 2}).to_string(),
+        ],
+        ..GlobalRequest::new(gid, names::SAGA)
+    };
+    post_ok(http, server, "submit", &saga).await
+}
+
 async fn one_tcc(
     http: &reqwest::Client,
     server: &str,
@@ -1055,8 +1111,8 @@ async fn one_tcc(
     post_ok(http, server, "submit", &global).await
 }
 
-/// A participant that answers every call with success and counts confirms; while `hold` is
-/// set, confirms answer ONGOING instead.
+/// A participant that answers every call with success and counts confirms and saga actions;
+/// while `hold` is set, those answer ONGOING instead.
 struct Participant {
     base: String,
     confirms: Arc<AtomicU64>,
@@ -1074,25 +1130,27 @@ impl Participant {
             .route("/try", post(ok))
             .route("/cancel", post(ok))
             .route("/queryPrepared", axum::routing::get(ok).post(ok))
-            .route(
-                "/confirm",
-                post(move || {
-                    let (counter, holding) = (counter.clone(), holding.clone());
-                    async move {
-                        if holding.load(Ordering::Relaxed) {
-                            return (
-                                axum::http::StatusCode::TOO_EARLY,
-                                axum::Json(json!({"dtm_result": "ONGOING"})),
-                            );
-                        }
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        (
-                            axum::http::StatusCode::OK,
-                            axum::Json(json!({"dtm_result": "SUCCESS"})),
-                        )
-                    }
-                }),
-            );
+            .route("/compensate", post(ok));
+        // A confirm, or a saga's action, completes a branch.
+        let complete = post(move || {
+            let (counter, holding) = (counter.clone(), holding.clone());
+            async move {
+                if holding.load(Ordering::Relaxed) {
+                    return (
+                        axum::http::StatusCode::TOO_EARLY,
+                        axum::Json(json!({"dtm_result": "ONGOING"})),
+                    );
+                }
+                counter.fetch_add(1, Ordering::Relaxed);
+                (
+                    axum::http::StatusCode::OK,
+                    axum::Json(json!({"dtm_result": "SUCCESS"})),
+                )
+            }
+        });
+        let app = app
+            .route("/confirm", complete.clone())
+            .route("/action", complete);
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
         tokio::spawn(async move {

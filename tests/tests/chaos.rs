@@ -1,5 +1,5 @@
 //! A minute of chaos: three coordinators on one database (one with its clock 30 s fast),
-//! transfers, ordered orders and plain TCCs and messages through a load balancer, and a
+//! transfers, ordered orders and plain TCCs, messages and sagas through a load balancer, and a
 //! seeded schedule of faults (coordinators killed and paused, the database crashed, paused,
 //! black-holed and its connections reset, participants slow or down, their database
 //! black-holed, the broker restarted or black-holed, Redis restarted and its connections
@@ -43,8 +43,10 @@ async fn a_minute_of_seeded_faults_breaks_no_promise() -> anyhow::Result<()> {
         report.transfers.1 > 0
             && report.order_steps.committed > 0
             && report.plain_tccs.1 > 0
-            && report.plain_messages.1 > 0,
-        "the workloads committed nothing:\n{report}"
+            && report.plain_messages.1 > 0
+            && report.plain_sagas.1 > 0
+            && report.plain_sagas.2 > 0,
+        "a workload committed nothing, or no saga was compensated:\n{report}"
     );
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! `settle-chaos --seed S --duration D`: runs Settle's chaos (three coordinators, transfers,
-//! ordered orders and plain TCCs and messages, a seeded schedule of faults), checks every
+//! ordered orders and plain TCCs, messages and sagas, a seeded schedule of faults), checks every
 //! invariant and prints the report. Exits 1 if a promise was broken. See `settle_tests::chaos`.
 //!
 //! Needs MariaDB's and Redis's server programs (`deploy/services.sh start` installs them) and

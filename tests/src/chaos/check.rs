@@ -77,8 +77,43 @@ impl fmt::Display for Violation {
     }
 }
 
+/// What a participant answered to one operation of one branch (a gid, a branch id and a
+/// route): how often, and when first, as numbers in the participant's own count of the calls
+/// it answered (the first call answered is 1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Answers {
+    /// Calls answered 200.
+    pub ok: u32,
+    /// Calls answered anything else.
+    pub other: u32,
+    /// The number of the first call.
+    pub first: u64,
+    /// The number of the first call answered 200.
+    pub first_ok: Option<u64>,
+}
+
+impl Answers {
+    /// Records call number `n`, answered 200 (`ok`) or not.
+    pub fn record(&mut self, n: u64, ok: bool) {
+        if !self.called() {
+            self.first = n;
+        }
+        if ok {
+            self.ok += 1;
+            self.first_ok.get_or_insert(n);
+        } else {
+            self.other += 1;
+        }
+    }
+
+    /// Whether it was called at all.
+    pub fn called(&self) -> bool {
+        self.ok + self.other > 0
+    }
+}
+
 /// Every kind of violation, in report order.
-pub const KINDS: [&str; 12] = [
+pub const KINDS: [&str; 15] = [
     "not settled",
     "told committed, did not commit",
     "told not committed, committed",
@@ -91,10 +126,15 @@ pub const KINDS: [&str; 12] = [
     "per-key order broken",
     "cache older than the database",
     "cache version went back",
+    "saga step not done or undone",
+    "saga step called when not due",
+    "saga step out of order",
 ];
 
-const SUCCEED: &str = "succeed";
-const FAILED: &str = "failed";
+/// A transaction's status once it committed (a saga: once every action succeeded).
+pub const SUCCEED: &str = "succeed";
+/// A transaction's status once it rolled back (a saga: once it was compensated).
+pub const FAILED: &str = "failed";
 
 /// Checks every invariant; returns the violations (none when every promise held) and the
 /// duplicates absorbed (messages received more than once).
@@ -109,12 +149,13 @@ pub fn check(e: &Evidence) -> (Vec<Violation>, usize) {
     }
     let committed = |gid: &str| e.statuses.get(gid).is_some_and(|s| s == SUCCEED);
 
-    // What each initiator was told, against what happened.
-    let told = e
-        .transfers
-        .iter()
-        .map(|t| (&t.gid, t.told))
-        .chain(e.plain.iter().map(|t| (&t.gid, t.told)));
+    // What each initiator was told, against what happened (a saga's, below).
+    let told = e.transfers.iter().map(|t| (&t.gid, t.told)).chain(
+        e.plain
+            .iter()
+            .filter(|t| t.kind != PlainKind::Saga)
+            .map(|t| (&t.gid, t.told)),
+    );
     for (gid, told) in told {
         match told {
             Told::Committed if !committed(gid) => add(
@@ -124,11 +165,23 @@ pub fn check(e: &Evidence) -> (Vec<Violation>, usize) {
                     e.statuses.get(gid).map_or("unknown", String::as_str)
                 ),
             ),
-            Told::NotCommitted if committed(gid) => add(KINDS[2], gid.clone()),
+            Told::NotCommitted | Told::RolledBack if committed(gid) => add(KINDS[2], gid.clone()),
             _ => {}
         }
     }
     check_plain(e, &mut add);
+    for t in e.plain.iter().filter(|t| t.kind == PlainKind::Saga) {
+        let status = e.statuses.get(&t.gid).map(String::as_str);
+        saga_told(&t.gid, t.told, status, &mut add);
+        let calls = SagaCalls::read(&t.after, |branch, route| {
+            e.plain_calls
+                .get(&(t.gid.clone(), branch.to_owned(), route.to_owned()))
+                .copied()
+                .unwrap_or_default()
+        });
+        saga_outcome(&t.gid, status, &calls, &mut add);
+        saga_order(&t.gid, &calls, &mut add);
+    }
 
     // The books: every account holds its opening balance moved by exactly the committed
     // transfers, nothing is left frozen or incoming.
@@ -318,14 +371,14 @@ fn check_plain(e: &Evidence, add: &mut impl FnMut(&'static str, String)) {
     let ok = |gid: &str, branch: &str, route: &str| {
         e.plain_calls
             .get(&(gid.to_owned(), branch.to_owned(), route.to_owned()))
-            .map_or(0, |c| c.0)
+            .map_or(0, |c| c.ok)
     };
     let called = |gid: &str, branch: &str, route: &str| {
         e.plain_calls
             .get(&(gid.to_owned(), branch.to_owned(), route.to_owned()))
-            .is_some_and(|c| c.0 + c.1 > 0)
+            .is_some_and(Answers::called)
     };
-    for t in &e.plain {
+    for t in e.plain.iter().filter(|t| t.kind != PlainKind::Saga) {
         let status = e.statuses.get(&t.gid).map(String::as_str);
         let branches = (1..=plain::BRANCHES).map(|n| format!("{n:02}"));
         for b in branches {
@@ -372,9 +425,176 @@ fn check_plain(e: &Evidence, add: &mut impl FnMut(&'static str, String)) {
                         );
                     }
                 }
+                // Left out above; see `saga_outcome`.
+                (PlainKind::Saga, _) => {}
             }
             if called(gid, &b, "confirm") && ok(gid, &b, "try") == 0 {
                 add(KINDS[6], format!("{gid} branch {b} (plain load)"));
+            }
+        }
+    }
+}
+
+/// One saga as its participant saw it: the order of its steps and what each step's action
+/// and compensate were answered.
+#[derive(Debug, Clone)]
+pub struct SagaCalls<'a> {
+    /// The steps each step runs after (in a chain, the one before it).
+    pub after: &'a [Vec<usize>],
+    /// What each step's action was answered.
+    pub action: Vec<Answers>,
+    /// What each step's compensate was answered.
+    pub compensate: Vec<Answers>,
+}
+
+impl<'a> SagaCalls<'a> {
+    /// The saga whose steps run after `after`, with what `answers` (given a branch id and
+    /// `action` or `compensate`) says each operation was answered.
+    pub fn read(after: &'a [Vec<usize>], answers: impl Fn(&str, &str) -> Answers) -> Self {
+        let of = |op: &str| {
+            (0..after.len())
+                .map(|i| answers(&saga_branch(i), op))
+                .collect()
+        };
+        Self {
+            after,
+            action: of("action"),
+            compensate: of("compensate"),
+        }
+    }
+}
+
+/// The branch id of a saga's step `i` (counted from 0), as the coordinator numbers them.
+pub fn saga_branch(i: usize) -> String {
+    format!("{:02}", i + 1)
+}
+
+/// What a saga's initiator was told by its `submit`, against the store (`status`, none if
+/// the saga is not there). Submitted (`Ok`), it must be stored (and then end, which "not
+/// settled" checks); told it rolls back (a FAILURE), it must be stored and not succeed; told
+/// anything else that says it was not stored, it must not be there. Unknown allows all.
+pub fn saga_told(
+    gid: &str,
+    told: Told,
+    status: Option<&str>,
+    add: &mut impl FnMut(&'static str, String),
+) {
+    match (told, status) {
+        (Told::Committed, None) => add(
+            KINDS[1],
+            format!("{gid}: saga submitted, not in the store"),
+        ),
+        (Told::RolledBack, None) => add(
+            KINDS[1],
+            format!("{gid}: saga told it rolls back, not in the store"),
+        ),
+        (Told::RolledBack, Some(SUCCEED)) => add(
+            KINDS[2],
+            format!("{gid}: saga told it rolls back, succeeded"),
+        ),
+        (Told::NotCommitted, Some(status)) => add(
+            KINDS[2],
+            format!("{gid}: saga refused, yet stored ({status})"),
+        ),
+        _ => {}
+    }
+}
+
+/// A saga's steps against its outcome (`status` in the store, none if not there):
+///
+/// - `succeed`: every action answered 200 at least once, no compensate called at all (one
+///   runs only once the saga turned to compensation, which it never turns back from);
+/// - `failed`: every step whose action was called (whatever it answered, it may have run)
+///   compensated with a 200 at least once;
+/// - whatever the status: no compensate of a step whose action was never called unless
+///   every step it runs after had an action answered 200. The coordinator compensates a step
+///   whose action it never called only when that action could have run (it was due, and is
+///   marked failed when the saga turns), so a step that was never due is never compensated.
+///   Whether such a due step was marked cannot be told from the participant (the answer of
+///   a predecessor's 200 may have been lost), so its compensate is allowed, not required;
+/// - a saga not in the store had no step called at all.
+///
+/// A still-running saga is held to the last two only ("not settled" reports it). A late
+/// action, arriving after its step was compensated (sent by a coordinator paused while
+/// another took the saga over, or retried after its answer was lost), breaks nothing here:
+/// it was called, so its step is compensated, as required.
+pub fn saga_outcome(
+    gid: &str,
+    status: Option<&str>,
+    s: &SagaCalls<'_>,
+    add: &mut impl FnMut(&'static str, String),
+) {
+    for (i, before) in s.after.iter().enumerate() {
+        let (action, compensate) = (&s.action[i], &s.compensate[i]);
+        let step = saga_branch(i);
+        if status.is_none() && (action.called() || compensate.called()) {
+            add(
+                KINDS[13],
+                format!("{gid}: not in the store, yet step {step} was called"),
+            );
+        }
+        if status == Some(SUCCEED) && action.ok == 0 {
+            add(
+                KINDS[12],
+                format!("{gid} succeeded; the action of step {step} never answered 200"),
+            );
+        }
+        if status == Some(SUCCEED) && compensate.called() {
+            add(
+                KINDS[13],
+                format!("{gid} succeeded, yet step {step} was compensated"),
+            );
+        }
+        if status == Some(FAILED) && action.called() && compensate.ok == 0 {
+            add(
+                KINDS[12],
+                format!("{gid} failed; step {step} was called and never compensated"),
+            );
+        }
+        let due = before.iter().all(|p| s.action[*p].ok > 0);
+        if status.is_some() && compensate.called() && !action.called() && !due {
+            add(
+                KINDS[13],
+                format!("{gid}: step {step} compensated, yet its action was never called nor due"),
+            );
+        }
+    }
+}
+
+/// The order of a saga's calls, for every step `j` and every step `i` it runs after:
+///
+/// - forward: every call of action `j` comes after the first 200 of action `i` (the
+///   coordinator calls an action once those it runs after succeeded, and has that success
+///   written first);
+/// - back: when both were compensated, every call of compensate `i` comes after the first
+///   200 of compensate `j`. A compensate is called at all only for a step whose action was
+///   not left untouched when the saga turned (which the same write that turns it records),
+///   and then step `i` waits for it to succeed.
+///
+/// Both hold under the chaos's faults: a coordinator decides a call from what it read or
+/// was answered before, so a late call (from a coordinator paused mid-round, resumed after
+/// another took over) or a repeated one (its answer lost) still comes after what allowed
+/// it. What is not checked is an action's call after its own compensation (a late call can
+/// do that; a participant's barrier turns it into nothing).
+pub fn saga_order(gid: &str, s: &SagaCalls<'_>, add: &mut impl FnMut(&'static str, String)) {
+    let after = |first: &Answers, then: &Answers| first.first_ok.is_some_and(|n| n < then.first);
+    for (j, before) in s.after.iter().enumerate() {
+        for &i in before {
+            let (a, b) = (saga_branch(i), saga_branch(j));
+            if s.action[j].called() && !after(&s.action[i], &s.action[j]) {
+                add(
+                    KINDS[14],
+                    format!("{gid}: action of step {b} called before the action of step {a}, which it runs after, succeeded"),
+                );
+            }
+            if s.compensate[i].called()
+                && s.compensate[j].called()
+                && !after(&s.compensate[j], &s.compensate[i])
+            {
+                add(
+                    KINDS[14],
+                    format!("{gid}: step {a} compensated before step {b}, which runs after it, was"),
+                );
             }
         }
     }
@@ -439,6 +659,16 @@ mod tests {
 
     fn kinds(e: &Evidence) -> Vec<&'static str> {
         check(e).0.into_iter().map(|v| v.kind).collect()
+    }
+
+    /// `ok` calls answered 200 and `other` not.
+    fn answered(ok: u32, other: u32) -> Answers {
+        Answers {
+            ok,
+            other,
+            first: 1,
+            first_ok: (ok > 0).then_some(1),
+        }
     }
 
     #[test]
@@ -536,10 +766,10 @@ mod tests {
         ];
         for (gid, branch, route) in calls {
             e.plain_calls
-                .insert((gid.into(), branch.into(), route.into()), (1, 0));
+                .insert((gid.into(), branch.into(), route.into()), answered(1, 0));
         }
         e.plain_calls
-            .insert(("pu".into(), "02".into(), "try".into()), (0, 1));
+            .insert(("pu".into(), "02".into(), "try".into()), answered(0, 1));
         for (gid, kind, told, status) in [
             ("pt", PlainKind::Tcc, Told::Committed, "succeed"),
             ("pu", PlainKind::Tcc, Told::NotCommitted, "failed"),
@@ -550,6 +780,7 @@ mod tests {
                 gid: gid.into(),
                 kind,
                 told,
+                after: vec![],
             });
             e.statuses.insert(gid.into(), status.into());
         }
@@ -570,18 +801,254 @@ mod tests {
         // A rolled-back TCC confirmed, even by a call that failed; a confirm with no Try.
         let mut e = plain_sound();
         e.plain_calls
-            .insert(("pu".into(), "02".into(), "confirm".into()), (0, 1));
+            .insert(("pu".into(), "02".into(), "confirm".into()), answered(0, 1));
         assert_eq!(kinds(&e), vec![KINDS[5], KINDS[6]]);
         // A committed message missing a step; an uncommitted one delivered.
         let mut e = plain_sound();
         e.plain_calls
-            .insert(("pm".into(), "02".into(), "step".into()), (0, 3));
+            .insert(("pm".into(), "02".into(), "step".into()), answered(0, 3));
         e.plain_calls
-            .insert(("pn".into(), "01".into(), "step".into()), (0, 1));
+            .insert(("pn".into(), "01".into(), "step".into()), answered(0, 1));
         assert_eq!(kinds(&e), vec![KINDS[7], KINDS[8]]);
         // What the initiator was told, against the store.
         let mut e = plain_sound();
         e.plain[3].told = Told::Committed;
         assert_eq!(kinds(&e), vec![KINDS[1]]);
+    }
+
+    const CHAIN: [&[usize]; 3] = [&[], &[0], &[1]];
+    const FORK_JOIN: [&[usize]; 3] = [&[], &[], &[0, 1]];
+
+    fn shape(after: &[&[usize]]) -> Vec<Vec<usize>> {
+        after.iter().map(|b| b.to_vec()).collect()
+    }
+
+    /// A saga's calls as its participant answered them, in this order: (step, action or
+    /// compensate, answered 200).
+    fn saga<'a>(after: &'a [Vec<usize>], calls: &[(usize, &str, bool)]) -> SagaCalls<'a> {
+        let mut s = SagaCalls::read(after, |_, _| Answers::default());
+        for (n, (step, op, ok)) in (1..).zip(calls) {
+            let of = if *op == "action" {
+                &mut s.action
+            } else {
+                &mut s.compensate
+            };
+            of[*step].record(n, *ok);
+        }
+        s
+    }
+
+    /// The kinds `saga_outcome` and `saga_order` find.
+    fn saga_kinds(status: Option<&str>, s: &SagaCalls<'_>) -> Vec<&'static str> {
+        let mut found = Vec::new();
+        let mut add = |kind, _| found.push(kind);
+        saga_outcome("s", status, s, &mut add);
+        saga_order("s", s, &mut add);
+        found
+    }
+
+    const A: &str = "action";
+    const C: &str = "compensate";
+
+    #[test]
+    fn answers_count_calls_and_remember_the_first_and_the_first_success() {
+        let mut a = Answers::default();
+        assert!(!a.called());
+        a.record(4, false);
+        a.record(7, true);
+        a.record(9, true);
+        assert_eq!(
+            a,
+            Answers {
+                ok: 2,
+                other: 1,
+                first: 4,
+                first_ok: Some(7)
+            }
+        );
+    }
+
+    #[test]
+    fn a_succeeded_saga_has_every_action_done_and_nothing_compensated() {
+        let chain = shape(&CHAIN);
+        let ok = saga(
+            &chain,
+            &[(0, A, false), (0, A, true), (1, A, true), (2, A, true), (2, A, true)],
+        );
+        assert!(saga_kinds(Some(SUCCEED), &ok).is_empty());
+        let missing = saga(&chain, &[(0, A, true), (1, A, true), (2, A, false)]);
+        assert_eq!(saga_kinds(Some(SUCCEED), &missing), [KINDS[12]]);
+        // Compensated at all, even by a call that failed.
+        let undone = saga(
+            &chain,
+            &[(0, A, true), (1, A, true), (2, A, true), (2, C, false)],
+        );
+        assert_eq!(saga_kinds(Some(SUCCEED), &undone), [KINDS[13]]);
+    }
+
+    #[test]
+    fn a_failed_saga_compensates_every_step_it_called() {
+        let chain = shape(&CHAIN);
+        // Step 1 refused (409): it and step 0 are compensated, step 2 never runs.
+        let sound = [
+            (0, A, true),
+            (1, A, false),
+            (1, C, false),
+            (1, C, true),
+            (0, C, true),
+        ];
+        assert!(saga_kinds(Some(FAILED), &saga(&chain, &sound)).is_empty());
+        // The refused step itself is compensated too: it may have done something.
+        assert_eq!(
+            saga_kinds(Some(FAILED), &saga(&chain, &[(0, A, true), (1, A, false), (0, C, true)])),
+            [KINDS[12]]
+        );
+        // A compensate that never succeeded.
+        assert_eq!(
+            saga_kinds(
+                Some(FAILED),
+                &saga(&chain, &[(0, A, true), (1, A, false), (1, C, true), (0, C, false)])
+            ),
+            [KINDS[12]]
+        );
+        // Still running, it is held to nothing it may yet do.
+        let running = saga(&chain, &[(0, A, true), (1, A, false)]);
+        assert!(saga_kinds(Some("aborting"), &running).is_empty());
+    }
+
+    #[test]
+    fn only_a_step_that_was_due_may_be_compensated_without_its_action() {
+        let chain = shape(&CHAIN);
+        // The saga timed out after step 0 succeeded, before step 1 was called: step 1 was
+        // due, so it was marked failed and is compensated (allowed, not required).
+        let due = [(0, A, true), (1, C, true), (0, C, true)];
+        assert!(saga_kinds(Some(FAILED), &saga(&chain, &due)).is_empty());
+        let unmarked = [(0, A, true), (0, C, true)];
+        assert!(saga_kinds(Some(FAILED), &saga(&chain, &unmarked)).is_empty());
+        // Step 2 was never due (step 1 never succeeded).
+        let not_due = [(0, A, true), (1, A, false), (2, C, true), (1, C, true), (0, C, true)];
+        assert_eq!(
+            saga_kinds(Some(FAILED), &saga(&chain, &not_due)),
+            [KINDS[13]]
+        );
+        // A saga not in the store is never called.
+        assert_eq!(saga_kinds(None, &saga(&chain, &[(0, A, false)])), [KINDS[13]]);
+        assert!(saga_kinds(None, &saga(&chain, &[])).is_empty());
+    }
+
+    #[test]
+    fn a_chain_runs_forward_in_order_and_compensates_back_in_reverse() {
+        let chain = shape(&CHAIN);
+        // Action 1 called before action 0 succeeded (its first call failed).
+        let early = [(0, A, false), (1, A, true), (0, A, true), (2, A, true)];
+        assert_eq!(saga_kinds(Some(SUCCEED), &saga(&chain, &early)), [KINDS[14]]);
+        // Compensate 0 called before compensate 1 succeeded, even if it failed then.
+        let back = [
+            (0, A, true),
+            (1, A, false),
+            (0, C, false),
+            (1, C, true),
+            (0, C, true),
+        ];
+        assert_eq!(saga_kinds(Some(FAILED), &saga(&chain, &back)), [KINDS[14]]);
+        // A late action (a paused coordinator's), after its step was compensated, and calls
+        // repeated after their answers were lost: in order.
+        let late = [
+            (0, A, true),
+            (0, A, true),
+            (1, C, true),
+            (1, C, true),
+            (0, C, true),
+            (1, A, true),
+        ];
+        assert!(saga_kinds(Some(FAILED), &saga(&chain, &late)).is_empty());
+    }
+
+    #[test]
+    fn with_orders_a_step_waits_for_those_it_runs_after_both_ways() {
+        let dag = shape(&FORK_JOIN);
+        // 0 and 1 at once, 2 after both; 2 refused: 2 first, then 0 and 1 in any order.
+        let sound = [
+            (1, A, true),
+            (0, A, true),
+            (2, A, false),
+            (2, C, true),
+            (1, C, true),
+            (0, C, true),
+        ];
+        assert!(saga_kinds(Some(FAILED), &saga(&dag, &sound)).is_empty());
+        // 2 before 1 succeeded.
+        let early = [(0, A, true), (2, A, true), (1, A, true)];
+        assert_eq!(saga_kinds(Some(SUCCEED), &saga(&dag, &early)), [KINDS[14]]);
+        // 1 compensated before 2.
+        let back = [
+            (0, A, true),
+            (1, A, true),
+            (2, A, false),
+            (1, C, true),
+            (2, C, true),
+            (0, C, true),
+        ];
+        assert_eq!(saga_kinds(Some(FAILED), &saga(&dag, &back)), [KINDS[14]]);
+        // 0 refused while 1 ran: 2 was never due, 0 and 1 are compensated at once.
+        let fork = [(0, A, false), (1, A, true), (0, C, true), (1, C, true)];
+        assert!(saga_kinds(Some(FAILED), &saga(&dag, &fork)).is_empty());
+    }
+
+    #[test]
+    fn a_saga_ends_as_its_initiator_was_told() {
+        let kinds = |told, status| {
+            let mut found = Vec::new();
+            saga_told("s", told, status, &mut |kind, _| found.push(kind));
+            found
+        };
+        for status in [Some(SUCCEED), Some(FAILED), Some("submitted")] {
+            assert!(kinds(Told::Committed, status).is_empty());
+            assert!(kinds(Told::Unknown, status).is_empty());
+        }
+        assert!(kinds(Told::Unknown, None).is_empty());
+        assert!(kinds(Told::RolledBack, Some(FAILED)).is_empty());
+        assert!(kinds(Told::NotCommitted, None).is_empty());
+        assert_eq!(kinds(Told::Committed, None), [KINDS[1]]);
+        assert_eq!(kinds(Told::RolledBack, None), [KINDS[1]]);
+        assert_eq!(kinds(Told::RolledBack, Some(SUCCEED)), [KINDS[2]]);
+        assert_eq!(kinds(Told::NotCommitted, Some(FAILED)), [KINDS[2]]);
+    }
+
+    #[test]
+    fn the_plain_sagas_are_checked_from_the_participants_record() {
+        let mut e = plain_sound();
+        e.plain.push(PlainTxn {
+            gid: "ps".into(),
+            kind: PlainKind::Saga,
+            told: Told::RolledBack,
+            after: shape(&FORK_JOIN),
+        });
+        e.statuses.insert("ps".into(), FAILED.into());
+        let calls = saga(
+            &e.plain[4].after,
+            &[(0, A, true), (1, A, false), (1, C, true), (0, C, true)],
+        );
+        for (op, answers) in [(A, &calls.action), (C, &calls.compensate)] {
+            for (i, a) in answers.iter().enumerate().filter(|(_, a)| a.called()) {
+                e.plain_calls
+                    .insert(("ps".into(), saga_branch(i), op.into()), *a);
+            }
+        }
+        assert_eq!(check(&e).0, vec![]);
+        // Told it rolls back, it succeeded (and so left its steps compensated).
+        e.statuses.insert("ps".into(), SUCCEED.into());
+        assert_eq!(
+            kinds(&e),
+            [KINDS[2], KINDS[12], KINDS[12], KINDS[13], KINDS[13]]
+        );
+        // Gone from the store.
+        e.statuses.remove("ps");
+        assert_eq!(kinds(&e)[0], KINDS[1]);
+        // Its step 01 is not a TCC's branch: no confirm is missing.
+        e.statuses.insert("ps".into(), FAILED.into());
+        e.plain_calls
+            .remove(&("ps".into(), "01".into(), C.into()));
+        assert_eq!(kinds(&e), [KINDS[12]]);
     }
 }

@@ -5,8 +5,8 @@
 //! coordinators and MySQL, between the participants and their databases, in front of each
 //! bank, between the cache consumer and Redis, and between everyone and the RocketMQ broker
 //! (a MariaDB, a Redis server and a broker of its own, so that they can be crashed). It runs the [`workload`]s (transfers by
-//! TCC, ordered orders by transactional messages) and the [`plain`] load (TCCs and messages
-//! against a participant that only records) while injecting the faults of
+//! TCC, ordered orders by transactional messages) and the [`plain`] load (TCCs, messages and
+//! sagas against a participant that only records) while injecting the faults of
 //! [`schedule::schedule`] for the seed, one at a time. Then it heals everything, stops the
 //! workloads, and gathers [`check::Evidence`] from every side until [`check::check`] finds
 //! no violation or the settle timeout passes. The [`Report`] prints as a table.
@@ -78,6 +78,8 @@ pub struct Report {
     pub plain_tccs: (usize, usize),
     /// Plain messages begun, and how many committed.
     pub plain_messages: (usize, usize),
+    /// Plain sagas begun, how many ended `succeed`, and how many ended `failed` (compensated).
+    pub plain_sagas: (usize, usize, usize),
     /// Faults injected, by kind.
     pub faults: BTreeMap<&'static str, usize>,
     /// Every fault, with when it started.
@@ -129,6 +131,9 @@ impl fmt::Display for Report {
             "plain messages committed",
             self.plain_messages.1.to_string(),
         )?;
+        row(f, "plain sagas begun", self.plain_sagas.0.to_string())?;
+        row(f, "plain sagas succeeded", self.plain_sagas.1.to_string())?;
+        row(f, "plain sagas compensated", self.plain_sagas.2.to_string())?;
         for kind in Fault::KINDS {
             row(
                 f,
@@ -549,7 +554,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
     ];
     let orders_direct = pool(&direct(&databases[3])).await?;
     let deadline = healed + o.settle_timeout;
-    let (mut violations, mut duplicates, mut settled_in, mut messages);
+    let (mut violations, mut duplicates, mut settled_in, mut messages, mut sagas);
     loop {
         let mut evidence = gather(
             &transfers,
@@ -574,6 +579,15 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
                     .is_some_and(|s| s == "succeed")
             })
             .count();
+        sagas = [check::SUCCEED, check::FAILED].map(|status| {
+            plain_txns
+                .iter()
+                .filter(|t| {
+                    t.kind == plain::PlainKind::Saga
+                        && evidence.statuses.get(&t.gid).is_some_and(|s| s == status)
+                })
+                .count()
+        });
         (violations, duplicates) = check::check(&evidence);
         settled_in = violations.is_empty().then(|| healed.elapsed());
         if violations.is_empty() || Instant::now() > deadline {
@@ -609,6 +623,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
         messages,
         plain_tccs: plain_of(plain::PlainKind::Tcc),
         plain_messages: plain_of(plain::PlainKind::Msg),
+        plain_sagas: (plain_of(plain::PlainKind::Saga).0, sagas[0], sagas[1]),
         faults,
         fault_log,
         violations,

@@ -1,8 +1,14 @@
-//! Plain load: two-branch TCCs and two-step messages against a participant that only
-//! answers and records, so that the coordinator's own promises are checked apart from any
-//! business logic. The participant refuses 5% of Tries (the initiator then aborts) and
-//! answers 10% of confirms, cancels and message steps with a 500 (the coordinator retries).
-//! Half the messages are prepared first; their check-back answers what the initiator decided.
+//! Plain load: two-branch TCCs, two-step messages and three-step sagas against a participant
+//! that only answers and records, so that the coordinator's own promises are checked apart
+//! from any business logic. The participant refuses 5% of Tries (the initiator then aborts)
+//! and answers 10% of confirms, cancels and message steps with a 500 (the coordinator
+//! retries). Half the messages are prepared first; their check-back answers what the
+//! initiator decided. Half the sagas are chains (step 1 after 0, 2 after 1), half concurrent
+//! with an order (0 and 1 at once, 2 after both); half of them wait for their first round
+//! (`wait_result`). The participant refuses 5% of saga actions with a 409 (the action fails
+//! for good and the saga compensates), answers 10% of actions and compensates with a 500 and
+//! 5% of compensates with a 409 (a compensate is never failed for good: both are retried). It
+//! numbers every call it answers, so that the checker can tell which came first.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -19,6 +25,9 @@ use settle_protocol::{BranchParams, GlobalRequest};
 use settle_sdk::msg::Msg;
 use settle_sdk::SettleClient;
 
+use settle_sdk::Saga;
+
+use super::check::Answers;
 use super::workload::{Stop, Told};
 
 /// Which kind of transaction.
@@ -28,6 +37,8 @@ pub enum PlainKind {
     Tcc,
     /// A message of two HTTP steps.
     Msg,
+    /// A saga of [`SAGA_STEPS`] steps, in a chain or concurrent with an order.
+    Saga,
 }
 
 /// One plain transaction and what its initiator was told.
@@ -39,18 +50,27 @@ pub struct PlainTxn {
     pub kind: PlainKind,
     /// What the initiator was told.
     pub told: Told,
+    /// A saga's steps, each with the steps it runs after (empty for a TCC or a message).
+    pub after: Vec<Vec<usize>>,
 }
 
-/// Branches (TCC) and steps (msg) of every plain transaction.
+/// Branches (TCC) and steps (msg) of every plain TCC and message.
 pub const BRANCHES: usize = 2;
+/// Steps of every plain saga.
+pub const SAGA_STEPS: usize = 3;
+/// A chain: each step after the one before it.
+const CHAIN: [&[usize]; SAGA_STEPS] = [&[], &[0], &[1]];
+/// Steps 0 and 1 at once, step 2 after both.
+const FORK_JOIN: [&[usize]; SAGA_STEPS] = [&[], &[], &[0, 1]];
 
-/// Calls the participant answered, by (gid, branch id, route): how many 200s and how many
-/// other answers.
-pub type Calls = HashMap<(String, String, String), (u32, u32)>;
+/// Calls the participant answered, by (gid, branch id, route).
+pub type Calls = HashMap<(String, String, String), Answers>;
 
 #[derive(Default)]
 struct Recorded {
     calls: Calls,
+    /// Calls answered so far: the last call's number.
+    answered: u64,
     /// Messages whose initiator decided to commit (what the check-back answers).
     decided: HashSet<String>,
 }
@@ -107,16 +127,20 @@ async fn answer(
                     (StatusCode::CONFLICT, r#"{"dtm_result":"FAILURE"}"#).into_response()
                 };
             }
-            "try" if rand::rng().random_bool(0.05) => 409,
-            "confirm" | "cancel" | "step" if rand::rng().random_bool(0.1) => 500,
+            "try" | "action" | "compensate" if rand::rng().random_bool(0.05) => 409,
+            "confirm" | "cancel" | "step" | "action" | "compensate"
+                if rand::rng().random_bool(0.1) =>
+            {
+                500
+            }
             _ => 200,
         };
-        let counts = r.calls.entry((p.gid, p.branch_id, route)).or_default();
-        if status == 200 {
-            counts.0 += 1;
-        } else {
-            counts.1 += 1;
-        }
+        r.answered += 1;
+        let n = r.answered;
+        r.calls
+            .entry((p.gid, p.branch_id, route))
+            .or_default()
+            .record(n, status == 200);
         status
     };
     match status {
@@ -138,12 +162,12 @@ pub struct Plain {
 }
 
 impl Plain {
-    /// Runs `workers` TCC initiators and `workers` message initiators until `stop`; returns
-    /// every transaction begun.
+    /// Runs `workers` TCC initiators, `workers` message initiators and `workers` saga
+    /// initiators until `stop`; returns every transaction begun.
     pub async fn run(self, workers: usize, stop: Stop) -> Vec<PlainTxn> {
         let done = Arc::new(Mutex::new(Vec::new()));
         let mut set = tokio::task::JoinSet::new();
-        for kind in [PlainKind::Tcc, PlainKind::Msg] {
+        for kind in [PlainKind::Tcc, PlainKind::Msg, PlainKind::Saga] {
             for _ in 0..workers {
                 let (w, stop, done) = (self.clone(), stop.clone(), done.clone());
                 set.spawn(async move {
@@ -151,6 +175,7 @@ impl Plain {
                         let t = match kind {
                             PlainKind::Tcc => w.tcc().await,
                             PlainKind::Msg => w.msg().await,
+                            PlainKind::Saga => w.saga().await,
                         };
                         let refused = t.told != Told::Committed;
                         lock(&done).push(t);
@@ -199,6 +224,7 @@ impl Plain {
             gid,
             kind: PlainKind::Tcc,
             told: Told::of(&result),
+            after: Vec::new(),
         }
     }
 
@@ -223,6 +249,41 @@ impl Plain {
             gid,
             kind: PlainKind::Msg,
             told: Told::of(&result),
+            after: Vec::new(),
+        }
+    }
+
+    async fn saga(&self) -> PlainTxn {
+        let mut request = self.request("chaos-ps", "saga");
+        let (fork_join, wait) = {
+            let mut rng = rand::rng();
+            (rng.random_bool(0.5), rng.random_bool(0.5))
+        };
+        request.wait_result = wait;
+        let gid = request.gid.clone();
+        let after = if fork_join { FORK_JOIN } else { CHAIN };
+        let result = async {
+            let mut saga = Saga::with_options(&self.client, request);
+            for n in 0..SAGA_STEPS {
+                saga = saga.add(
+                    &self.recorder.url("action"),
+                    &self.recorder.url("compensate"),
+                    &serde_json::json!({ "n": n }),
+                )?;
+            }
+            for (step, before) in after.iter().enumerate() {
+                if fork_join && !before.is_empty() {
+                    saga = saga.after(step, before);
+                }
+            }
+            saga.submit().await
+        }
+        .await;
+        PlainTxn {
+            gid,
+            kind: PlainKind::Saga,
+            told: Told::of(&result),
+            after: after.iter().map(|b| b.to_vec()).collect(),
         }
     }
 }

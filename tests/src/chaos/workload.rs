@@ -20,9 +20,13 @@ use sqlx::MySqlPool;
 /// What an initiator was told of its transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Told {
-    /// Committed (`Ok`).
+    /// Committed (`Ok`). For a saga, submitted: it is stored and runs to an end, `succeed`
+    /// or `failed`.
     Committed,
-    /// An error that says it did not and will not commit.
+    /// A FAILURE answer: it did not and will not commit. For a saga, that it is stored and
+    /// rolling back (a resubmit answered that it is, or `wait_result` saw it turn).
+    RolledBack,
+    /// Any other error that tells: it did not and will not commit; a saga was not stored.
     NotCommitted,
     /// The outcome is unknown (the SDK says so).
     Unknown,
@@ -33,6 +37,7 @@ impl Told {
         match r {
             Ok(_) => Self::Committed,
             Err(SdkError::OutcomeUnknown { .. }) => Self::Unknown,
+            Err(SdkError::Failure { .. }) => Self::RolledBack,
             Err(_) => Self::NotCommitted,
         }
     }
