@@ -1,19 +1,20 @@
-//! The transfer example end to end: concurrent transfers with injected Try and Confirm
+//! The transfer example end to end: concurrent transfers (TCC, and saga) with injected
 //! failures, through a real coordinator and two bank services on MySQL with barriers; no
 //! money is created or lost.
 
 use std::time::Duration;
 
 use settle_example_transfer::bank::Faults;
-use settle_example_transfer::{run, Options};
+use settle_example_transfer::{run, Mode, Options};
 use settle_tests::{mysql_server_url, spawn_coordinator, test_config, TestDb};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_transfers_with_injected_failures_conserve_money() -> anyhow::Result<()> {
+/// Runs 80 transfers of `mode`, 8 at a time, with injected failures, and checks the books.
+async fn transfers_with_injected_failures_conserve_money(mode: Mode) -> anyhow::Result<()> {
     let store = TestDb::mysql().await?;
     let app = spawn_coordinator(test_config(&store.url)).await?;
     // The banks' databases are named after the store's, so they are unique to this run.
     let options = Options {
+        mode,
         coordinator: app.api_url(),
         mysql: mysql_server_url(),
         database_prefix: store.name.clone(),
@@ -46,6 +47,16 @@ async fn concurrent_transfers_with_injected_failures_conserve_money() -> anyhow:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_tcc_transfers_with_injected_failures_conserve_money() -> anyhow::Result<()> {
+    transfers_with_injected_failures_conserve_money(Mode::Tcc).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_saga_transfers_with_injected_failures_conserve_money() -> anyhow::Result<()> {
+    transfers_with_injected_failures_conserve_money(Mode::Saga).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn committed_transfers_emit_balance_changes_that_keep_the_redis_cache_exact(
 ) -> anyhow::Result<()> {
     let store = TestDb::mysql().await?;
@@ -55,6 +66,7 @@ async fn committed_transfers_emit_balance_changes_that_keep_the_redis_cache_exac
     config.delivery_poll_interval_ms = 100;
     let app = spawn_coordinator(config).await?;
     let options = Options {
+        mode: Mode::Tcc,
         coordinator: app.api_url(),
         mysql: mysql_server_url(),
         database_prefix: store.name.clone(),

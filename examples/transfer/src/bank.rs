@@ -24,10 +24,11 @@ pub struct Movement {
 /// Failures injected on purpose, as shares between 0 and 1.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
-    /// Share of Tries answered FAILURE before doing anything (the transfer rolls back).
+    /// Share of Tries (TCC) or actions (saga) answered FAILURE before doing anything (the
+    /// transfer rolls back).
     pub try_fail_rate: f64,
-    /// Share of Confirms answered 500 after committing (the coordinator retries; the barrier
-    /// makes the retry a no-op).
+    /// Share of Confirms (TCC) or actions (saga) answered 500 after committing (the
+    /// coordinator retries; the barrier makes the retry a no-op).
     pub confirm_fail_rate: f64,
 }
 
@@ -134,6 +135,10 @@ pub async fn serve(pool: MySqlPool, faults: Faults) -> std::io::Result<String> {
         .route("/credit/try", post(credit_try))
         .route("/credit/confirm", post(credit_confirm))
         .route("/credit/cancel", post(credit_cancel))
+        .route("/trans-out", post(trans_out))
+        .route("/trans-out-revert", post(trans_out_revert))
+        .route("/trans-in", post(trans_in))
+        .route("/trans-in-revert", post(trans_in_revert))
         .with_state(bank);
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let addr = listener.local_addr()?;
@@ -289,6 +294,86 @@ async fn credit_cancel(
         &bank,
         branch,
         "UPDATE account SET incoming = incoming - ? WHERE id = ?",
+        vec![m.amount, m.account],
+        "",
+    )
+    .await
+}
+
+// The saga's steps: a transfer moves the money at once (no frozen or incoming money); a
+// compensation moves it back. Each runs in the barrier, which makes a compensation that
+// arrives before its action an empty one, and an action that arrives after its
+// compensation a no-op.
+
+async fn saga_action(
+    bank: &Bank,
+    branch: BranchQuery,
+    sql: &'static str,
+    binds: Vec<i64>,
+    expect_row: &'static str,
+) -> BranchResponse {
+    if chance(bank.faults.try_fail_rate) {
+        return BranchResponse::failure("injected action failure");
+    }
+    let r = in_barrier(bank, branch, sql, binds, expect_row).await;
+    confirm_then_maybe_fail(bank, r).await
+}
+
+async fn trans_out(
+    State(bank): State<Arc<Bank>>,
+    branch: BranchQuery,
+    Json(m): Json<Movement>,
+) -> BranchResponse {
+    saga_action(
+        &bank,
+        branch,
+        "UPDATE account SET balance = balance - ?, settled_version = settled_version + 1 \
+         WHERE id = ? AND balance >= ?",
+        vec![m.amount, m.account, m.amount],
+        "insufficient funds",
+    )
+    .await
+}
+
+async fn trans_out_revert(
+    State(bank): State<Arc<Bank>>,
+    branch: BranchQuery,
+    Json(m): Json<Movement>,
+) -> BranchResponse {
+    in_barrier(
+        &bank,
+        branch,
+        "UPDATE account SET balance = balance + ?, settled_version = settled_version + 1 WHERE id = ?",
+        vec![m.amount, m.account],
+        "",
+    )
+    .await
+}
+
+async fn trans_in(
+    State(bank): State<Arc<Bank>>,
+    branch: BranchQuery,
+    Json(m): Json<Movement>,
+) -> BranchResponse {
+    saga_action(
+        &bank,
+        branch,
+        "UPDATE account SET balance = balance + ?, settled_version = settled_version + 1 WHERE id = ?",
+        vec![m.amount, m.account],
+        "no such account",
+    )
+    .await
+}
+
+async fn trans_in_revert(
+    State(bank): State<Arc<Bank>>,
+    branch: BranchQuery,
+    Json(m): Json<Movement>,
+) -> BranchResponse {
+    in_barrier(
+        &bank,
+        branch,
+        "UPDATE account SET balance = balance - ?, settled_version = settled_version + 1 WHERE id = ?",
         vec![m.amount, m.account],
         "",
     )

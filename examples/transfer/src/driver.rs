@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rand::Rng;
-use settle_sdk::SettleClient;
+use settle_sdk::{Saga, SettleClient};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{ConnectOptions, MySqlPool};
 
@@ -18,9 +18,22 @@ use settle_sdk::consumer::{CacheConsumer, CacheUpdate, Decoder};
 use settle_sdk::protocol::GlobalRequest;
 use std::collections::BTreeMap;
 
+/// How a transfer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// A TCC: the initiator tries both branches, the coordinator confirms or cancels them.
+    #[default]
+    Tcc,
+    /// A saga of two steps (TransOut, then TransIn): the coordinator runs them and, if one
+    /// fails, compensates what ran.
+    Saga,
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// TCC or saga.
+    pub mode: Mode,
     /// Base URL of the coordinator's DTM API.
     pub coordinator: String,
     /// MySQL server URL, without a database (`mysql://root@127.0.0.1:3306`).
@@ -241,8 +254,9 @@ async fn bank_pool(mysql: &str, database: &str) -> anyhow::Result<MySqlPool> {
         .await?)
 }
 
-/// One transfer: `amount` from an account at one bank to an account at the other, in one TCC
-/// global transaction (debit branch `01`, credit branch `02`).
+/// One transfer: `amount` from an account at one bank to an account at the other, in one
+/// global transaction (a TCC with debit branch `01` and credit branch `02`, or a saga whose
+/// step `01` takes the money out and step `02` puts it in).
 #[derive(Debug, Clone)]
 pub struct Transfer {
     /// The global transaction id.
@@ -258,6 +272,54 @@ pub struct Transfer {
 }
 
 impl Transfer {
+    /// Runs it through `client` as `mode` says (see [`Transfer::run`] and
+    /// [`Transfer::run_saga`]).
+    ///
+    /// # Errors
+    /// As those.
+    pub async fn run_as(
+        &self,
+        mode: Mode,
+        client: &SettleClient,
+        topic: Option<&str>,
+    ) -> Result<(), settle_sdk::SdkError> {
+        match mode {
+            Mode::Tcc => self.run(client, topic, 0).await,
+            Mode::Saga => self.run_saga(client).await,
+        }
+    }
+
+    /// Runs it through `client` as a saga: TransOut at the source bank (compensated by
+    /// TransOutRevert), then TransIn at the destination (compensated by TransInRevert).
+    ///
+    /// # Errors
+    /// The coordinator refuses the saga or cannot be reached. A step that fails is not an
+    /// error here: the coordinator compensates, and the saga ends `failed`.
+    pub async fn run_saga(&self, client: &SettleClient) -> Result<(), settle_sdk::SdkError> {
+        let (src, dst) = (&self.banks.0, &self.banks.1);
+        let debit = Movement {
+            account: self.accounts.0,
+            amount: self.amount,
+        };
+        let credit = Movement {
+            account: self.accounts.1,
+            amount: self.amount,
+        };
+        Saga::new(client, &self.gid)
+            .add(
+                &format!("{src}/trans-out"),
+                &format!("{src}/trans-out-revert"),
+                &debit,
+            )?
+            .add(
+                &format!("{dst}/trans-in"),
+                &format!("{dst}/trans-in-revert"),
+                &credit,
+            )?
+            .submit()
+            .await
+    }
+
     /// Runs it through `client`. With a `topic`, the transaction carries one message per
     /// account (keyed `{bank}-{account}`), delivered after commit. A `timeout_to_fail_s` above
     /// 0 has the coordinator roll it back if it is not submitted in time.
@@ -338,6 +400,11 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         options.accounts > 0 && options.concurrency > 0,
         "accounts and concurrency must be positive"
     );
+    anyhow::ensure!(
+        options.mode == Mode::Tcc || options.balance_events.is_none(),
+        "balance events need TCC transfers: a saga's messages go out only when it succeeds, \
+         so a compensated saga would leave its accounts' cached balances behind"
+    );
     let pools = [
         bank_pool(&options.mysql, &format!("{}_a", options.database_prefix)).await?,
         bank_pool(&options.mysql, &format!("{}_b", options.database_prefix)).await?,
@@ -388,7 +455,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
                     accounts: (a, b),
                     amount,
                 };
-                let _ = one.run(&client, topic.as_deref(), 0).await;
+                let _ = one.run_as(options.mode, &client, topic.as_deref()).await;
                 gids.push(gid);
             }
             anyhow::Ok(gids)

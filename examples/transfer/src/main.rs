@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use clap::Parser;
 use settle_example_transfer::bank::Faults;
-use settle_example_transfer::driver::BalanceEvents;
+use settle_example_transfer::driver::{BalanceEvents, Mode};
 use settle_example_transfer::{run, Options};
 
-/// Concurrent TCC money transfers between two banks, checked for conservation.
+/// Concurrent money transfers between two banks (TCC or saga), checked for conservation.
 #[derive(Debug, Parser)]
 #[command(name = "transfer", version)]
 struct Args {
+    /// How each transfer runs: `tcc` or `saga`.
+    #[arg(long, value_enum, default_value_t = ModeArg::Tcc)]
+    mode: ModeArg,
     /// Base URL of the coordinator's DTM API.
     #[arg(long, default_value = "http://127.0.0.1:36789/api/dtmsvr")]
     coordinator: String,
@@ -38,10 +41,11 @@ struct Args {
     /// Opening balance of every account, in cents.
     #[arg(long, default_value_t = 10_000)]
     opening_balance: i64,
-    /// Share (0..1) of Tries that fail on purpose, rolling their transfer back.
+    /// Share (0..1) of Tries (saga: actions) that fail on purpose, rolling their transfer back.
     #[arg(long, default_value_t = 0.0)]
     try_fail_rate: f64,
-    /// Share (0..1) of Confirms that answer 500 after committing, so the coordinator retries.
+    /// Share (0..1) of Confirms (saga: actions) that answer 500 after committing, so the
+    /// coordinator retries.
     #[arg(long, default_value_t = 0.0)]
     confirm_fail_rate: f64,
     /// Seconds to wait for every transaction to settle.
@@ -59,6 +63,12 @@ struct Args {
     redis: String,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    Tcc,
+    Saga,
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let _ = tracing_subscriber::fmt()
@@ -71,6 +81,10 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     let options = Options {
+        mode: match args.mode {
+            ModeArg::Tcc => Mode::Tcc,
+            ModeArg::Saga => Mode::Saga,
+        },
         coordinator: args.coordinator,
         mysql: args.mysql,
         database_prefix: args.database_prefix,
