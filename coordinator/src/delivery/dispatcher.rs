@@ -28,7 +28,8 @@ use crate::apply::{new_token, Orchestrator};
 use crate::clock::Clock;
 use crate::otlp::{new_span_id, Kind, Span};
 use crate::store::{Failed, KeyRelease, OutboxClaim, OutboxRow, StoreError};
-use crate::txn::retry::{jitter, retry_delay_ms};
+use crate::txn::outbox::after_publish_failure;
+use crate::txn::retry::jitter;
 use crate::txn::{SentMessage, NEVER};
 
 /// Most messages of one key claimed in one pass.
@@ -312,21 +313,23 @@ impl Dispatcher {
             .collect();
         let now = self.settings.clock.now_ms();
         for (row, failure) in retry {
-            let delay = retry_delay_ms(
-                1,
-                self.settings.retry_cap_s,
+            let decided = after_publish_failure(
                 row.attempts,
+                row.refusals,
+                failure.permanent,
+                self.settings.dead_letter_after,
+                self.settings.retry_cap_s,
                 jitter(&(row.message_id.as_str(), row.attempts)),
+                now,
             );
-            let error = &failure.error;
-            let dead = failure.permanent && row.refusals + 1 >= self.settings.dead_letter_after;
+            let (error, dead) = (&failure.error, decided.dead);
             if dead {
                 warn!(message_id = %row.message_id, gid = %row.gid, key = %row.sharding_key, refusals = row.refusals + 1, error = %error, "the broker refuses this message; dead-lettered, its key moves on");
             } else {
                 info!(message_id = %row.message_id, key = %row.sharding_key, attempts = row.attempts + 1, permanent = failure.permanent, error = %error, "delivery failed; will retry");
             }
             let outcome = Failed {
-                next_attempt_time: now + delay,
+                next_attempt_time: decided.next_attempt_time,
                 error,
                 refused: failure.permanent,
                 dead,
