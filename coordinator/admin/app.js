@@ -1,6 +1,7 @@
 // Settle's admin page: transactions (filters, paging, bulk retry), one transaction (branches,
-// timeline of attempts, messages, retry now, force stop), the outbox backlog and dead
-// letters, and the instances sharing the database. Everything comes from the coordinator's
+// a saga's steps as a chain or DAG, timeline of attempts, messages, retry now, force stop),
+// the outbox backlog and dead letters, the instances sharing the database, and topics
+// (subscribers, subscribe, unsubscribe, delete). Everything comes from the coordinator's
 // operator routes; nothing is loaded from elsewhere. Data is put into the page as text only.
 "use strict";
 
@@ -144,6 +145,9 @@ async function render() {
     } else if (path === "/instances") {
       document.getElementById("nav-instances").classList.add("active");
       await renderInstances();
+    } else if (path === "/topics") {
+      document.getElementById("nav-topics").classList.add("active");
+      await renderTopics();
     } else {
       document.getElementById("nav-transactions").classList.add("active");
       await renderList(params);
@@ -288,6 +292,40 @@ function timeline(d) {
     e.detail ? el("span", { class: "detail", text: excerpt(e.detail, 400) }) : null)));
 }
 
+// A saga's steps as DTM orders them: a chain (each after the one before), or with
+// custom_data {"orders": {"2": [0, 1]}, "concurrent": true} a DAG; each step placed in the
+// column of its longest path from a first step, with the state of its action and its
+// compensate.
+function sagaSteps(t, branches) {
+  let custom = {};
+  try { custom = t.custom_data ? JSON.parse(t.custom_data) : {}; } catch (e) { custom = {}; }
+  let options = {};
+  try { options = t.options ? JSON.parse(t.options) : {}; } catch (e) { options = {}; }
+  const concurrent = !!custom.concurrent || !!options.concurrent;
+  const n = (t.steps || []).length;
+  const after = [];
+  for (let i = 0; i < n; i++) {
+    const before = concurrent || i === 0 ? [] : [i - 1];
+    for (const b of ((custom.orders || {})[String(i)] || [])) if (!before.includes(b)) before.push(b);
+    after.push(before);
+  }
+  const depth = [];
+  for (let i = 0; i < n; i++) depth.push(after[i].reduce((d, b) => Math.max(d, (depth[b] ?? 0) + 1), 0));
+  const id = (i) => pad(i + 1);
+  const state = (i, op) => {
+    const b = branches.find((x) => x.branch_id === id(i) && x.op === op);
+    return b ? b.status : "prepared";
+  };
+  const columns = [];
+  for (let i = 0; i < n; i++) (columns[depth[i]] ||= []).push(i);
+  return el("div", { class: "steps", id: "saga-steps" }, columns.map((col) => el("div", { class: "step-col" },
+    col.map((i) => el("div", { class: "step card", "data-step": id(i) },
+      el("div", { class: "mono step-id", text: `step ${id(i)}` }),
+      el("div", {}, el("span", { class: "muted", text: "action " }), status(state(i, "action"))),
+      el("div", {}, el("span", { class: "muted", text: "compensate " }), status(state(i, "compensate"))),
+      after[i].length ? el("div", { class: "muted after", text: `after ${after[i].map(id).join(", ")}` }) : null)))));
+}
+
 async function act(button, what, call) {
   button.disabled = true;
   try {
@@ -345,6 +383,7 @@ async function renderTransaction(gid) {
     el("p", {}, el("a", { href: "#/", text: "« Transactions" })),
     el("h1", { class: "mono", id: "txn-gid", text: t.gid }),
     el("div", { class: "actions" }, retryNow, stop),
+    ...(t.trans_type === "saga" ? [el("h2", { text: "Steps" }), sagaSteps(t, d.branches)] : []),
     el("div", { class: "grid2" },
       el("section", {}, el("div", { class: "card" }, summary), el("h2", { text: "Branches" }), branches),
       el("section", {}, el("h2", { text: "Timeline" }), el("div", { class: "card" }, timeline(d)))),
@@ -402,6 +441,53 @@ async function renderInstances() {
       el("thead", {}, el("tr", {}, ["Instance", "Address", "Version", "Started", "Last seen", "Transactions", "Messages"]
         .map((h) => el("th", { text: h })))),
       el("tbody", {}, rows)));
+}
+
+// ---- topics --------------------------------------------------------------------------
+
+async function renderTopics() {
+  const d = await api("/api/dtmsvr/scanKV?cat=topics&limit=1000");
+  const topics = d.kv.slice().sort((a, b) => a.k.localeCompare(b.k));
+  const rows = topics.flatMap((kv) => {
+    let subscribers = [];
+    try { subscribers = JSON.parse(kv.v); } catch (e) { subscribers = []; }
+    const remove = el("button", { type: "button", class: "danger delete-topic", text: "Delete topic" });
+    remove.addEventListener("click", async () => {
+      if (!(await confirmAction(`Delete topic ${kv.k} and its ${subscribers.length} subscriber(s)? Messages sent to it later are refused.`))) return;
+      await act(remove, "deleted", () => api(`/api/dtmsvr/topic/${encodeURIComponent(kv.k)}`, { method: "DELETE" }));
+    });
+    const head = el("tr", { class: "topic-row", "data-topic": kv.k },
+      el("td", { class: "mono", text: kv.k }), el("td", { class: "num", text: subscribers.length }),
+      el("td", { class: "muted", text: `version ${kv.version}, changed ${kv.update_time}` }), el("td", {}, remove));
+    return [head, ...subscribers.map((sub) => {
+      const drop = el("button", { type: "button", class: "unsubscribe", text: "Unsubscribe" });
+      drop.addEventListener("click", () => act(drop, "unsubscribed", () =>
+        api(`/api/dtmsvr/unsubscribe${query({ topic: kv.k, url: sub.url })}`)));
+      return el("tr", { class: "subscriber-row", "data-topic": kv.k },
+        el("td", {}), el("td", { class: "mono", colspan: 2, text: sub.remark ? `${sub.url} (${sub.remark})` : sub.url }),
+        el("td", {}, drop));
+    })];
+  });
+  const form = el("form", { class: "filters", id: "subscribe-form" },
+    el("label", {}, "Topic", el("input", { id: "subscribe-topic", required: true })),
+    el("label", {}, "Subscriber URL", el("input", { id: "subscribe-url", required: true, size: 48 })),
+    el("label", {}, "Remark", el("input", { id: "subscribe-remark" })),
+    el("button", { type: "submit", class: "primary", id: "subscribe", text: "Subscribe" }));
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const button = document.getElementById("subscribe");
+    const value = (id) => document.getElementById(id).value.trim();
+    act(button, "subscribed", () => api(`/api/dtmsvr/subscribe${query({
+      topic: value("subscribe-topic"), url: value("subscribe-url"), remark: value("subscribe-remark"),
+    })}`));
+  });
+  main.replaceChildren(
+    el("h1", { text: "Topics" }),
+    el("p", { class: "muted", text: "A msg step to topic://NAME goes to every subscriber the store holds when the msg is saved." }),
+    form,
+    el("table", { id: "topics" },
+      el("thead", {}, el("tr", {}, ["Topic", "Subscribers", "", ""].map((h) => el("th", { text: h })))),
+      el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 4, class: "muted", text: "No topic." })))));
 }
 
 render();

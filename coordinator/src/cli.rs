@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::access::Secret;
 use crate::bench::{self, BenchArgs};
 use crate::config::Config;
-use crate::ops::{self, OutboxCommand, Remote, TxnCommand};
+use crate::ops::{self, OutboxCommand, Remote, TopicCommand, TxnCommand};
 use crate::telemetry::init_logging;
 use crate::Application;
 
@@ -31,7 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the coordinator (HTTP API, scheduler and driver).
     Serve(Box<ServeArgs>),
-    /// Measure a running DTM-compatible server with concurrent TCC transactions.
+    /// Measure a running DTM-compatible server with concurrent TCC transactions, sagas or
+    /// messages.
     Bench(Box<BenchArgs>),
     /// Inspect and steer transactions of a running coordinator.
     Txn {
@@ -50,6 +51,15 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: OutboxCommand,
+    },
+    /// List and change the topics a msg fans out to (`topic://NAME` steps).
+    Topic {
+        /// Where the coordinator is.
+        #[command(flatten)]
+        remote: Remote,
+        /// What to do.
+        #[command(subcommand)]
+        command: TopicCommand,
     },
 }
 
@@ -329,6 +339,7 @@ pub fn main() -> ExitCode {
             Command::Bench(args) => bench::run(*args).await,
             Command::Txn { remote, command } => ops::txn(&remote, command).await,
             Command::Outbox { remote, command } => ops::outbox(&remote, command).await,
+            Command::Topic { remote, command } => ops::topic(&remote, command).await,
         }
     });
     match result {

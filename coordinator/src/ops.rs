@@ -1,4 +1,5 @@
-//! Operator commands: `settle txn list|show|retry|stop` and `settle outbox list|redrive`.
+//! Operator commands: `settle txn list|show|retry|stop`, `settle outbox list|redrive` and
+//! `settle topic list|subscribe|unsubscribe|delete`.
 //!
 //! They talk to a running coordinator's HTTP API (`--server`, `SETTLE_SERVER`) with the
 //! operator token (`--token`, `SETTLE_TOKEN`) when one is configured, print aligned tables
@@ -39,7 +40,7 @@ pub enum TxnCommand {
         /// Only this status: prepared, submitted, aborting, succeed, failed.
         #[arg(long)]
         status: Option<String>,
-        /// Only this type: tcc, msg.
+        /// Only this type: tcc, msg, saga, xa.
         #[arg(long = "type")]
         trans_type: Option<String>,
         /// Most rows.
@@ -90,6 +91,36 @@ pub enum OutboxCommand {
         /// Only this step.
         #[arg(long)]
         branch: Option<String>,
+    },
+}
+
+/// `settle topic ...`.
+#[derive(Subcommand)]
+pub enum TopicCommand {
+    /// Topics and their subscribers.
+    List,
+    /// Subscribes a URL to a topic (creating the topic): a msg step to `topic://TOPIC` is
+    /// posted there.
+    Subscribe {
+        /// The topic.
+        topic: String,
+        /// The subscriber's URL.
+        url: String,
+        /// What the subscriber is.
+        #[arg(long, default_value = "")]
+        remark: String,
+    },
+    /// Removes a subscriber from a topic.
+    Unsubscribe {
+        /// The topic.
+        topic: String,
+        /// The subscriber's URL.
+        url: String,
+    },
+    /// Deletes a topic and its subscribers.
+    Delete {
+        /// The topic.
+        topic: String,
     },
 }
 
@@ -423,6 +454,73 @@ pub async fn outbox(remote: &Remote, command: OutboxCommand) -> anyhow::Result<(
                 progress("redriven", i + 1, gids.len());
             }
             println!("{total} message(s) sent again");
+        }
+    }
+    Ok(())
+}
+
+/// Runs `settle topic ...`.
+///
+/// # Errors
+/// The coordinator cannot be reached or refuses (with DTM's text: `this url exists`, `no
+/// such a topic`, ...).
+pub async fn topic(remote: &Remote, command: TopicCommand) -> anyhow::Result<()> {
+    let api = Api::new(remote)?;
+    let done = |what: String| {
+        if remote.json {
+            println!("{}", json!({"dtm_result": "SUCCESS"}));
+        } else {
+            println!("{what}");
+        }
+    };
+    match command {
+        TopicCommand::List => {
+            let page = api
+                .get(
+                    &format!("{DTM}/scanKV"),
+                    &[("cat", "topics".to_owned()), ("limit", "1000".to_owned())],
+                    "scanKV",
+                )
+                .await?;
+            if remote.json {
+                println!("{page}");
+                return Ok(());
+            }
+            let mut rows = Vec::new();
+            for kv in page["kv"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                let subscribers: Value =
+                    serde_json::from_str(kv["v"].as_str().unwrap_or("[]")).unwrap_or_default();
+                for s in subscribers
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                {
+                    rows.push(vec![text(&kv["k"]), text(&s["url"]), text(&s["remark"])]);
+                }
+            }
+            rows.sort();
+            print!("{}", table(&["TOPIC", "SUBSCRIBER", "REMARK"], &rows));
+        }
+        TopicCommand::Subscribe { topic, url, remark } => {
+            let query = [
+                ("topic", topic.clone()),
+                ("url", url.clone()),
+                ("remark", remark),
+            ];
+            api.get(&format!("{DTM}/subscribe"), &query, "subscribe")
+                .await?;
+            done(format!("{url} subscribes to {topic}"));
+        }
+        TopicCommand::Unsubscribe { topic, url } => {
+            let query = [("topic", topic.clone()), ("url", url.clone())];
+            api.get(&format!("{DTM}/unsubscribe"), &query, "unsubscribe")
+                .await?;
+            done(format!("{url} no longer subscribes to {topic}"));
+        }
+        TopicCommand::Delete { topic } => {
+            let url = format!("{}{DTM}/topic/{topic}", api.base);
+            api.send(api.http.delete(url), "delete topic").await?;
+            done(format!("topic {topic} deleted"));
         }
     }
     Ok(())

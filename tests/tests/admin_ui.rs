@@ -1,6 +1,7 @@
 //! The admin UI in a real headless Chromium: an operator signs in with the operator token,
 //! filters the list down to stuck transactions, opens one, reads its timeline, makes it
-//! retry now, and force-stops another; each result is checked through the API.
+//! retry now, and force-stops another; reads a saga's steps as a DAG; subscribes to a topic
+//! and unsubscribes; each result is checked through the API.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`deploy/browser.sh`). With
 //! `SETTLE_ADMIN_SCREENSHOT=FILE` the transaction page is saved as a PNG (the README's).
@@ -73,6 +74,26 @@ async fn an_operator_finds_a_stuck_transaction_retries_it_and_stops_another() ->
     .await?;
     client
         .wait_final("ui-healthy", Duration::from_secs(10))
+        .await?;
+    // A saga whose steps 0 and 1 run at once, 2 after both; step 2 fails, so 0 and 1 are
+    // compensated.
+    let saga_steps = Participant::start().await?;
+    saga_steps.script("a2", &[409]);
+    let step = |i: usize| {
+        std::collections::BTreeMap::from([
+            ("action".to_owned(), saga_steps.url(&format!("a{i}"))),
+            ("compensate".to_owned(), saga_steps.url(&format!("c{i}"))),
+        ])
+    };
+    let saga = GlobalRequest {
+        steps: (0..3).map(step).collect(),
+        payloads: vec!["{}".into(); 3],
+        custom_data: r#"{"orders": {"2": [0, 1]}, "concurrent": true}"#.into(),
+        ..GlobalRequest::new("ui-saga", "saga")
+    };
+    client.post("submit", &saga).await?;
+    client
+        .wait_final("ui-saga", Duration::from_secs(10))
         .await?;
 
     let browser = Browser::start(1400, 1000).await?;
@@ -164,6 +185,70 @@ async fn drive(browser: &Browser, api: &str, client: &SettleClient) -> anyhow::R
         )
         .await?;
     assert_eq!(status_of(client, "ui-stuck-stop").await?.0, "failed");
+
+    // The saga's steps as a DAG: 01 and 02 in the first column, 03 after both; the failed
+    // step and the two compensated ones show their states.
+    browser.goto(&format!("{base}/admin#/txn/ui-saga")).await?;
+    browser
+        .wait_for_text("#txn-gid", "ui-saga", None, Duration::from_secs(10))
+        .await?;
+    let columns = browser.texts("#saga-steps .step-col").await?;
+    assert_eq!(columns.len(), 2, "{columns:?}");
+    assert!(columns[0].contains("step 01") && columns[0].contains("step 02"));
+    let last = browser.text(".step[data-step='03']").await?;
+    assert!(
+        last.contains("action failed") && last.contains("after 01, 02"),
+        "{last}"
+    );
+    let first = browser.text(".step[data-step='01']").await?;
+    assert!(
+        first.contains("action succeed") && first.contains("compensate succeed"),
+        "{first}"
+    );
+
+    // Topics: subscribe through the form, then unsubscribe.
+    browser.click("#nav-topics").await?;
+    browser.find("#subscribe-form").await?;
+    browser
+        .run("document.getElementById('subscribe-topic').value = 'ui-orders'; document.getElementById('subscribe-url').value = 'http://127.0.0.1:9/orders'; document.getElementById('subscribe-remark').value = 'from the page';")
+        .await?;
+    browser.click("#subscribe").await?;
+    browser
+        .find("tr.subscriber-row[data-topic='ui-orders']")
+        .await?;
+    let subscriber = browser
+        .text("tr.subscriber-row[data-topic='ui-orders']")
+        .await?;
+    assert!(
+        subscriber.contains("http://127.0.0.1:9/orders (from the page)"),
+        "{subscriber}"
+    );
+    let kv: serde_json::Value = serde_json::from_str(
+        &client
+            .http()
+            .get(format!("{api}/queryKV?cat=topics&key=ui-orders"))
+            .bearer_auth(OPERATOR_TOKEN)
+            .send()
+            .await?
+            .text()
+            .await?,
+    )?;
+    assert!(
+        kv["kv"][0]["v"]
+            .as_str()
+            .is_some_and(|v| v.contains("http://127.0.0.1:9/orders")),
+        "{kv}"
+    );
+    browser
+        .click("tr.subscriber-row[data-topic='ui-orders'] button.unsubscribe")
+        .await?;
+    eventually("the subscriber to go", Duration::from_secs(10), || async {
+        browser
+            .find_all("tr.subscriber-row[data-topic='ui-orders']")
+            .await
+            .is_ok_and(|rows| rows.is_empty())
+    })
+    .await?;
 
     // Instances: this coordinator, holding nothing now.
     browser.click("#nav-instances").await?;

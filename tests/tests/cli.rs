@@ -1,5 +1,5 @@
-//! The operator commands (`settle txn ...`, `settle outbox ...`) against a running
-//! coordinator.
+//! The operator commands (`settle txn ...`, `settle outbox ...`, `settle topic ...`) against
+//! a running coordinator.
 
 use std::process::Command;
 
@@ -146,6 +146,52 @@ async fn operators_list_the_outbox_and_are_told_when_there_is_nothing_to_redrive
     assert!(!ok && err.contains("unknown outbox status 'lost'"), "{err}");
     let (ok, _, err) = settle(args(&["outbox", "redrive", "cli-none"], &server, "")).await;
     assert!(!ok && err.contains("no dead-lettered message"), "{err}");
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_subscribe_list_unsubscribe_and_delete_topics() -> anyhow::Result<()> {
+    let db = TestSqlite::new();
+    let app = spawn_coordinator(test_config(&db.url)).await?;
+    let server = format!("http://{}", app.address());
+    let run = |words: &[&str]| settle(args(words, &server, ""));
+    for url in ["http://127.0.0.1:9/a", "http://127.0.0.1:9/b"] {
+        let (ok, out, err) = run(&["topic", "subscribe", "orders", url, "--remark", "svc"]).await;
+        assert!(ok, "{err}");
+        assert!(out.contains("subscribes to orders"), "{out}");
+    }
+    let (ok, _, err) = run(&["topic", "subscribe", "orders", "http://127.0.0.1:9/a"]).await;
+    assert!(!ok && err.contains("this url exists"), "{err}");
+    let (ok, out, err) = run(&["topic", "list"]).await;
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("TOPIC") && lines[0].contains("SUBSCRIBER"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("orders")
+            && lines[1].contains("http://127.0.0.1:9/a")
+            && lines[1].ends_with("svc"),
+        "{out}"
+    );
+    assert_eq!(lines.len(), 3, "{out}");
+    let (ok, _, err) = run(&["topic", "unsubscribe", "orders", "http://127.0.0.1:9/a"]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&["topic", "unsubscribe", "nothing", "http://127.0.0.1:9/a"]).await;
+    assert!(!ok && err.contains("no such a topic"), "{err}");
+    let (ok, out, err) = run(&["topic", "list", "--json"]).await;
+    assert!(ok, "{err}");
+    let page: Value = serde_json::from_str(&out)?;
+    assert_eq!(
+        serde_json::from_str::<Value>(page["kv"][0]["v"].as_str().unwrap_or_default())?,
+        json!([{"url": "http://127.0.0.1:9/b", "remark": "svc"}])
+    );
+    let (ok, _, err) = run(&["topic", "delete", "orders"]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&["topic", "delete", "orders"]).await;
+    assert!(!ok && err.contains("no such a topic"), "{err}");
     app.stop().await;
     Ok(())
 }
