@@ -199,6 +199,70 @@ async fn a_tccs_messages_go_out_after_every_confirm_and_never_after_a_cancel() -
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sagas_messages_go_out_after_its_last_action_and_never_when_it_compensates(
+) -> anyhow::Result<()> {
+    let _broker = BROKER.lock().await;
+    let db = TestDb::mysql().await?;
+    let app = spawn_coordinator(config(&db)).await?;
+    let rmq = settle_rocketmq::Client::new("test")?;
+    let topic = new_topic(&rmq, "SettleSaga").await?;
+    let collector = Collector::start(&rmq, &topic).await?;
+    let client = SettleClient::new(app.api_url());
+    let p = Participant::start().await?;
+    // The second action errors once: the message waits for its retry to succeed.
+    p.script("a1", &[500]);
+    let saga = |gid: &str| -> anyhow::Result<settle_sdk::Saga> {
+        Ok(settle_sdk::Saga::new(&client, gid)
+            .add(&p.url("a0"), &p.url("c0"), &json!({"step": 0}))?
+            .add(&p.url("a1"), &p.url("c1"), &json!({"step": 1}))?
+            .message(
+                &format!("rocketmq://{topic}?key=order-1&tag=paid"),
+                &json!({"order": 1, "gid": gid}),
+            )?)
+    };
+    let gid = client.new_gid().await?;
+    saga(&gid)?.submit().await?;
+    assert_eq!(
+        client.wait_final(&gid, Duration::from_secs(30)).await?,
+        "succeed"
+    );
+    eventually(
+        "the saga's message to arrive",
+        Duration::from_secs(30),
+        || async { !collector.received().is_empty() },
+    )
+    .await?;
+    let last_action = p
+        .calls()
+        .into_iter()
+        .find(|c| c.params.gid == gid && c.route == "a1" && c.answered == 200)
+        .map(|c| c.at)
+        .expect("the last action succeeded");
+    let (delivery, arrived_at) = collector.received()[0].clone();
+    assert!(
+        arrived_at > last_action,
+        "delivered only after every action"
+    );
+    assert_eq!(delivery.message_id, format!("{gid}-m01"));
+    assert_eq!(body(&delivery)["gid"], gid.as_str());
+
+    // A saga that compensates drops its message.
+    p.script("a1", &[409]);
+    let failed = client.new_gid().await?;
+    saga(&failed)?.submit().await?;
+    assert_eq!(
+        client.wait_final(&failed, Duration::from_secs(30)).await?,
+        "failed"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(collector.received().len(), 1);
+    collector.shutdown().await;
+    app.stop().await;
+    rmq.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn per_key_order_holds_across_transactions_while_the_broker_restarts() -> anyhow::Result<()> {
     let _broker = BROKER.lock().await;
     const KEYS: usize = 50;
