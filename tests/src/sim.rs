@@ -2,8 +2,10 @@
 //! process over an in-memory SQLite store against simulated participants and a simulated
 //! broker that fail, stall and duplicate, on simulated time, everything chosen by one seed.
 //!
-//! A seed fixes the workload (which TCCs and messages, their branches, steps and keys, which
-//! Tries fail, which initiators crash, what each check-back will say), the clock's steps, and
+//! A seed fixes the workload (which TCCs, messages and sagas, their branches, steps, keys and
+//! orders, which Tries fail, which initiators crash, what each check-back will say, which saga
+//! actions refuse and how often a saga's participant answers "not yet" or refuses a
+//! compensation before it does what is asked), the clock's steps, and
 //! every fault: whether a call or publish fails is a function of the seed and of the call
 //! itself (transaction, branch, operation and how many times it was made before), not of
 //! the order calls happen to arrive in. Time is a stepped clock that moves only when the
@@ -23,7 +25,11 @@
 //! cancelled everywhere, as decided; no confirm without a successful Try; every effect
 //! applied once (duplicates absorbed and counted); a committed message delivered to every
 //! step, a rolled-back one to none (a check-back answered 200 with a body that is not a
-//! verdict is never a commit); each key's committed sequence received in order.
+//! verdict is never a commit); each key's committed sequence received in order; a saga ends
+//! `succeed` with every action done and nothing compensated, or `failed` with every step it
+//! called compensated, back along its order (the chaos checker's saga rules, on the
+//! simulated participant's numbered record of calls), and `failed` if one of its actions
+//! refuses.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -42,6 +48,8 @@ use settle_coordinator::txn::retry::jitter;
 use settle_coordinator::Config;
 use settle_protocol::{GlobalRequest, RegisterBranchRequest};
 use settle_sdk::SettleClient;
+
+use crate::chaos::check::{saga_order, saga_outcome, Answers, SagaCalls};
 
 /// Where simulated participants are reached (the transport never opens it).
 const BASE: &str = "http://127.0.0.1:9";
@@ -107,6 +115,39 @@ enum Expect {
     Commit,
     /// Must end `failed`, every registered branch cancelled, nothing delivered.
     Rollback,
+    /// May end either way (a saga whose timeout may pass before its actions are done).
+    Either,
+}
+
+impl Expect {
+    /// The statuses it may end in.
+    fn statuses(self) -> &'static [&'static str] {
+        match self {
+            Self::Commit => &["succeed"],
+            Self::Rollback => &["failed"],
+            Self::Either => &["succeed", "failed"],
+        }
+    }
+}
+
+/// How a saga's participant answers one step, whenever a call reaches it.
+#[derive(Debug, Clone, Copy, Default)]
+struct StepPlan {
+    /// The action answers FAILURE (409) once it is done saying "not yet": it fails for
+    /// good, and the saga compensates.
+    refuses: bool,
+    /// Calls of the action answered ONGOING (425) first.
+    ongoing_first: u64,
+    /// Calls of the compensate answered FAILURE first (which the coordinator must retry).
+    compensate_refused_first: u64,
+}
+
+/// What a participant does with a call that reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Apply,
+    NotYet,
+    Refuse,
 }
 
 /// A msg's local transaction, as its check-back reports it.
@@ -130,6 +171,13 @@ struct World {
     /// Messages the broker stored, in order: (key, message id).
     received: Vec<(String, String)>,
     locals: HashMap<String, Local>,
+    /// Each saga's participant's plan, step by step.
+    sagas: HashMap<String, Vec<StepPlan>>,
+    /// What each saga's operations were answered, (gid, branch, op), numbered in the order
+    /// the participant answered them, as the chaos checker reads a participant's record.
+    answers: HashMap<(String, String, String), Answers>,
+    /// Saga calls answered so far.
+    answered: u64,
     faults: BTreeMap<&'static str, u64>,
     /// Every call and publish, in the order they happened, with the simulated time and
     /// what was answered: what must be the same on every run of a seed.
@@ -196,21 +244,57 @@ impl Sim {
                 ("participant applied, answer lost", 0.1),
             ],
         );
-        self.log(&mut w, &identity, fault.unwrap_or("applied"));
-        match fault {
-            Some("participant answered 500") => {
-                return Answer::Status(500, "internal error".into());
-            }
-            Some("participant timed out") => return Answer::TimedOut,
-            _ => {}
+        let attempt = w.attempts.get(&identity).map_or(0, |n| n - 1);
+        let verdict = Self::verdict(&w, gid, branch, op, attempt);
+        let reached = !matches!(
+            fault,
+            Some("participant answered 500" | "participant timed out")
+        );
+        let what = match (fault, verdict) {
+            (Some(kind), _) if !reached => kind,
+            (Some(kind), Verdict::Apply) => kind,
+            (Some(_), Verdict::NotYet) => "not yet, answer lost",
+            (Some(_), Verdict::Refuse) => "refused, answer lost",
+            (None, Verdict::Apply) => "applied",
+            (None, Verdict::NotYet) => "not yet",
+            (None, Verdict::Refuse) => "refused",
+        };
+        self.log(&mut w, &identity, what);
+        if w.sagas.contains_key(gid) {
+            w.answered += 1;
+            let n = w.answered;
+            w.answers
+                .entry((gid.to_owned(), branch.to_owned(), op.to_owned()))
+                .or_default()
+                .record(n, reached && verdict == Verdict::Apply);
         }
-        *w.effects
-            .entry((gid.to_owned(), branch.to_owned(), op.to_owned()))
-            .or_default() += 1;
-        if fault.is_some() {
-            Answer::Failed("connection reset by peer".into())
-        } else {
-            Answer::Status(200, r#"{"dtm_result":"SUCCESS"}"#.into())
+        if reached && verdict == Verdict::Apply {
+            *w.effects
+                .entry((gid.to_owned(), branch.to_owned(), op.to_owned()))
+                .or_default() += 1;
+        }
+        match (fault, verdict) {
+            (Some("participant answered 500"), _) => Answer::Status(500, "internal error".into()),
+            (Some("participant timed out"), _) => Answer::TimedOut,
+            (Some(_), _) => Answer::Failed("connection reset by peer".into()),
+            (None, Verdict::Apply) => Answer::Status(200, r#"{"dtm_result":"SUCCESS"}"#.into()),
+            (None, Verdict::NotYet) => Answer::Status(425, r#"{"dtm_result":"ONGOING"}"#.into()),
+            (None, Verdict::Refuse) => Answer::Status(409, r#"{"dtm_result":"FAILURE"}"#.into()),
+        }
+    }
+
+    /// What the participant does with the `attempt`th call (from 0) of `op` of `branch` of
+    /// `gid`: a saga's follows its plan; any other applies it.
+    fn verdict(w: &World, gid: &str, branch: &str, op: &str, attempt: u64) -> Verdict {
+        let plan = w.sagas.get(gid).and_then(|steps| {
+            let step = branch.parse::<usize>().ok()?.checked_sub(1)?;
+            steps.get(step).copied()
+        });
+        match (plan, op) {
+            (Some(p), "action") if attempt < p.ongoing_first => Verdict::NotYet,
+            (Some(p), "action") if p.refuses => Verdict::Refuse,
+            (Some(p), "compensate") if attempt < p.compensate_refused_first => Verdict::Refuse,
+            _ => Verdict::Apply,
         }
     }
 
@@ -330,6 +414,8 @@ struct Started {
     expect: Expect,
     /// TCC: branch ids registered. Msg: (branch id, whether it is a broker step).
     branches: Vec<(String, bool)>,
+    /// Saga: the steps each step runs after.
+    after: Vec<Vec<usize>>,
 }
 
 /// What one seed did and found.
@@ -341,6 +427,8 @@ pub struct SeedReport {
     pub tccs: usize,
     /// Messages run.
     pub msgs: usize,
+    /// Sagas run.
+    pub sagas: usize,
     /// Faults injected, by kind.
     pub faults: BTreeMap<&'static str, u64>,
     /// Duplicate calls and publishes absorbed.
@@ -401,10 +489,13 @@ async fn start_one(
     rng: &mut SplitMix,
     gid: String,
 ) -> anyhow::Result<Started> {
-    if rng.unit() < 0.5 {
+    let kind = rng.unit();
+    if kind < 0.35 {
         start_tcc(sim, client, rng, gid).await
-    } else {
+    } else if kind < 0.7 {
         start_msg(sim, client, rng, gid).await
+    } else {
+        start_saga(sim, client, rng, gid).await
     }
 }
 
@@ -463,6 +554,7 @@ async fn start_tcc(
         trans_type: "tcc",
         expect,
         branches,
+        after: Vec::new(),
     })
 }
 
@@ -526,6 +618,73 @@ async fn start_msg(
         trans_type: "msg",
         expect,
         branches,
+        after: Vec::new(),
+    })
+}
+
+/// A saga of 1 to 4 steps: a chain, or concurrent with each step after a random set of the
+/// steps before it (none: all at once). Some actions answer "not yet" a few times, some
+/// refuse (then the saga must fail), some compensates refuse a few times; a quarter of the
+/// sagas have a timeout, which may pass before their actions are done.
+async fn start_saga(
+    sim: &Sim,
+    client: &SettleClient,
+    rng: &mut SplitMix,
+    gid: String,
+) -> anyhow::Result<Started> {
+    let steps = usize::try_from(rng.range(1, 5)).unwrap_or(1);
+    let concurrent = rng.unit() < 0.6;
+    let after: Vec<Vec<usize>> = (0..steps)
+        .map(|i| match i {
+            0 => vec![],
+            _ if !concurrent => vec![i - 1],
+            _ => (0..i).filter(|_| rng.unit() < 0.5).collect(),
+        })
+        .collect();
+    let mut request = GlobalRequest::new(&gid, "saga");
+    if rng.unit() < 0.25 {
+        request.timeout_to_fail = i64::try_from(rng.range(5, 40)).unwrap_or(10);
+    }
+    for n in 0..steps {
+        request.steps.push(
+            [("action", "saga/action"), ("compensate", "saga/compensate")]
+                .into_iter()
+                .map(|(op, path)| (op.to_owned(), format!("{BASE}/{path}")))
+                .collect(),
+        );
+        request.payloads.push(format!(r#"{{"n":{n}}}"#));
+    }
+    if concurrent {
+        let orders: BTreeMap<String, &Vec<usize>> = after
+            .iter()
+            .enumerate()
+            .filter(|(_, before)| !before.is_empty())
+            .map(|(i, before)| (i.to_string(), before))
+            .collect();
+        request.custom_data = serde_json::json!({"orders": orders, "concurrent": true}).to_string();
+    }
+    let plan: Vec<StepPlan> = (0..steps)
+        .map(|_| StepPlan {
+            refuses: rng.unit() < 0.1,
+            ongoing_first: if rng.unit() < 0.3 { rng.range(1, 4) } else { 0 },
+            compensate_refused_first: if rng.unit() < 0.3 { rng.range(1, 3) } else { 0 },
+        })
+        .collect();
+    let expect = if plan.iter().any(|p| p.refuses) {
+        Expect::Rollback
+    } else if request.timeout_to_fail > 0 {
+        Expect::Either
+    } else {
+        Expect::Commit
+    };
+    sim.world().sagas.insert(gid.clone(), plan);
+    client.post("submit", &request).await?;
+    Ok(Started {
+        gid,
+        trans_type: "saga",
+        expect,
+        branches: Vec::new(),
+        after,
     })
 }
 
@@ -600,6 +759,7 @@ pub async fn run_seed(seed: u64) -> anyhow::Result<SeedReport> {
         seed,
         tccs: started.iter().filter(|s| s.trans_type == "tcc").count(),
         msgs: started.iter().filter(|s| s.trans_type == "msg").count(),
+        sagas: started.iter().filter(|s| s.trans_type == "saga").count(),
         settle_ms: settled_at.map_or(SETTLE_BOUND_MS, |t| t - START_MS - FAULTY_MS),
         ..SeedReport::default()
     };
@@ -696,15 +856,27 @@ async fn check(
     };
     let mut v = Vec::new();
     for (s, status) in started.iter().zip(statuses) {
-        let want = match s.expect {
-            Expect::Commit => "succeed",
-            Expect::Rollback => "failed",
-        };
-        if status != want {
+        let want = s.expect.statuses();
+        if !want.contains(&status.as_str()) {
             v.push(format!(
-                "{} ({}) ended '{status}', not '{want}'",
-                s.gid, s.trans_type
+                "{} ({}) ended '{status}', not '{}'",
+                s.gid,
+                s.trans_type,
+                want.join("' or '")
             ));
+        }
+        if s.trans_type == "saga" {
+            // The chaos checker's rules, on the participant's numbered record.
+            let calls = SagaCalls::read(&s.after, |branch, op| {
+                w.answers
+                    .get(&(s.gid.clone(), branch.to_owned(), op.to_owned()))
+                    .copied()
+                    .unwrap_or_default()
+            });
+            let status = Some(status.as_str()).filter(|s| !s.is_empty());
+            let mut add = |kind: &str, detail: String| v.push(format!("{kind}: {detail}"));
+            saga_outcome(&s.gid, status, &calls, &mut add);
+            saga_order(&s.gid, &calls, &mut add);
         }
         for (branch, broker) in &s.branches {
             let gid = s.gid.as_str();
@@ -718,9 +890,10 @@ async fn check(
                         "{gid} branch {branch} confirmed without a successful Try"
                     ));
                 }
-                let (done, not_done) = match s.expect {
-                    Expect::Commit => (confirmed, cancelled),
-                    Expect::Rollback => (cancelled, confirmed),
+                let (done, not_done) = if s.expect == Expect::Commit {
+                    (confirmed, cancelled)
+                } else {
+                    (cancelled, confirmed)
                 };
                 if done == 0 || not_done > 0 {
                     v.push(format!(

@@ -100,11 +100,12 @@ async fn a_thousand_seeds_keep_every_invariant() -> anyhow::Result<()> {
         }
     }
     println!(
-        "[sim] {} seeds in {:.0?}: {} TCCs, {} messages, {} faults, {} duplicates absorbed, slowest settle {} ms after the faults stopped",
+        "[sim] {} seeds in {:.0?}: {} TCCs, {} messages, {} sagas, {} faults, {} duplicates absorbed, slowest settle {} ms after the faults stopped",
         reports.len(),
         started.elapsed(),
         reports.iter().map(|r| r.tccs).sum::<usize>(),
         reports.iter().map(|r| r.msgs).sum::<usize>(),
+        reports.iter().map(|r| r.sagas).sum::<usize>(),
         faults.values().sum::<u64>(),
         reports.iter().map(|r| r.duplicates).sum::<u64>(),
         reports.iter().map(|r| r.settle_ms).max().unwrap_or(0),

@@ -480,10 +480,9 @@ pub fn saga_told(
     add: &mut impl FnMut(&'static str, String),
 ) {
     match (told, status) {
-        (Told::Committed, None) => add(
-            KINDS[1],
-            format!("{gid}: saga submitted, not in the store"),
-        ),
+        (Told::Committed, None) => {
+            add(KINDS[1], format!("{gid}: saga submitted, not in the store"))
+        }
         (Told::RolledBack, None) => add(
             KINDS[1],
             format!("{gid}: saga told it rolls back, not in the store"),
@@ -593,7 +592,9 @@ pub fn saga_order(gid: &str, s: &SagaCalls<'_>, add: &mut impl FnMut(&'static st
             {
                 add(
                     KINDS[14],
-                    format!("{gid}: step {a} compensated before step {b}, which runs after it, was"),
+                    format!(
+                        "{gid}: step {a} compensated before step {b}, which runs after it, was"
+                    ),
                 );
             }
         }
@@ -823,32 +824,38 @@ mod tests {
         after.iter().map(|b| b.to_vec()).collect()
     }
 
-    /// A saga's calls as its participant answered them, in this order: (step, action or
-    /// compensate, answered 200).
-    fn saga<'a>(after: &'a [Vec<usize>], calls: &[(usize, &str, bool)]) -> SagaCalls<'a> {
+    /// A saga's calls as its participant answered them, in this order: each `+` (answered
+    /// 200) or `-` (anything else), `a` (action) or `c` (compensate), and the step (from 0),
+    /// as in `"+a0 -a1 +c1 +c0"`.
+    fn saga<'a>(after: &'a [Vec<usize>], calls: &str) -> SagaCalls<'a> {
         let mut s = SagaCalls::read(after, |_, _| Answers::default());
-        for (n, (step, op, ok)) in (1..).zip(calls) {
-            let of = if *op == "action" {
+        for (n, call) in (1..).zip(calls.split_whitespace()) {
+            let b = call.as_bytes();
+            let of = if b[1] == b'a' {
                 &mut s.action
             } else {
                 &mut s.compensate
             };
-            of[*step].record(n, *ok);
+            of[usize::from(b[2] - b'0')].record(n, b[0] == b'+');
         }
         s
     }
 
-    /// The kinds `saga_outcome` and `saga_order` find.
-    fn saga_kinds(status: Option<&str>, s: &SagaCalls<'_>) -> Vec<&'static str> {
-        let mut found = Vec::new();
-        let mut add = |kind, _| found.push(kind);
-        saga_outcome("s", status, s, &mut add);
-        saga_order("s", s, &mut add);
-        found
+    /// Holds each case, (`status`, calls as [`saga`] reads them, the kinds expected), of a
+    /// saga whose steps run after `after` to what `saga_outcome` and `saga_order` find.
+    fn saga_cases(after: &[&[usize]], cases: &[(Option<&str>, &str, &[&str])]) {
+        let after = shape(after);
+        for (status, calls, expected) in cases {
+            let s = saga(&after, calls);
+            let mut found = Vec::new();
+            let mut add = |kind, _| found.push(kind);
+            saga_outcome("s", *status, &s, &mut add);
+            saga_order("s", &s, &mut add);
+            assert_eq!(found, *expected, "{status:?} after {calls:?}");
+        }
     }
 
-    const A: &str = "action";
-    const C: &str = "compensate";
+    const NONE: &[&str] = &[];
 
     #[test]
     fn answers_count_calls_and_remember_the_first_and_the_first_success() {
@@ -870,129 +877,87 @@ mod tests {
 
     #[test]
     fn a_succeeded_saga_has_every_action_done_and_nothing_compensated() {
-        let chain = shape(&CHAIN);
-        let ok = saga(
-            &chain,
-            &[(0, A, false), (0, A, true), (1, A, true), (2, A, true), (2, A, true)],
+        let done = Some(SUCCEED);
+        saga_cases(
+            &CHAIN,
+            &[
+                (done, "-a0 +a0 +a1 +a2 +a2", NONE),
+                (done, "+a0 +a1 -a2", &[KINDS[12]]),
+                // Compensated at all, even by a call that failed.
+                (done, "+a0 +a1 +a2 -c2", &[KINDS[13]]),
+            ],
         );
-        assert!(saga_kinds(Some(SUCCEED), &ok).is_empty());
-        let missing = saga(&chain, &[(0, A, true), (1, A, true), (2, A, false)]);
-        assert_eq!(saga_kinds(Some(SUCCEED), &missing), [KINDS[12]]);
-        // Compensated at all, even by a call that failed.
-        let undone = saga(
-            &chain,
-            &[(0, A, true), (1, A, true), (2, A, true), (2, C, false)],
-        );
-        assert_eq!(saga_kinds(Some(SUCCEED), &undone), [KINDS[13]]);
     }
 
     #[test]
     fn a_failed_saga_compensates_every_step_it_called() {
-        let chain = shape(&CHAIN);
-        // Step 1 refused (409): it and step 0 are compensated, step 2 never runs.
-        let sound = [
-            (0, A, true),
-            (1, A, false),
-            (1, C, false),
-            (1, C, true),
-            (0, C, true),
-        ];
-        assert!(saga_kinds(Some(FAILED), &saga(&chain, &sound)).is_empty());
-        // The refused step itself is compensated too: it may have done something.
-        assert_eq!(
-            saga_kinds(Some(FAILED), &saga(&chain, &[(0, A, true), (1, A, false), (0, C, true)])),
-            [KINDS[12]]
+        let failed = Some(FAILED);
+        saga_cases(
+            &CHAIN,
+            &[
+                // Step 1 refused (409): it and step 0 are compensated, step 2 never runs.
+                (failed, "+a0 -a1 -c1 +c1 +c0", NONE),
+                // The refused step itself is compensated too: it may have done something.
+                (failed, "+a0 -a1 +c0", &[KINDS[12]]),
+                // A compensate that never succeeded.
+                (failed, "+a0 -a1 +c1 -c0", &[KINDS[12]]),
+                // Still running, it is held to nothing it may yet do.
+                (Some("aborting"), "+a0 -a1", NONE),
+            ],
         );
-        // A compensate that never succeeded.
-        assert_eq!(
-            saga_kinds(
-                Some(FAILED),
-                &saga(&chain, &[(0, A, true), (1, A, false), (1, C, true), (0, C, false)])
-            ),
-            [KINDS[12]]
-        );
-        // Still running, it is held to nothing it may yet do.
-        let running = saga(&chain, &[(0, A, true), (1, A, false)]);
-        assert!(saga_kinds(Some("aborting"), &running).is_empty());
     }
 
     #[test]
     fn only_a_step_that_was_due_may_be_compensated_without_its_action() {
-        let chain = shape(&CHAIN);
-        // The saga timed out after step 0 succeeded, before step 1 was called: step 1 was
-        // due, so it was marked failed and is compensated (allowed, not required).
-        let due = [(0, A, true), (1, C, true), (0, C, true)];
-        assert!(saga_kinds(Some(FAILED), &saga(&chain, &due)).is_empty());
-        let unmarked = [(0, A, true), (0, C, true)];
-        assert!(saga_kinds(Some(FAILED), &saga(&chain, &unmarked)).is_empty());
-        // Step 2 was never due (step 1 never succeeded).
-        let not_due = [(0, A, true), (1, A, false), (2, C, true), (1, C, true), (0, C, true)];
-        assert_eq!(
-            saga_kinds(Some(FAILED), &saga(&chain, &not_due)),
-            [KINDS[13]]
+        let failed = Some(FAILED);
+        saga_cases(
+            &CHAIN,
+            &[
+                // Timed out after step 0 succeeded, before step 1 was called: step 1 was
+                // due, so it was marked failed and is compensated (allowed, not required).
+                (failed, "+a0 +c1 +c0", NONE),
+                (failed, "+a0 +c0", NONE),
+                // Step 2 was never due (step 1 never succeeded).
+                (failed, "+a0 -a1 +c2 +c1 +c0", &[KINDS[13]]),
+                // A saga not in the store is never called.
+                (None, "-a0", &[KINDS[13]]),
+                (None, "", NONE),
+            ],
         );
-        // A saga not in the store is never called.
-        assert_eq!(saga_kinds(None, &saga(&chain, &[(0, A, false)])), [KINDS[13]]);
-        assert!(saga_kinds(None, &saga(&chain, &[])).is_empty());
     }
 
     #[test]
     fn a_chain_runs_forward_in_order_and_compensates_back_in_reverse() {
-        let chain = shape(&CHAIN);
-        // Action 1 called before action 0 succeeded (its first call failed).
-        let early = [(0, A, false), (1, A, true), (0, A, true), (2, A, true)];
-        assert_eq!(saga_kinds(Some(SUCCEED), &saga(&chain, &early)), [KINDS[14]]);
-        // Compensate 0 called before compensate 1 succeeded, even if it failed then.
-        let back = [
-            (0, A, true),
-            (1, A, false),
-            (0, C, false),
-            (1, C, true),
-            (0, C, true),
-        ];
-        assert_eq!(saga_kinds(Some(FAILED), &saga(&chain, &back)), [KINDS[14]]);
-        // A late action (a paused coordinator's), after its step was compensated, and calls
-        // repeated after their answers were lost: in order.
-        let late = [
-            (0, A, true),
-            (0, A, true),
-            (1, C, true),
-            (1, C, true),
-            (0, C, true),
-            (1, A, true),
-        ];
-        assert!(saga_kinds(Some(FAILED), &saga(&chain, &late)).is_empty());
+        saga_cases(
+            &CHAIN,
+            &[
+                // Action 1 called before action 0 succeeded (its first call failed).
+                (Some(SUCCEED), "-a0 +a1 +a0 +a2", &[KINDS[14]]),
+                // Compensate 0 called before compensate 1 succeeded, even if it failed.
+                (Some(FAILED), "+a0 -a1 -c0 +c1 +c0", &[KINDS[14]]),
+                // A late action (a paused coordinator's) after its step was compensated,
+                // and calls repeated after their answers were lost: in order.
+                (Some(FAILED), "+a0 +a0 +c1 +c1 +c0 +a1", NONE),
+            ],
+        );
     }
 
     #[test]
     fn with_orders_a_step_waits_for_those_it_runs_after_both_ways() {
-        let dag = shape(&FORK_JOIN);
-        // 0 and 1 at once, 2 after both; 2 refused: 2 first, then 0 and 1 in any order.
-        let sound = [
-            (1, A, true),
-            (0, A, true),
-            (2, A, false),
-            (2, C, true),
-            (1, C, true),
-            (0, C, true),
-        ];
-        assert!(saga_kinds(Some(FAILED), &saga(&dag, &sound)).is_empty());
-        // 2 before 1 succeeded.
-        let early = [(0, A, true), (2, A, true), (1, A, true)];
-        assert_eq!(saga_kinds(Some(SUCCEED), &saga(&dag, &early)), [KINDS[14]]);
-        // 1 compensated before 2.
-        let back = [
-            (0, A, true),
-            (1, A, true),
-            (2, A, false),
-            (1, C, true),
-            (2, C, true),
-            (0, C, true),
-        ];
-        assert_eq!(saga_kinds(Some(FAILED), &saga(&dag, &back)), [KINDS[14]]);
-        // 0 refused while 1 ran: 2 was never due, 0 and 1 are compensated at once.
-        let fork = [(0, A, false), (1, A, true), (0, C, true), (1, C, true)];
-        assert!(saga_kinds(Some(FAILED), &saga(&dag, &fork)).is_empty());
+        let failed = Some(FAILED);
+        saga_cases(
+            &FORK_JOIN,
+            &[
+                // 0 and 1 at once, 2 after both; 2 refused: 2 first, then 0 and 1.
+                (failed, "+a1 +a0 -a2 +c2 +c1 +c0", NONE),
+                // 2 before 1 succeeded.
+                (Some(SUCCEED), "+a0 +a2 +a1", &[KINDS[14]]),
+                // 1 compensated before 2.
+                (failed, "+a0 +a1 -a2 +c1 +c2 +c0", &[KINDS[14]]),
+                // 0 refused while 1 ran: 2 was never due; 0 and 1 compensated at once.
+                (failed, "-a0 +a1 +c0 +c1", NONE),
+            ],
+        );
     }
 
     #[test]
@@ -1025,11 +990,8 @@ mod tests {
             after: shape(&FORK_JOIN),
         });
         e.statuses.insert("ps".into(), FAILED.into());
-        let calls = saga(
-            &e.plain[4].after,
-            &[(0, A, true), (1, A, false), (1, C, true), (0, C, true)],
-        );
-        for (op, answers) in [(A, &calls.action), (C, &calls.compensate)] {
+        let calls = saga(&e.plain[4].after, "+a0 -a1 +c1 +c0");
+        for (op, answers) in [("action", &calls.action), ("compensate", &calls.compensate)] {
             for (i, a) in answers.iter().enumerate().filter(|(_, a)| a.called()) {
                 e.plain_calls
                     .insert(("ps".into(), saga_branch(i), op.into()), *a);
@@ -1045,10 +1007,11 @@ mod tests {
         // Gone from the store.
         e.statuses.remove("ps");
         assert_eq!(kinds(&e)[0], KINDS[1]);
-        // Its step 01 is not a TCC's branch: no confirm is missing.
+        // Step 01 left uncompensated; the TCC rules leave its branches alone (no confirm
+        // is missing).
         e.statuses.insert("ps".into(), FAILED.into());
         e.plain_calls
-            .remove(&("ps".into(), "01".into(), C.into()));
+            .remove(&("ps".into(), "01".into(), "compensate".into()));
         assert_eq!(kinds(&e), [KINDS[12]]);
     }
 }

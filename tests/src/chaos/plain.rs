@@ -23,7 +23,7 @@ use axum::Router;
 use rand::Rng;
 use settle_protocol::{BranchParams, GlobalRequest};
 use settle_sdk::msg::Msg;
-use settle_sdk::SettleClient;
+use settle_sdk::{SdkError, SettleClient};
 
 use settle_sdk::Saga;
 
@@ -52,6 +52,23 @@ pub struct PlainTxn {
     pub told: Told,
     /// A saga's steps, each with the steps it runs after (empty for a TCC or a message).
     pub after: Vec<Vec<usize>>,
+}
+
+impl PlainTxn {
+    /// `gid` of `kind` (a saga's steps running after `after`), whose initiator got `result`.
+    fn told<T>(
+        gid: String,
+        kind: PlainKind,
+        result: &Result<T, SdkError>,
+        after: &[&[usize]],
+    ) -> Self {
+        Self {
+            gid,
+            kind,
+            told: Told::of(result),
+            after: after.iter().map(|b| b.to_vec()).collect(),
+        }
+    }
 }
 
 /// Branches (TCC) and steps (msg) of every plain TCC and message.
@@ -220,12 +237,7 @@ impl Plain {
                 Ok(())
             })
             .await;
-        PlainTxn {
-            gid,
-            kind: PlainKind::Tcc,
-            told: Told::of(&result),
-            after: Vec::new(),
-        }
+        PlainTxn::told(gid, PlainKind::Tcc, &result, &[])
     }
 
     async fn msg(&self) -> PlainTxn {
@@ -245,12 +257,7 @@ impl Plain {
             msg.submit().await
         }
         .await;
-        PlainTxn {
-            gid,
-            kind: PlainKind::Msg,
-            told: Told::of(&result),
-            after: Vec::new(),
-        }
+        PlainTxn::told(gid, PlainKind::Msg, &result, &[])
     }
 
     async fn saga(&self) -> PlainTxn {
@@ -279,12 +286,7 @@ impl Plain {
             saga.submit().await
         }
         .await;
-        PlainTxn {
-            gid,
-            kind: PlainKind::Saga,
-            told: Told::of(&result),
-            after: after.iter().map(|b| b.to_vec()).collect(),
-        }
+        PlainTxn::told(gid, PlainKind::Saga, &result, &after)
     }
 }
 
