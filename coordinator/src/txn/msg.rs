@@ -12,7 +12,7 @@ use super::policy::{
     actions, staged, Due, Moment, Next, Order, Policy, Refusal, Stage, Subscribers,
 };
 use super::topic::topic_name;
-use super::{BranchOp, GlobalStatus, GlobalTxn, NewBranch, Op, TransType};
+use super::{BranchOp, BranchStatus, GlobalStatus, GlobalTxn, NewBranch, Op, TransType};
 
 /// The delay a msg's `custom_data` asks for, in seconds: `{"delay": N}` with N a positive
 /// integer. `None` when it asks for none (a delay that is not such a number is refused at the
@@ -134,10 +134,43 @@ impl Policy for Msg {
         Due::CheckBack
     }
 
+    /// Steps in order, one at a time (all at once when `concurrent`); the subscribers of a
+    /// topic step are called at once, so that one that is down does not keep the message
+    /// from the others (DTM calls them one after the other and stops at the first error).
     fn next(&self, txn: &GlobalTxn, branches: &[BranchOp]) -> Next {
-        match txn.status {
-            GlobalStatus::Submitted => staged(txn, branches, DELIVER, |_| true),
-            _ => Next::Finish,
+        if txn.status != GlobalStatus::Submitted {
+            return Next::Finish;
+        }
+        match staged(txn, branches, DELIVER, |_| true) {
+            Next::Call {
+                ops,
+                release_held,
+                checkpoint,
+            } if ops.len() == 1 => {
+                let step = |b: &BranchOp| {
+                    b.branch_id
+                        .split_once('-')
+                        .map_or(b.branch_id.clone(), |(s, _)| s.to_owned())
+                };
+                let first = step(&branches[ops[0]]);
+                let fan_out: Vec<usize> = branches
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| {
+                        b.op == Op::Action
+                            && b.status == BranchStatus::Prepared
+                            && b.branch_id.contains('-')
+                            && step(b) == first
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                Next::Call {
+                    ops: if fan_out.is_empty() { ops } else { fan_out },
+                    release_held,
+                    checkpoint,
+                }
+            }
+            other => other,
         }
     }
 }
@@ -221,6 +254,34 @@ mod tests {
             .steps(&request(&["topic://none"]), Moment::Prepare, &subscribers)
             .unwrap_err();
         assert!(why.message.starts_with("topic not found"), "{why:?}");
+    }
+
+    #[test]
+    fn a_topics_subscribers_are_called_at_once_and_the_next_step_after_them() {
+        let subscribers = Subscribers::from([(
+            "two".to_owned(),
+            vec!["http://a/1".to_owned(), "http://b/2".to_owned()],
+        )]);
+        let mut branches: Vec<BranchOp> = Msg
+            .steps(
+                &request(&["topic://two", "http://d/4"]),
+                Moment::Submit,
+                &subscribers,
+            )
+            .unwrap()
+            .into_iter()
+            .map(|b| BranchOp::new("g", b, 1))
+            .collect();
+        let t = sample(TransType::Msg, GlobalStatus::Submitted);
+        let called = |b: &[BranchOp]| match Msg.next(&t, b) {
+            Next::Call { ops, .. } => ops.iter().map(|i| b[*i].branch_id.clone()).collect(),
+            other => vec![format!("{other:?}")],
+        };
+        assert_eq!(called(&branches), ["01-01", "01-02"]);
+        branches[1].status = BranchStatus::Succeeded;
+        assert_eq!(called(&branches), ["01-01"], "the one still down, alone");
+        branches[0].status = BranchStatus::Succeeded;
+        assert_eq!(called(&branches), ["02"]);
     }
 
     #[test]
