@@ -190,7 +190,7 @@ function filterForm(f) {
   const form = el("form", { class: "filters", id: "filters" },
     select("status", "Status", [["", "any"], ["prepared", "prepared"], ["submitted", "submitted"],
       ["aborting", "aborting"], ["succeed", "succeed"], ["failed", "failed"]]),
-    select("type", "Type", [["", "any"], ["tcc", "tcc"], ["msg", "msg"]]),
+    select("type", "Type", [["", "any"], ["tcc", "tcc"], ["msg", "msg"], ["saga", "saga"], ["xa", "xa"]]),
     input("gid_prefix", "Gid starts with", { placeholder: "order-", size: 16 }),
     el("label", {}, "Created from", el("input", { type: "datetime-local", name: "from", value: localInput(f.from) })),
     el("label", {}, "Created to", el("input", { type: "datetime-local", name: "to", value: localInput(f.to) })),

@@ -142,7 +142,8 @@ pub enum BarrierOutcome<T> {
     /// A Cancel (or compensation) arrived before its Try ever ran: nothing to undo. Answer
     /// success; the Try is now blocked.
     EmptyRollback,
-    /// A Try arrived after its Cancel: refused, nothing was done. Answer failure.
+    /// A Try arrived after its Cancel (or a saga's action after its compensation): refused,
+    /// nothing was done. Answer failure.
     RejectedAfterCancel,
 }
 
@@ -260,8 +261,13 @@ impl BranchBarrier {
             return Ok(BarrierOutcome::EmptyRollback);
         }
         if current_affected == 0 {
-            let outcome = if op == names::OP_TRY
-                && self.reason(&mut tx, op, &bid).await?.as_deref() == Some(names::OP_CANCEL)
+            let undone_by = match op {
+                names::OP_TRY => names::OP_CANCEL,
+                names::OP_ACTION => names::OP_COMPENSATE,
+                _ => "",
+            };
+            let outcome = if !undone_by.is_empty()
+                && self.reason(&mut tx, op, &bid).await?.as_deref() == Some(undone_by)
             {
                 BarrierOutcome::RejectedAfterCancel
             } else {

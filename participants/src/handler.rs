@@ -100,7 +100,7 @@ impl IntoResponse for BranchResponse {
 }
 
 /// Maps a barrier call to an answer: done, duplicate and empty rollback are successes; a Try
-/// after its Cancel is a failure; a database error is retried; a business error is a failure.
+/// after its Cancel (an action after its compensation) is a failure; a database error is retried; a business error is a failure.
 impl<T, E: std::fmt::Display> From<Result<BarrierOutcome<T>, BarrierError<E>>> for BranchResponse {
     fn from(r: Result<BarrierOutcome<T>, BarrierError<E>>) -> Self {
         match r {
@@ -108,7 +108,7 @@ impl<T, E: std::fmt::Display> From<Result<BarrierOutcome<T>, BarrierError<E>>> f
                 BarrierOutcome::Done(_) | BarrierOutcome::Duplicate | BarrierOutcome::EmptyRollback,
             ) => Self::Success,
             Ok(BarrierOutcome::RejectedAfterCancel) => {
-                Self::Failure("try arrived after its cancel".into())
+                Self::Failure("arrived after its cancel or compensation: nothing was done".into())
             }
             Err(BarrierError::Database(e)) => Self::Error(format!("database error: {e}")),
             Err(BarrierError::Invalid(m)) => Self::Failure(m),

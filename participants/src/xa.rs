@@ -8,7 +8,7 @@
 //! [`xa_phase_two`]:
 //!
 //! ```no_run
-//! # async fn f(pool: sqlx::MySqlPool, client: settle_sdk::SettleClient, call: settle_sdk::protocol::BranchParams) -> Result<(), settle_sdk::xa::XaError<sqlx::Error>> {
+//! # async fn f(pool: sqlx::MySqlPool, client: settle_sdk::SettleClient, call: settle_sdk::protocol::BranchParams) -> Result<(), Box<dyn std::error::Error>> {
 //! use settle_sdk::xa::xa_local;
 //! // In the participant's action endpoint:
 //! xa_local(&client, &pool, &call, "http://127.0.0.1:8081/xa", |conn| {
@@ -26,9 +26,9 @@
 //! ```
 //!
 //! The database must keep a prepared branch when its session ends (MySQL 5.7.7 and later,
-//! MariaDB 10.5 and later). The branch registers only once it is prepared, so whatever the coordinator commits or
-//! rolls back exists; a branch whose registration is refused (the global transaction was
-//! aborted or timed out meanwhile) is rolled back at once. A phase-2 call for an xid the
+//! MariaDB 10.5 and later). The branch registers only once it is prepared, so whatever the
+//! coordinator commits or rolls back exists; a branch whose registration is refused (the
+//! global transaction was aborted or timed out meanwhile) is rolled back at once. A phase-2 call for an xid the
 //! database no longer knows (`XAER_NOTA`: committed or rolled back by an earlier call) is
 //! a success, so the calls are idempotent.
 

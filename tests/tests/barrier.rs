@@ -1,6 +1,6 @@
-//! The participant barrier on a real MySQL: each operation runs at most once, a Cancel
-//! before its Try is an empty rollback, a Try after its Cancel is refused, and a failed
-//! business step leaves no barrier row behind.
+//! The participant barrier on a real MySQL: each operation runs at most once, a Cancel (or a
+//! saga's compensation) before its Try (action) is an empty rollback, a Try (action) after
+//! it is refused, and a failed business step leaves no barrier row behind.
 
 use settle_protocol::BranchParams;
 use settle_sdk::{BarrierError, BarrierOutcome, BarrierTable, BranchBarrier};
@@ -31,7 +31,12 @@ async fn fixture() -> anyhow::Result<Fixture> {
 fn barrier(f: &Fixture, gid: &str, op: &str) -> BranchBarrier {
     let params = BranchParams {
         gid: gid.to_owned(),
-        trans_type: "tcc".to_owned(),
+        trans_type: if matches!(op, "action" | "compensate") {
+            "saga"
+        } else {
+            "tcc"
+        }
+        .to_owned(),
         branch_id: "01".to_owned(),
         op: op.to_owned(),
     };
@@ -85,6 +90,29 @@ async fn cancel_before_try_is_an_empty_rollback_and_the_late_try_is_rejected() -
     );
     assert_eq!(run(&f, "g2", "cancel").await, BarrierOutcome::Duplicate);
     assert!(effects(&f, "g2").await.is_empty(), "no business step ran");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_saga_compensation_is_a_cancel_an_empty_one_and_one_that_undoes_once(
+) -> anyhow::Result<()> {
+    let f = fixture().await?;
+    // The compensation arrives first (its action was in flight): nothing to undo, and the
+    // late action does nothing.
+    assert_eq!(
+        run(&f, "s1", "compensate").await,
+        BarrierOutcome::EmptyRollback
+    );
+    assert_eq!(
+        run(&f, "s1", "action").await,
+        BarrierOutcome::RejectedAfterCancel
+    );
+    assert!(effects(&f, "s1").await.is_empty(), "no business step ran");
+    // After its action, it undoes it once.
+    assert_eq!(run(&f, "s2", "action").await, BarrierOutcome::Done(()));
+    assert_eq!(run(&f, "s2", "compensate").await, BarrierOutcome::Done(()));
+    assert_eq!(run(&f, "s2", "compensate").await, BarrierOutcome::Duplicate);
+    assert_eq!(effects(&f, "s2").await, ["action", "compensate"]);
     Ok(())
 }
 
