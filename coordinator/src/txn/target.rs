@@ -147,6 +147,12 @@ impl Target {
                             )));
                         }
                     };
+                    if v.ends_with(' ') || v.chars().any(char::is_control) {
+                        return Err(TargetError(format!(
+                            "{k} of '{}' ends with a space or holds a control character; MySQL compares keys ignoring trailing spaces, so such a key would not mean the same thing on every store",
+                            url.escape_default()
+                        )));
+                    }
                     if v.len() > MAX_KEY_LEN {
                         return Err(TargetError(format!(
                             "{k} of '{}' is longer than {MAX_KEY_LEN} bytes",
@@ -287,5 +293,12 @@ mod tests {
         assert!(err("rocketmq://%DLQ%group?key=k").contains("'%dlq%'"));
         assert!(err("rocketmq://TBW102?key=k").contains("broker's own topics"));
         assert!(err("nonsense").contains("is not a URL"));
+        assert!(err("rocketmq://t?key=order-1%20").contains("ends with a space"));
+        assert!(err("rocketmq://t?key=a%09b").contains("control character"));
+        assert!(err("rocketmq://t?key=k&tag=paid%20").contains("tag of"));
+        assert!(
+            Target::parse("rocketmq://t?key=a%20b").is_ok(),
+            "a space inside is kept"
+        );
     }
 }
