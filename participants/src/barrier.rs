@@ -147,6 +147,15 @@ pub enum BarrierOutcome<T> {
     RejectedAfterCancel,
 }
 
+/// Rows an insert added: 0 when its key was there already.
+fn inserted(r: Result<sqlx::mysql::MySqlQueryResult, sqlx::Error>) -> Result<u64, sqlx::Error> {
+    match r {
+        Ok(done) => Ok(done.rows_affected()),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
 /// Errors of a barrier call.
 #[derive(Debug, thiserror::Error)]
 pub enum BarrierError<E> {
@@ -176,20 +185,28 @@ impl BranchBarrier {
     /// The barrier of the branch call described by `params`.
     ///
     /// # Errors
-    /// [`BarrierError::Invalid`] if `gid`, `branch_id`, `op` or `trans_type` is empty.
+    /// [`BarrierError::Invalid`] if `gid`, `branch_id`, `op` or `trans_type` is empty, or
+    /// longer than its column (128, 128, 45 and 45 characters): a value cut to fit would
+    /// make two branches share one barrier row.
     pub fn new(
         params: BranchParams,
         table: BarrierTable,
     ) -> Result<Self, BarrierError<std::convert::Infallible>> {
-        for (name, value) in [
-            ("gid", &params.gid),
-            ("branch_id", &params.branch_id),
-            ("op", &params.op),
-            ("trans_type", &params.trans_type),
+        for (name, value, max) in [
+            ("gid", &params.gid, 128),
+            ("branch_id", &params.branch_id, 128),
+            ("op", &params.op, 45),
+            ("trans_type", &params.trans_type, 45),
         ] {
             if value.is_empty() {
                 return Err(BarrierError::Invalid(format!(
                     "{name} is missing from the branch call"
+                )));
+            }
+            if value.chars().count() > max {
+                return Err(BarrierError::Invalid(format!(
+                    "{name} is {} characters long; the barrier table holds at most {max}",
+                    value.chars().count()
                 )));
             }
         }
@@ -215,20 +232,23 @@ impl BranchBarrier {
         if op.is_empty() {
             return Ok(0);
         }
+        // A plain INSERT whose duplicate key counts as "already there": INSERT IGNORE would
+        // also turn a value that does not fit into a warning and store it cut.
         let sql = format!(
-            "INSERT IGNORE INTO {} (trans_type, gid, branch_id, op, barrier_id, reason) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO {} (trans_type, gid, branch_id, op, barrier_id, reason) VALUES (?, ?, ?, ?, ?, ?)",
             self.table.name
         );
-        Ok(sqlx::query(&sql)
-            .bind(&self.params.trans_type)
-            .bind(&self.params.gid)
-            .bind(&self.params.branch_id)
-            .bind(op)
-            .bind(barrier_id)
-            .bind(reason)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected())
+        inserted(
+            sqlx::query(&sql)
+                .bind(&self.params.trans_type)
+                .bind(&self.params.gid)
+                .bind(&self.params.branch_id)
+                .bind(op)
+                .bind(barrier_id)
+                .bind(reason)
+                .execute(&mut *conn)
+                .await,
+        )
     }
 
     /// Runs `business` at most once for this branch operation, in one database transaction
@@ -319,14 +339,16 @@ impl BranchBarrier {
     pub async fn query_prepared(&self, pool: &MySqlPool) -> Result<bool, sqlx::Error> {
         let mut conn = pool.acquire().await?;
         let sql = format!(
-            "INSERT IGNORE INTO {} (trans_type, gid, branch_id, op, barrier_id, reason) VALUES (?, ?, '00', 'msg', '01', 'rollback')",
+            "INSERT INTO {} (trans_type, gid, branch_id, op, barrier_id, reason) VALUES (?, ?, '00', 'msg', '01', 'rollback')",
             self.table.name
         );
-        sqlx::query(&sql)
-            .bind(&self.params.trans_type)
-            .bind(&self.params.gid)
-            .execute(&mut *conn)
-            .await?;
+        inserted(
+            sqlx::query(&sql)
+                .bind(&self.params.trans_type)
+                .bind(&self.params.gid)
+                .execute(&mut *conn)
+                .await,
+        )?;
         let select = format!(
             "SELECT reason FROM {} WHERE gid = ? AND branch_id = '00' AND op = 'msg' AND barrier_id = '01'",
             self.table.name

@@ -244,3 +244,26 @@ async fn gids_that_differ_only_in_case_are_two_transactions_even_in_dtms_own_tab
     assert_eq!(run(&f, "order-1", "try").await, BarrierOutcome::Duplicate);
     Ok(())
 }
+
+#[test]
+fn ids_longer_than_their_columns_are_refused_not_truncated() {
+    let long = "g".repeat(129);
+    for (gid, branch_id, op) in [
+        (long.as_str(), "01", "try"),
+        ("g", long.as_str(), "try"),
+        ("g", "01", &"o".repeat(46)[..]),
+    ] {
+        let params = BranchParams {
+            gid: gid.to_owned(),
+            trans_type: "tcc".to_owned(),
+            branch_id: branch_id.to_owned(),
+            op: op.to_owned(),
+        };
+        let err = BranchBarrier::new(params, BarrierTable::default())
+            .expect_err("refused before anything is written");
+        assert!(
+            matches!(&err, BarrierError::Invalid(m) if m.contains("at most")),
+            "{err}"
+        );
+    }
+}
