@@ -414,3 +414,59 @@ async fn a_delayed_message_goes_out_only_after_its_delay() -> anyhow::Result<()>
     app.stop().await;
     Ok(())
 }
+
+/// When `route` was first called for `gid`.
+fn first_call(p: &Participant, gid: &str, route: &str) -> Option<std::time::Instant> {
+    p.calls()
+        .into_iter()
+        .filter(|c| c.params.gid == gid && c.route == route)
+        .map(|c| c.at)
+        .min()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delayed_message_keeps_its_delay_when_a_check_back_or_a_late_submit_commits_it(
+) -> anyhow::Result<()> {
+    let db = TestDb::mysql().await?;
+    let app = spawn_coordinator(test_config(&db.url)).await?;
+    let p = Participant::start().await?;
+    let client = SettleClient::new(app.api_url());
+    let delayed = |gid: &str| GlobalRequest {
+        custom_data: r#"{"delay": 3}"#.into(),
+        request_timeout: 10,
+        ..quick(gid)
+    };
+    // Committed by its check-back.
+    let checked = client.new_gid().await?;
+    let mut m = Msg::with_options(&client, delayed(&checked)).add(&p.url("step"), &json!({}))?;
+    m.prepare(&p.url("query")).await?;
+    // Committed by its initiator's submit while the check-back is under way.
+    p.delay("slow-query", Duration::from_millis(2_000), 1);
+    let raced = client.new_gid().await?;
+    let mut r = Msg::with_options(&client, delayed(&raced)).add(&p.url("step"), &json!({}))?;
+    r.prepare(&p.url("slow-query")).await?;
+    eventually("the slow check-back to be asked", SETTLE, || async {
+        p.arrived("slow-query") >= 1
+    })
+    .await?;
+    r.submit().await?;
+    let submitted = std::time::Instant::now();
+    for gid in [&checked, &raced] {
+        assert_eq!(client.wait_final(gid, SETTLE).await?, "succeed");
+    }
+    let committed = first_call(&p, &checked, "query").expect("checked back");
+    let step = first_call(&p, &checked, "step").expect("delivered");
+    assert!(
+        step - committed >= Duration::from_millis(2_900),
+        "a check-back's commit kept the delay: step {:?} after it",
+        step - committed
+    );
+    let step = first_call(&p, &raced, "step").expect("delivered");
+    assert!(
+        step - submitted >= Duration::from_millis(2_900),
+        "a submit during the check-back kept the delay: step {:?} after it",
+        step - submitted
+    );
+    app.stop().await;
+    Ok(())
+}

@@ -51,6 +51,14 @@ impl Driver {
             }
             Due::Drive => {}
         }
+        if c.txn.status == GlobalStatus::Submitted {
+            // The check-back, or the initiator's submit meanwhile, committed a message that
+            // waits for its delay: nobody drives it before then.
+            if let Due::NotYet(due) = policy.on_due(&c.txn, apply.clock().now_ms()) {
+                apply.release(&c, due).await?;
+                return Ok(RoundEnd::Left);
+            }
+        }
         match c.txn.status {
             GlobalStatus::Prepared => {
                 apply.release(&c, c.txn.next_cron_time).await?;

@@ -84,8 +84,17 @@ pub fn decide(
     }
     match answer {
         CheckBack::Commit => {
+            let policy = require(t.trans_type)?;
             let mut change = Change::at(now).to(GlobalStatus::Submitted);
-            change.enqueue = Some(require(t.trans_type)?.outbox_at_commit());
+            change.enqueue = Some(policy.outbox_at_commit());
+            let delay = policy.delay_ms(t);
+            if delay > 0 {
+                // A delayed message waits for its delay from this commit, as after a
+                // submit; the round that asked gives the lease up until then.
+                let from = now.saturating_add(delay);
+                change.deliver_from = Some(from);
+                change = change.due(from);
+            }
             Ok(Decision::Apply(change))
         }
         CheckBack::Rollback => Ok(Decision::Apply(
@@ -131,6 +140,21 @@ mod tests {
             decide(&leased(), "theirs", &CheckBack::Commit, 5),
             Err(TxnError::LeaseLost { .. })
         ));
+    }
+
+    #[test]
+    fn a_delayed_message_committed_by_its_check_back_waits_for_its_delay() {
+        let mut c = leased();
+        if let Some(t) = c.txn.as_mut() {
+            t.custom_data = r#"{"delay": 30}"#.into();
+        }
+        let Ok(Decision::Apply(commit)) = decide(&c, "mine", &CheckBack::Commit, 5) else {
+            panic!("commits");
+        };
+        assert_eq!(
+            (commit.deliver_from, commit.next_cron_time),
+            (Some(30_005), Some(30_005))
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use settle_protocol::GlobalRequest;
 
 use super::outbox::OutboxState;
 use super::policy::{
-    actions, staged, Due, Moment, Next, Order, Policy, Refusal, Stage, Subscribers,
+    actions, due_by_timeout, staged, Due, Moment, Next, Order, Policy, Refusal, Stage, Subscribers,
 };
 use super::topic::topic_name;
 use super::{BranchOp, BranchStatus, GlobalStatus, GlobalTxn, NewBranch, Op, TransType};
@@ -132,6 +132,21 @@ impl Policy for Msg {
 
     fn on_timeout(&self, _txn: &GlobalTxn) -> Due {
         Due::CheckBack
+    }
+
+    /// A committed delayed msg waits for its delay, counted from its commit, however it
+    /// was committed (its submit, or its check-back).
+    fn on_due(&self, txn: &GlobalTxn, now: i64) -> Due {
+        let delay = self.delay_ms(txn);
+        if let (GlobalStatus::Submitted, Some(committed), true) =
+            (txn.status, txn.submit_time, delay > 0)
+        {
+            let from = committed.saturating_add(delay);
+            if now < from {
+                return Due::NotYet(from);
+            }
+        }
+        due_by_timeout(self, txn, now)
     }
 
     /// Steps in order, one at a time (all at once when `concurrent`); the subscribers of a

@@ -191,15 +191,7 @@ pub trait Policy: Send + Sync {
     /// timeout; past a timeout that applies, it rolls back (or, for a prepared msg, is
     /// checked back); otherwise phase 2 is driven.
     fn on_due(&self, txn: &GlobalTxn, now: i64) -> Due {
-        let prepared = txn.status == GlobalStatus::Prepared;
-        match self.deadline(txn) {
-            Some(deadline) if now < deadline && prepared => Due::NotYet(deadline),
-            Some(deadline) if now < deadline => Due::Drive,
-            Some(_) if prepared => self.on_timeout(txn),
-            Some(_) => Due::RollBack(timeout_reason(txn)),
-            None if prepared => Due::NotYet(super::NEVER),
-            None => Due::Drive,
-        }
+        due_by_timeout(self, txn, now)
     }
 
     /// What phase 2 of `txn` does next, given its `branches`.
@@ -232,6 +224,21 @@ pub trait Policy: Send + Sync {
         } else {
             Limit::Retry
         }
+    }
+}
+
+/// [`Policy::on_due`] as the timeouts alone decide it: a prepared transaction waits for
+/// its timeout; past a timeout that applies, it rolls back (or, for a prepared msg, is
+/// checked back); otherwise phase 2 is driven.
+pub fn due_by_timeout<P: Policy + ?Sized>(policy: &P, txn: &GlobalTxn, now: i64) -> Due {
+    let prepared = txn.status == GlobalStatus::Prepared;
+    match policy.deadline(txn) {
+        Some(deadline) if now < deadline && prepared => Due::NotYet(deadline),
+        Some(deadline) if now < deadline => Due::Drive,
+        Some(_) if prepared => policy.on_timeout(txn),
+        Some(_) => Due::RollBack(timeout_reason(txn)),
+        None if prepared => Due::NotYet(super::NEVER),
+        None => Due::Drive,
     }
 }
 
