@@ -14,6 +14,7 @@
 use tracing::info;
 
 use super::call::CallResult;
+use super::round::Pause;
 use super::{Driver, RoundEnd};
 use crate::store::{Claimed, StoreError};
 use crate::txn::branch::BranchStep;
@@ -80,7 +81,10 @@ impl Driver {
                             .count();
                         format!("waiting for the broker to acknowledge {waiting} message(s)")
                     };
-                    match self.end_round(c, policy, round, true, detail).await? {
+                    match self
+                        .end_round(c, policy, round, Pause::Waiting, detail)
+                        .await?
+                    {
                         Ended::Round(end) => return Ok(end),
                         Ended::Turned(turned) => {
                             (c, round) = *turned;
@@ -167,7 +171,12 @@ impl Driver {
                 continue;
             }
             if let Some((ongoing, detail)) = retry {
-                match self.end_round(c, policy, round, ongoing, detail).await? {
+                let pause = if ongoing {
+                    Pause::Fixed
+                } else {
+                    Pause::Backoff
+                };
+                match self.end_round(c, policy, round, pause, detail).await? {
                     Ended::Round(end) => return Ok(end),
                     Ended::Turned(turned) => (c, round) = *turned,
                 }
@@ -201,12 +210,12 @@ impl Driver {
         c: Claimed,
         policy: &dyn Policy,
         mut round: Progress,
-        ongoing: bool,
+        pause: Pause,
         detail: String,
     ) -> Result<Ended, StoreError> {
         let progressed = !round.done.is_empty();
         let now = self.inner.apply.clock().now_ms();
-        let (next, note) = self.schedule(&c.txn, progressed, ongoing, detail, now);
+        let (next, note) = self.schedule(&c.txn, progressed, pause, detail, now);
         let next = match policy.after_failures(&c.txn, note.count) {
             Limit::Retry => next,
             Limit::Stop => NEVER,

@@ -9,7 +9,7 @@ use crate::store::{Claimed, StoreError};
 use crate::txn::change::RetryNote;
 use crate::txn::check_back::CheckBack;
 use crate::txn::policy::{policy, Due, Limit, Policy};
-use crate::txn::retry::{jitter, retry_delay_ms};
+use crate::txn::retry::{jitter, retry_delay_ms, wait_delay_ms};
 use crate::txn::{GlobalStatus, GlobalTxn, NEVER};
 
 impl Driver {
@@ -85,7 +85,12 @@ impl Driver {
         last_error: String,
     ) -> Result<(), StoreError> {
         let now = self.inner.apply.clock().now_ms();
-        let (next, note) = self.schedule(&c.txn, false, ongoing, last_error, now);
+        let pause = if ongoing {
+            Pause::Fixed
+        } else {
+            Pause::Backoff
+        };
+        let (next, note) = self.schedule(&c.txn, false, pause, last_error, now);
         let next = match policy.after_failures(&c.txn, note.count) {
             Limit::Retry | Limit::RollBack(_) => next,
             Limit::Stop => NEVER,
@@ -97,30 +102,48 @@ impl Driver {
     }
 
     /// When the next attempt after a round that did not finish is due, and the retry
-    /// bookkeeping to record: `progressed` restarts the backoff; `ongoing` (the participant
-    /// said "not yet", or messages await the broker) keeps the interval fixed.
+    /// bookkeeping to record: `progressed` restarts the backoff; `pause` says how long the
+    /// next one waits.
     pub(super) fn schedule(
         &self,
         txn: &GlobalTxn,
         progressed: bool,
-        ongoing: bool,
+        pause: Pause,
         last_error: String,
         now: i64,
     ) -> (i64, RetryNote) {
         let failures = if progressed { 0 } else { txn.retry_count };
-        let (exponent, count) = if ongoing {
-            (0, failures)
-        } else {
-            (failures, failures + 1)
-        };
-        let delay = retry_delay_ms(
-            txn.options.retry_interval,
-            self.inner.settings.retry_cap_s,
-            exponent,
-            jitter(&(txn.gid.as_str(), txn.retry_count)),
-        );
+        let cap_s = self.inner.settings.retry_cap_s;
         let mut last_error = last_error;
         crate::store::truncate_utf8(&mut last_error, 2000);
+        let (delay, count) = match pause {
+            Pause::Backoff | Pause::Fixed => {
+                let (exponent, count) = if pause == Pause::Fixed {
+                    (0, failures)
+                } else {
+                    (failures, failures + 1)
+                };
+                let delay = retry_delay_ms(
+                    txn.options.retry_interval,
+                    cap_s,
+                    exponent,
+                    jitter(&(txn.gid.as_str(), txn.retry_count)),
+                );
+                (delay, count)
+            }
+            Pause::Waiting => {
+                // The same wait as the last round's: look again less often.
+                let previous = if txn.last_error == last_error {
+                    txn.next_cron_interval
+                } else {
+                    0
+                };
+                (
+                    wait_delay_ms(txn.options.retry_interval, previous, cap_s),
+                    failures,
+                )
+            }
+        };
         (
             now + delay,
             RetryNote {
@@ -130,4 +153,16 @@ impl Driver {
             },
         )
     }
+}
+
+/// How long the next round waits after one that did not finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pause {
+    /// Something failed: the interval doubles with each failed round in a row.
+    Backoff,
+    /// The participant said "not yet": the same interval again.
+    Fixed,
+    /// Only deliveries are left, which the dispatcher records: looked at less and less
+    /// often while the wait lasts.
+    Waiting,
 }

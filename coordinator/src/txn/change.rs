@@ -213,13 +213,18 @@ impl Current {
         }
         if let Some(r) = change.retry {
             txn.next_cron_interval = r.interval_s;
+            // A round that ended as the one before it did (the same wait, no new failure)
+            // is not a new event for the timeline.
+            let repeated = r.count == txn.retry_count && r.last_error == txn.last_error;
             txn.retry_count = r.count;
-            effect.attempt = Some(Attempt {
-                at: now,
-                count: r.count,
-                error: r.last_error.clone(),
-                next_retry: txn.next_cron_time,
-            });
+            if !repeated {
+                effect.attempt = Some(Attempt {
+                    at: now,
+                    count: r.count,
+                    error: r.last_error.clone(),
+                    next_retry: txn.next_cron_time,
+                });
+            }
             txn.last_error = r.last_error;
         }
         match change.lease {
@@ -439,6 +444,37 @@ mod tests {
         assert_eq!(state, OutboxState::Held);
         assert_eq!(messages.len(), 1);
         assert_eq!(messages[0].sharding_key, "o-1");
+    }
+
+    #[test]
+    fn the_same_wait_is_recorded_in_the_timeline_once() {
+        let mut c = current(GlobalStatus::Submitted);
+        let wait = |count: i64, error: &str| {
+            let mut change = Change::at(10).due(20);
+            change.retry = Some(RetryNote {
+                interval_s: 1,
+                count,
+                last_error: error.to_owned(),
+            });
+            change
+        };
+        let waiting = "waiting for the broker to acknowledge 1 message(s)";
+        assert!(
+            c.apply(wait(0, waiting)).unwrap().attempt.is_some(),
+            "the first wait"
+        );
+        assert!(
+            c.apply(wait(0, waiting)).unwrap().attempt.is_none(),
+            "the same wait again is not a new event"
+        );
+        assert!(
+            c.apply(wait(1, waiting)).unwrap().attempt.is_some(),
+            "a failed round is"
+        );
+        assert!(
+            c.apply(wait(1, "HTTP 500")).unwrap().attempt.is_some(),
+            "so is another error"
+        );
     }
 
     #[test]

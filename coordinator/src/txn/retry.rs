@@ -36,6 +36,20 @@ pub fn retry_delay_ms(start_s: i64, cap_s: i64, failures: i64, unit_random: f64)
     (full - cut).max(1)
 }
 
+/// Milliseconds before looking again at a transaction that waits on others (its messages,
+/// which the dispatcher delivers and records): `start_s` the first time, then twice the
+/// interval used the time before (`previous_s`; 0 when it just began waiting), up to
+/// `cap_s`. The dispatcher's acknowledgement finishes such a transaction; looking again is
+/// only a safety net, and one that waits long (a dead letter) need not be looked at often.
+pub fn wait_delay_ms(start_s: i64, previous_s: i64, cap_s: i64) -> i64 {
+    let s = if previous_s > 0 {
+        previous_s.saturating_mul(2)
+    } else {
+        start_s
+    };
+    s.clamp(1, cap_s.max(1)).saturating_mul(1000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,6 +62,18 @@ mod tests {
             no_jitter,
             vec![1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000]
         );
+    }
+
+    #[test]
+    fn a_wait_is_looked_at_less_and_less_often_up_to_the_cap() {
+        let mut previous = 0;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            let d = wait_delay_ms(1, previous, 10);
+            seen.push(d);
+            previous = d / 1000;
+        }
+        assert_eq!(seen, [1_000, 2_000, 4_000, 8_000, 10_000, 10_000]);
     }
 
     #[test]
