@@ -2,8 +2,11 @@
 //!
 //! Each entry is a Redis hash holding a version (`v`, e.g. an `updated_at` in ms or a row
 //! version) and a value (`d`). Every write goes through one Lua script that stores the value
-//! only if its version is newer than the cached one, so late, duplicated or reordered updates
-//! can never roll an entry back. Updates coming from messages also record the message id
+//! only if its version is newer than the cached one (compared exactly, as integers), so late,
+//! duplicated or reordered updates can never roll an entry back. An entry that expires
+//! (`entry_ttl`) or is removed leaves its version behind as a floor, so an older update
+//! arriving later does not bring it back. Every key a script touches is on the entry's Redis
+//! Cluster slot. Updates coming from messages also record the message id
 //! (in the same script), so a redelivered message is recognised and skipped.
 //!
 //! Reads that miss take a lock per key (`SET NX PX` with a random token, released only by
@@ -58,19 +61,59 @@ pub struct Entry {
 }
 
 const APPLY: &str = r"
--- KEYS[1] entry, KEYS[2] dedupe marker ('' for none); ARGV[1] version, ARGV[2] value,
--- ARGV[3] seconds to remember the marker, ARGV[4] seconds the entry lives (0: forever)
-if KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then return 2 end
+-- KEYS[1] entry, KEYS[2] its version floor, KEYS[3] dedupe marker (only for a message);
+-- ARGV[1] version, ARGV[2] value, ARGV[3] seconds to remember the marker, ARGV[4] seconds the
+-- entry lives (0: forever). Versions are decimal i64s, compared exactly (a Lua number is a
+-- double, which cannot tell 2^53 from 2^53 + 1).
+local function newer(a, b)
+  local na, nb = a:sub(1, 1) == '-', b:sub(1, 1) == '-'
+  if na ~= nb then return nb end
+  local da, db = na and a:sub(2) or a, nb and b:sub(2) or b
+  if da == db then return false end
+  local bigger = (#da > #db) or (#da == #db and da > db)
+  if na then return not bigger end
+  return bigger
+end
+if #KEYS >= 3 and redis.call('EXISTS', KEYS[3]) == 1 then return 2 end
 local cur = redis.call('HGET', KEYS[1], 'v')
+local floor = redis.call('GET', KEYS[2])
 local written = 0
-if (not cur) or tonumber(cur) < tonumber(ARGV[1]) then
+if ((not cur) or newer(ARGV[1], cur)) and ((not floor) or newer(ARGV[1], floor)) then
   redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2])
-  if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+  if tonumber(ARGV[4]) > 0 then
+    redis.call('EXPIRE', KEYS[1], ARGV[4])
+    redis.call('SET', KEYS[2], ARGV[1])
+  end
   written = 1
 end
-if KEYS[2] ~= '' then redis.call('SET', KEYS[2], '1', 'EX', ARGV[3]) end
+if #KEYS >= 3 then redis.call('SET', KEYS[3], '1', 'EX', ARGV[3]) end
 return written
 ";
+
+const REMOVE: &str = r"
+-- KEYS[1] entry, KEYS[2] its version floor: the entry goes, its version stays as the floor.
+local cur = redis.call('HGET', KEYS[1], 'v')
+if cur then redis.call('SET', KEYS[2], cur) end
+return redis.call('DEL', KEYS[1])
+";
+
+/// The hash tag that places `key` on a Redis Cluster slot: its first non-empty `{...}`, or
+/// the whole key.
+fn slot_tag(key: &str) -> &str {
+    key.find('{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.find('}')
+                .filter(|close| *close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(key)
+}
+
+/// The key holding `key`'s version floor, on the same cluster slot.
+fn floor_key(key: &str) -> String {
+    format!("{{{}}}:settle-floor:{key}", slot_tag(key))
+}
 
 const UNLOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -123,6 +166,7 @@ pub struct VersionedCache {
     conn: ConnectionManager,
     settings: CacheSettings,
     apply: Script,
+    remove: Script,
     unlock: Script,
 }
 
@@ -146,6 +190,7 @@ impl VersionedCache {
             conn,
             settings,
             apply: Script::new(APPLY),
+            remove: Script::new(REMOVE),
             unlock: Script::new(UNLOCK),
         })
     }
@@ -159,11 +204,15 @@ impl VersionedCache {
     ) -> Result<i64, CacheError> {
         let entry_ttl = self.settings.entry_ttl.map_or(0, |d| d.as_secs().max(1));
         let dedupe_ttl = self.settings.dedupe_ttl.as_secs().max(1);
+        let floor = floor_key(key);
         let call = || async {
             let mut conn = self.conn.clone();
-            self.apply
-                .key(key)
-                .key(marker)
+            let mut invocation = self.apply.key(key);
+            invocation.key(&floor);
+            if !marker.is_empty() {
+                invocation.key(marker);
+            }
+            invocation
                 .arg(version)
                 .arg(value)
                 .arg(dedupe_ttl)
@@ -197,7 +246,12 @@ impl VersionedCache {
         version: i64,
         value: &str,
     ) -> Result<Applied, CacheError> {
-        let marker = format!("{}{message_id}", self.settings.dedupe_prefix);
+        // On the entry's cluster slot, as the script needs every key it touches to be.
+        let marker = format!(
+            "{{{}}}{}{message_id}",
+            slot_tag(key),
+            self.settings.dedupe_prefix
+        );
         Ok(match self.run_apply(key, &marker, version, value).await? {
             1 => Applied::Written,
             2 => Applied::Duplicate,
@@ -307,14 +361,35 @@ impl VersionedCache {
         Ok((entry, ReadSource::ReadThrough))
     }
 
-    /// Deletes an entry (for tests and operators).
+    /// Deletes an entry, keeping its version as a floor: an update older than what was
+    /// removed does not bring it back.
     ///
     /// # Errors
     /// Redis failed (after retries).
     pub async fn remove(&self, key: &str) -> Result<(), CacheError> {
+        let floor = floor_key(key);
         let call = || async {
             let mut conn = self.conn.clone();
-            conn.del::<_, ()>(key).await
+            self.remove
+                .key(key)
+                .key(&floor)
+                .invoke_async::<i64>(&mut conn)
+                .await
+        };
+        call.retry(retry_policy()).await?;
+        Ok(())
+    }
+
+    /// Deletes an entry and its version floor: the key starts afresh, as if never cached
+    /// (for tests, and for a database whose versions start again).
+    ///
+    /// # Errors
+    /// Redis failed (after retries).
+    pub async fn purge(&self, key: &str) -> Result<(), CacheError> {
+        let floor = floor_key(key);
+        let call = || async {
+            let mut conn = self.conn.clone();
+            conn.del::<_, ()>(&[key, floor.as_str()]).await
         };
         Ok(call.retry(retry_policy()).await?)
     }
@@ -330,4 +405,21 @@ fn rand_u64() -> u64 {
             .unwrap_or(0),
     );
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_an_entry_is_on_its_cluster_slot() {
+        assert_eq!(slot_tag("balance:a:1"), "balance:a:1");
+        assert_eq!(slot_tag("{user1}:orders"), "user1");
+        assert_eq!(slot_tag("a{}b"), "a{}b", "an empty tag is no tag");
+        assert_eq!(
+            floor_key("balance:a:1"),
+            "{balance:a:1}:settle-floor:balance:a:1"
+        );
+        assert_eq!(slot_tag(&floor_key("{user1}:orders")), "user1");
+    }
 }

@@ -58,7 +58,7 @@ async fn replaying_old_and_duplicate_updates_never_rolls_an_entry_back() -> anyh
             value: "shipped".into()
         })
     );
-    c.remove(&k).await?;
+    c.purge(&k).await?;
     Ok(())
 }
 
@@ -85,7 +85,7 @@ async fn concurrent_writers_in_any_order_leave_the_newest_version() -> anyhow::R
             value: "balance-200".into()
         })
     );
-    c.remove(&k).await?;
+    c.purge(&k).await?;
     Ok(())
 }
 
@@ -138,7 +138,7 @@ async fn on_a_miss_one_reader_loads_and_the_others_wait() -> anyhow::Result<()> 
         )),
         "{sources:?}"
     );
-    c.remove(&k).await?;
+    c.purge(&k).await?;
     Ok(())
 }
 
@@ -183,6 +183,63 @@ async fn a_lock_holder_that_dies_blocks_the_key_only_until_the_lock_expires() ->
         !c.unlock(&k, &token).await?,
         "the dead holder's token no longer holds it"
     );
-    c.remove(&k).await?;
+    c.purge(&k).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn versions_compare_exactly_beyond_what_a_double_holds() -> anyhow::Result<()> {
+    let c = cache(CacheSettings::default()).await?;
+    let k = key("big");
+    let big = 1_i64 << 53;
+    assert_eq!(c.apply(&k, big, "a").await?, Applied::Written);
+    assert_eq!(
+        c.apply(&k, big + 1, "b").await?,
+        Applied::Written,
+        "2^53 + 1 is newer than 2^53"
+    );
+    assert_eq!(c.apply(&k, big, "a again").await?, Applied::Stale);
+    assert_eq!(c.apply(&k, i64::MAX, "max").await?, Applied::Written);
+    let n = key("negative");
+    assert_eq!(c.apply(&n, -10, "x").await?, Applied::Written);
+    assert_eq!(c.apply(&n, -2, "y").await?, Applied::Written);
+    assert_eq!(c.apply(&n, -3, "z").await?, Applied::Stale);
+    assert_eq!(c.apply(&n, 0, "zero").await?, Applied::Written);
+    for key in [k, n] {
+        c.purge(&key).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_entry_that_expired_or_was_removed_keeps_its_version_floor() -> anyhow::Result<()> {
+    let c = cache(CacheSettings {
+        entry_ttl: Some(Duration::from_secs(1)),
+        ..CacheSettings::default()
+    })
+    .await?;
+    let k = key("expiring");
+    assert_eq!(c.apply(&k, 5, "five").await?, Applied::Written);
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(c.get(&k).await?, None, "the value expired");
+    assert_eq!(
+        c.apply(&k, 3, "three").await?,
+        Applied::Stale,
+        "an older version after the value expired is still older"
+    );
+    assert_eq!(c.apply(&k, 6, "six").await?, Applied::Written);
+    let r = key("removed");
+    let plain = cache(CacheSettings::default()).await?;
+    assert_eq!(plain.apply(&r, 9, "nine").await?, Applied::Written);
+    plain.remove(&r).await?;
+    assert_eq!(plain.get(&r).await?, None);
+    assert_eq!(
+        plain.apply(&r, 8, "eight").await?,
+        Applied::Stale,
+        "a removed entry's late update does not come back"
+    );
+    for (cache, key) in [(&c, k), (&plain, r)] {
+        cache.purge(&key).await?;
+    }
     Ok(())
 }

@@ -162,7 +162,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
     )
     .await?;
     for id in 1..=o.orders {
-        cache.remove(&format!("order:{id}")).await?;
+        cache.purge(&format!("order:{id}")).await?;
     }
     let cache_consumer = CacheConsumer::start(
         &rmq,

@@ -164,7 +164,7 @@ impl BalanceCache {
         .await?;
         for (bank, pool) in BANKS.iter().zip(pools) {
             for (id, _, _) in bank::all_settled(pool).await? {
-                cache.remove(&format!("balance:{bank}:{id}")).await?;
+                cache.purge(&format!("balance:{bank}:{id}")).await?;
             }
         }
         let pools = pools.clone();
