@@ -43,6 +43,42 @@ pub struct Orchestrator {
 /// Requests waiting for transactions to finish (`wait_result`), by gid.
 type Waiters = std::sync::Mutex<HashMap<String, Vec<oneshot::Sender<GlobalStatus>>>>;
 
+/// A request waiting for a transaction to finish: resolves with its final status when this
+/// instance writes it. Dropped (the transaction finished elsewhere, or the wait ran out), it
+/// leaves nothing behind.
+pub struct Waiter {
+    rx: oneshot::Receiver<GlobalStatus>,
+    gid: String,
+    waiters: Arc<Waiters>,
+}
+
+impl std::future::Future for Waiter {
+    type Output = std::result::Result<GlobalStatus, oneshot::error::RecvError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx).poll(cx)
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.rx.close();
+        let mut waiters = self
+            .waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(list) = waiters.get_mut(&self.gid) {
+            list.retain(|w| !w.is_closed());
+            if list.is_empty() {
+                waiters.remove(&self.gid);
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for Orchestrator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Orchestrator")
@@ -81,8 +117,9 @@ impl Orchestrator {
     }
 
     /// Resolves when this instance writes a final status for `gid` (a transaction finished by
-    /// another instance is not seen: callers also look at the store now and then).
-    pub fn when_finished(&self, gid: &str) -> oneshot::Receiver<GlobalStatus> {
+    /// another instance is not seen: callers also look at the store now and then). Dropping
+    /// the waiter forgets it.
+    pub fn when_finished(&self, gid: &str) -> Waiter {
         let (tx, rx) = oneshot::channel();
         let mut waiters = self
             .waiters
@@ -92,7 +129,19 @@ impl Orchestrator {
         // Waiters that gave up are dropped here, so the list stays short.
         list.retain(|w| !w.is_closed());
         list.push(tx);
-        rx
+        Waiter {
+            rx,
+            gid: gid.to_owned(),
+            waiters: self.waiters.clone(),
+        }
+    }
+
+    /// How many gids have requests waiting for them to finish.
+    pub fn waiting(&self) -> usize {
+        self.waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     /// The clock transitions are timed by.
@@ -504,6 +553,23 @@ mod tests {
         o.register(gid, TransType::Tcc, ops.to_vec(), 100)
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_leaves_nothing_behind() {
+        let o = orchestrator().await;
+        for gid in ["w1", "w2", "w2"] {
+            drop(o.when_finished(gid));
+        }
+        assert_eq!(
+            o.waiting(),
+            0,
+            "requests that stopped waiting (another instance finished it, or the wait ran out) are forgotten"
+        );
+        let kept = o.when_finished("w3");
+        assert_eq!(o.waiting(), 1);
+        drop(kept);
+        assert_eq!(o.waiting(), 0);
     }
 
     #[tokio::test]
