@@ -394,6 +394,72 @@ async fn messages_wait_in_the_store_while_the_broker_is_down_even_across_a_coord
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tcc_that_stops_retrying_dead_letters_its_held_messages_and_their_key_moves_on(
+) -> anyhow::Result<()> {
+    let _broker = BROKER.lock().await;
+    let db = TestDb::mysql().await?;
+    let app = spawn_coordinator(config(&db)).await?;
+    let rmq = settle_rocketmq::Client::new("test")?;
+    let topic = new_topic(&rmq, "SettleStopped").await?;
+    let collector = Collector::start(&rmq, &topic).await?;
+    let client = SettleClient::new(app.api_url());
+    let p = Participant::start().await?;
+    // Its confirm always fails, and its retry limit stops it after two rounds.
+    p.fail_first("confirm", usize::MAX);
+    let stuck = client.new_gid().await?;
+    let request = GlobalRequest {
+        steps: vec![[(
+            "action".to_owned(),
+            format!("rocketmq://{topic}?key=acct-9&tag=balance"),
+        )]
+        .into()],
+        payloads: vec![json!({"from": "stuck"}).to_string()],
+        retry_limit: 2,
+        ..GlobalRequest::new(&stuck, "tcc")
+    };
+    p.run_tcc(&client, request, 1).await?;
+    // A later message of the same key.
+    let later = client.new_gid().await?;
+    Msg::new(&client, &later)
+        .add(
+            &format!("rocketmq://{topic}?key=acct-9&tag=balance"),
+            &json!({"from": "later"}),
+        )?
+        .submit()
+        .await?;
+    eventually(
+        "the later message to get past the stopped TCC's",
+        Duration::from_secs(30),
+        || async { !collector.received().is_empty() },
+    )
+    .await?;
+    let got = collector.received();
+    assert!(
+        got.iter().all(|(d, _)| body(d)["from"] == "later"),
+        "the stopped TCC's message is not published: {got:?}"
+    );
+    let dead: Value = reqwest::get(format!(
+        "http://{}/api/admin/outbox?status=dead",
+        app.address()
+    ))
+    .await?
+    .json()
+    .await?;
+    let row = &dead["messages"][0];
+    assert_eq!(row["gid"], stuck.as_str(), "{dead}");
+    assert!(
+        row["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("stopped retrying")),
+        "{dead}"
+    );
+    collector.shutdown().await;
+    app.stop().await;
+    rmq.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_message_the_broker_refuses_is_dead_lettered_and_its_key_moves_on() -> anyhow::Result<()>
 {
     let _broker = BROKER.lock().await;

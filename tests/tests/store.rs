@@ -487,6 +487,7 @@ on_both!(lease_fenced_writes_fail_once_the_lease_is_lost, |store| {
             count: 2,
             last_error: "HTTP 500".into(),
         },
+        stopped: None,
     };
     let l2 = left.clone();
     assert!(store

@@ -18,7 +18,6 @@ use tokio::sync::{oneshot, Notify};
 use crate::clock::Clock;
 use crate::store::{Applied, Claimed, Result, Stamp, Store};
 use crate::telemetry::Metrics;
-use crate::txn::change::RetryNote;
 use crate::txn::check_back::CheckBack;
 use crate::txn::lease::RoundLeft;
 use crate::txn::{self, Current, GlobalStatus, GlobalTxn, Lease, NewBranch, Op, TransType};
@@ -439,25 +438,13 @@ impl Orchestrator {
     ///
     /// # Errors
     /// A lost lease; a database error.
-    pub async fn schedule_retry(
-        &self,
-        c: &Claimed,
-        done: Vec<(String, Op)>,
-        release_held: bool,
-        next_cron_time: i64,
-        retry: RetryNote,
-    ) -> Result<()> {
-        let left = RoundLeft {
-            done,
-            release_held,
-            next_cron_time,
-            retry,
-        };
+    pub async fn schedule_retry(&self, c: &Claimed, left: RoundLeft) -> Result<()> {
+        let wakes = left.release_held || left.stopped.is_some();
         self.under_lease(c, move |cur, token, now| {
             txn::lease::schedule_retry(cur, token, left.clone(), now)
         })
         .await?;
-        if release_held {
+        if wakes {
             self.dispatch.notify_one();
         }
         Ok(())
@@ -492,6 +479,7 @@ impl Orchestrator {
 mod tests {
     use super::*;
     use crate::store::{ConnectOptions, StoreError};
+    use crate::txn::change::RetryNote;
     use crate::txn::tcc::branch_ops;
     use crate::txn::{BranchStatus, TxnError};
 
@@ -712,13 +700,16 @@ mod tests {
         o.renew(&c, now + 20_000).await.unwrap();
         o.schedule_retry(
             &c,
-            vec![("01".into(), Op::Cancel)],
-            false,
-            now + 30_000,
-            RetryNote {
-                interval_s: 10,
-                count: 1,
-                last_error: "HTTP 500".into(),
+            RoundLeft {
+                done: vec![("01".into(), Op::Cancel)],
+                release_held: false,
+                next_cron_time: now + 30_000,
+                retry: RetryNote {
+                    interval_s: 10,
+                    count: 1,
+                    last_error: "HTTP 500".into(),
+                },
+                stopped: None,
             },
         )
         .await

@@ -18,6 +18,7 @@ use super::round::Pause;
 use super::{Driver, RoundEnd};
 use crate::store::{Claimed, StoreError};
 use crate::txn::branch::BranchStep;
+use crate::txn::lease::RoundLeft;
 use crate::txn::policy::{Due, Limit, Next, Policy};
 use crate::txn::{BranchStatus, Decision, Op, NEVER};
 
@@ -216,9 +217,16 @@ impl Driver {
         let progressed = !round.done.is_empty();
         let now = self.inner.apply.clock().now_ms();
         let (next, note) = self.schedule(&c.txn, progressed, pause, detail, now);
+        let mut stopped = None;
         let next = match policy.after_failures(&c.txn, note.count) {
             Limit::Retry => next,
-            Limit::Stop => NEVER,
+            Limit::Stop => {
+                stopped = Some(format!(
+                    "its transaction stopped retrying after {} failed rounds (retry_limit); redrive sends it: {}",
+                    note.count, note.last_error
+                ));
+                NEVER
+            }
             Limit::RollBack(reason) => {
                 info!(gid = %c.txn.gid, reason = %reason, last_error = %note.last_error, "retry limit passed; rolling back");
                 let c = self.turn(&c, reason, &mut round).await?;
@@ -229,7 +237,16 @@ impl Driver {
         let next = policy.deadline(&c.txn).map_or(next, |d| next.min(d));
         self.inner
             .apply
-            .schedule_retry(&c, round.done, round.release_held, next, note)
+            .schedule_retry(
+                &c,
+                RoundLeft {
+                    done: round.done,
+                    release_held: round.release_held,
+                    next_cron_time: next,
+                    retry: note,
+                    stopped,
+                },
+            )
             .await?;
         Ok(Ended::Round(RoundEnd::Retrying(c.txn.status)))
     }

@@ -8,6 +8,7 @@ use super::{Driver, RoundEnd};
 use crate::store::{Claimed, StoreError};
 use crate::txn::change::RetryNote;
 use crate::txn::check_back::CheckBack;
+use crate::txn::lease::RoundLeft;
 use crate::txn::policy::{policy, Due, Limit, Policy};
 use crate::txn::retry::{jitter, retry_delay_ms, wait_delay_ms};
 use crate::txn::{GlobalStatus, GlobalTxn, NEVER};
@@ -97,7 +98,16 @@ impl Driver {
         };
         self.inner
             .apply
-            .schedule_retry(c, Vec::new(), false, next, note)
+            .schedule_retry(
+                c,
+                RoundLeft {
+                    done: Vec::new(),
+                    release_held: false,
+                    next_cron_time: next,
+                    retry: note,
+                    stopped: None,
+                },
+            )
             .await
     }
 

@@ -402,6 +402,8 @@ struct Plan {
     release_held: BTreeMap<i64, BTreeSet<String>>,
     /// Transactions whose held messages are dropped, by the time they are.
     drop_held: BTreeMap<i64, BTreeSet<String>>,
+    /// Transactions whose held messages become dead letters: (time, transaction, why).
+    dead_held: Vec<(i64, String, String)>,
     /// Messages acknowledged by the broker, by time and claim.
     sent: BTreeMap<(i64, String), Vec<Acknowledged>>,
     /// Sharding keys whose next message may go now, by the time it may.
@@ -430,6 +432,9 @@ impl Plan {
                 .entry(now)
                 .or_default()
                 .insert(gid.to_owned());
+        }
+        if let Some(why) = effect.dead_held {
+            self.dead_held.push((now, gid.to_owned(), why));
         }
         if effect.drop_held {
             self.drop_held
@@ -1192,6 +1197,15 @@ fn write_outbox(
                 .text_list(chunk.iter().copied());
             script.add(sql);
         }
+    }
+    for (now, gid, why) in &plan.dead_held {
+        let mut sql = Sql::new(dialect, "UPDATE outbox SET status = 'dead', last_error = ");
+        sql.text(why)
+            .push(", next_attempt_time = ")
+            .int(*now)
+            .push(" WHERE status = 'held' AND gid = ")
+            .text(gid);
+        script.add(sql);
     }
     for (by_time, to) in [
         (&plan.release_held, "pending"),

@@ -91,6 +91,9 @@ pub struct Change {
     pub deliver_from: Option<i64>,
     /// Let the transaction's held messages go out.
     pub release_held: bool,
+    /// Set the transaction's held messages aside as dead letters, with this reason (it
+    /// stopped retrying): out of their keys' way, kept for an operator to redrive.
+    pub dead_letter_held: Option<String>,
     /// Messages the broker acknowledged: recorded as sent, if their claims still hold.
     pub sent: Vec<SentMessage>,
 }
@@ -112,6 +115,7 @@ impl Change {
             enqueue: None,
             deliver_from: None,
             release_held: false,
+            dead_letter_held: None,
             sent: Vec::new(),
         }
     }
@@ -152,6 +156,8 @@ pub struct OutboxEffect {
     pub release_held: bool,
     /// Held messages will never go out.
     pub drop_held: bool,
+    /// Held messages become dead letters, with this reason.
+    pub dead_held: Option<String>,
     /// Messages acknowledged by the broker.
     pub sent: Vec<SentMessage>,
     /// Sharding keys whose next message may go now (held messages released or dropped).
@@ -290,7 +296,8 @@ impl Current {
             }
         }
         effect.release_held = change.release_held;
-        if effect.release_held || effect.drop_held {
+        effect.dead_held = change.dead_letter_held;
+        if effect.release_held || effect.drop_held || effect.dead_held.is_some() {
             effect.wake_keys = OutboxMessage::keys_of(&self.branches);
         }
         effect.sent = change.sent;

@@ -68,6 +68,9 @@ pub struct RoundLeft {
     pub next_cron_time: i64,
     /// Retry bookkeeping.
     pub retry: RetryNote,
+    /// Automatic retries stopped (`retry_limit`): the transaction's held messages are
+    /// dead-lettered with this reason, so their keys' later messages go on.
+    pub stopped: Option<String>,
 }
 
 /// Records a round that did not finish: what succeeded, the retry schedule, and the lease
@@ -88,6 +91,7 @@ pub fn schedule_retry(
     change.complete = left.done;
     change.release_held = left.release_held;
     change.retry = Some(left.retry);
+    change.dead_letter_held = left.stopped;
     Ok(Decision::Apply(change))
 }
 
@@ -120,6 +124,7 @@ mod tests {
                 count: 1,
                 last_error: "HTTP 500".into(),
             },
+            stopped: None,
         };
         let Ok(Decision::Apply(change)) = schedule_retry(&c, "mine", left, 5) else {
             panic!("scheduled");
