@@ -49,7 +49,7 @@ use settle_coordinator::Config;
 use settle_protocol::{GlobalRequest, RegisterBranchRequest};
 use settle_sdk::SettleClient;
 
-use crate::chaos::check::{saga_order, saga_outcome, Answers, SagaCalls};
+use crate::chaos::check::{replayed_in_order, saga_order, saga_outcome, Answers, SagaCalls};
 
 /// Where simulated participants are reached (the transport never opens it).
 const BASE: &str = "http://127.0.0.1:9";
@@ -927,7 +927,8 @@ async fn check(
             }
         }
     }
-    // Each key's committed sequence must be a subsequence of what the broker received.
+    // Each key's committed sequence arrived in order, replays from an earlier message
+    // included, ending with the newest.
     let mut committed: BTreeMap<&str, Vec<(i64, String)>> = BTreeMap::new();
     for e in outbox
         .iter()
@@ -946,18 +947,9 @@ async fn check(
             .filter(|(k, _)| k == key)
             .map(|(_, id)| id.as_str())
             .collect();
-        let mut at = 0;
-        for (_, id) in &seq {
-            match got[at..].iter().position(|g| g == id) {
-                Some(p) => at += p + 1,
-                None => {
-                    v.push(format!(
-                        "key {key}: committed order {:?} is not a subsequence of what arrived {got:?}",
-                        seq.iter().map(|(_, id)| id).collect::<Vec<_>>()
-                    ));
-                    break;
-                }
-            }
+        let committed: Vec<&str> = seq.iter().map(|(_, id)| id.as_str()).collect();
+        if let Err(why) = replayed_in_order(&committed, &got) {
+            v.push(format!("key {key}: {why} (arrived {got:?})"));
         }
     }
     report.violations.extend(v);

@@ -16,7 +16,7 @@
 //! lease: if this instance dies, another one takes the key over when it runs out (the message
 //! may then be published twice; consumers dedupe by its id, and order is kept).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -285,32 +285,77 @@ impl Dispatcher {
                 }
             }
         }
-        // One command per transaction; they meet in one batch. A key whose acknowledgement
-        // could not be recorded is looked at again at once (its message goes out again).
-        let acks = sent.into_iter().map(|(gid, messages)| async move {
-            let n = messages.len();
-            match self.apply.delivered(gid, messages.clone()).await {
-                Ok(finished) => {
-                    if finished {
-                        debug!(gid, "every message delivered; transaction finished");
+        // One command per transaction; those of a wave meet in one batch. A transaction's
+        // acknowledgement is recorded only once those of the earlier messages of each of its
+        // keys were: if one cannot be, the later ones of its keys are not either, so that a
+        // key's run goes out again from its first unrecorded message (5 6 5 6, never 5 6 5).
+        // A key whose acknowledgement was not recorded is looked at again at once.
+        let order: Vec<(&str, &str)> = claimed
+            .iter()
+            .filter(|r| sent.contains_key(r.gid.as_str()))
+            .map(|r| (r.gid.as_str(), r.sharding_key.as_str()))
+            .collect();
+        let after = ack_dependencies(&order);
+        let mut unrecorded: HashSet<String> = HashSet::new();
+        let mut settled: HashMap<&str, bool> = HashMap::new();
+        while settled.len() < sent.len() {
+            let settled_before = settled.len();
+            let mut wave = Vec::new();
+            for (gid, messages) in &sent {
+                if settled.contains_key(gid) {
+                    continue;
+                }
+                let before = after.get(gid).map(|b| b.iter().map(|g| settled.get(g)));
+                let before: Vec<Option<&bool>> = before.into_iter().flatten().collect();
+                if before.iter().any(Option::is_none) {
+                    continue;
+                }
+                if before.iter().any(|ok| ok == &Some(&false)) {
+                    // An earlier message of one of its keys was not recorded.
+                    settled.insert(gid, false);
+                    unrecorded.extend(messages.iter().map(|m| m.sharding_key.clone()));
+                    continue;
+                }
+                wave.push((*gid, messages));
+            }
+            if wave.is_empty() && settled.len() == settled_before {
+                // The rest wait on each other (a redriven message put a transaction after
+                // another on one key and before it on another): record them together.
+                wave = sent
+                    .iter()
+                    .filter(|(gid, _)| !settled.contains_key(*gid))
+                    .map(|(gid, messages)| (*gid, messages))
+                    .collect();
+            }
+            let outcomes = futures_util::future::join_all(wave.iter().map(|(gid, messages)| {
+                let (gid, n) = (*gid, messages.len());
+                async move {
+                    match self.apply.delivered(gid, (*messages).clone()).await {
+                        Ok(finished) => {
+                            if finished {
+                                debug!(gid, "every message delivered; transaction finished");
+                            }
+                            true
+                        }
+                        Err(e) if e.is_lease_lost() => {
+                            info!(gid, messages = n, "a claim ran out before its delivery was recorded; it will be published again");
+                            false
+                        }
+                        Err(e) => {
+                            warn!(gid, error = %crate::telemetry::error_chain(&e), "could not record a delivery; it may be published again");
+                            false
+                        }
                     }
-                    Vec::new()
                 }
-                Err(e) if e.is_lease_lost() => {
-                    info!(gid, messages = n, "a claim ran out before its delivery was recorded; it will be published again");
-                    Vec::new()
-                }
-                Err(e) => {
-                    warn!(gid, error = %crate::telemetry::error_chain(&e), "could not record a delivery; it may be published again");
-                    messages.into_iter().map(|m| m.sharding_key).collect()
+            }))
+            .await;
+            for ((gid, messages), ok) in wave.into_iter().zip(outcomes) {
+                settled.insert(gid, ok);
+                if !ok {
+                    unrecorded.extend(messages.iter().map(|m| m.sharding_key.clone()));
                 }
             }
-        });
-        let unrecorded: HashSet<String> = futures_util::future::join_all(acks)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+        }
         let now = self.settings.clock.now_ms();
         for (row, failure) in retry {
             let decided = after_publish_failure(
@@ -369,11 +414,59 @@ impl Dispatcher {
     }
 }
 
+/// For each transaction among acknowledged messages, given as (transaction, sharding key)
+/// in the order a claim delivered them (a key's messages in sequence order), the
+/// transactions whose acknowledgements must be recorded before its own: those with an
+/// earlier message of one of its keys.
+fn ack_dependencies<'a>(order: &[(&'a str, &str)]) -> HashMap<&'a str, BTreeSet<&'a str>> {
+    let mut last_of_key: HashMap<&str, &'a str> = HashMap::new();
+    let mut after: HashMap<&'a str, BTreeSet<&'a str>> = HashMap::new();
+    for (gid, key) in order {
+        after.entry(gid).or_default();
+        if key.is_empty() {
+            continue;
+        }
+        if let Some(before) = last_of_key.insert(key, gid) {
+            if before != *gid {
+                after.entry(gid).or_default().insert(before);
+            }
+        }
+    }
+    after
+}
+
 /// What orders a message: its sharding key, or itself when it has none.
 fn key_of(row: &OutboxRow) -> String {
     if row.sharding_key.is_empty() {
         format!("\u{0}{}", row.id)
     } else {
         row.sharding_key.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transactions_ack_waits_for_those_of_earlier_messages_of_its_keys() {
+        // Key k: a then b then c; key j: b then d; e has no key; a again on k.
+        let order = [
+            ("a", "k"),
+            ("b", "k"),
+            ("b", "j"),
+            ("c", "k"),
+            ("d", "j"),
+            ("e", ""),
+        ];
+        let after = ack_dependencies(&order);
+        let of = |g: &str| after[g].iter().copied().collect::<Vec<_>>();
+        assert!(of("a").is_empty());
+        assert_eq!(of("b"), ["a"]);
+        assert_eq!(of("c"), ["b"]);
+        assert_eq!(of("d"), ["b"]);
+        assert!(of("e").is_empty());
+        let one = ack_dependencies(&[("a", "k"), ("a", "k")]);
+        assert!(one["a"].is_empty(), "a transaction never waits for itself");
     }
 }
