@@ -286,66 +286,98 @@ impl Producer {
             .collect()
     }
 
-    /// Sends the messages `members` of `msgs` to `queue`, batch after batch, stopping at the
-    /// first failure. One result per member.
+    /// Sends the messages `members` of `msgs` to `queue`, batch after batch. A message the
+    /// broker refuses for what it is stops only its own key (its later messages are not sent,
+    /// so that they keep their order); the queue's other keys go on. Any other failure (the
+    /// broker down or slow) stops the queue. One result per member.
     async fn send_to_queue(
         &self,
         msgs: &[Outgoing<'_>],
         queue: &MessageQueue,
         members: &[usize],
     ) -> Vec<Result<(), Error>> {
-        let mut out = Vec::with_capacity(members.len());
-        let mut start = 0;
-        while start < members.len() {
-            let mut end = start;
+        let not_sent = |why: &str| Err(Error::NotAcknowledged(format!("not sent: {why}")));
+        let mut out: Vec<Option<Result<(), Error>>> = members.iter().map(|_| None).collect();
+        let mut stopped_keys: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut queue_down = false;
+        // Positions (in `members`) still to send, in order.
+        let mut left: Vec<usize> = (0..members.len()).collect();
+        while !left.is_empty() && !queue_down {
+            // Skip what follows a refused message of its key.
+            let (skip, go): (Vec<usize>, Vec<usize>) = left
+                .iter()
+                .partition(|p| stopped_keys.contains(&queue_key(&msgs[members[**p]])));
+            for p in skip {
+                out[p] = Some(not_sent("an earlier message of its key was refused"));
+            }
+            if go.is_empty() {
+                break;
+            }
+            let mut end = 0;
             let mut bytes = 0;
-            while end < members.len()
-                && end - start < MAX_BATCH_MESSAGES
-                && (end == start || bytes + msgs[members[end]].body.len() <= MAX_BATCH_BYTES)
+            while end < go.len()
+                && end < MAX_BATCH_MESSAGES
+                && (end == 0 || bytes + msgs[members[go[end]]].body.len() <= MAX_BATCH_BYTES)
             {
-                bytes += msgs[members[end]].body.len();
+                bytes += msgs[members[go[end]]].body.len();
                 end += 1;
             }
-            let r = self.send_batch(msgs, queue, &members[start..end]).await;
-            let mut failed = r.is_err();
-            match r {
-                Err(e) if e.is_permanent() && end - start > 1 => {
+            let batch: Vec<usize> = go[..end].iter().map(|p| members[*p]).collect();
+            match self.send_batch(msgs, queue, &batch).await {
+                Ok(()) => {
+                    for p in &go[..end] {
+                        out[*p] = Some(Ok(()));
+                    }
+                }
+                Err(e) if e.is_permanent() && end > 1 => {
                     // One message spoils the batch: send them one by one to learn which, so
-                    // that only it is blamed.
-                    let mut stopped = false;
-                    for one in &members[start..end] {
-                        if stopped {
-                            out.push(Err(Error::NotAcknowledged(
-                                "not sent: an earlier message of its queue was not acknowledged"
-                                    .into(),
-                            )));
+                    // that only it (and the later messages of its key) is blamed.
+                    for p in &go[..end] {
+                        let msg = &msgs[members[*p]];
+                        if stopped_keys.contains(&queue_key(msg)) {
+                            out[*p] = Some(not_sent("an earlier message of its key was refused"));
                             continue;
                         }
                         let r = self
-                            .send_batch(msgs, queue, std::slice::from_ref(one))
+                            .send_batch(msgs, queue, std::slice::from_ref(&members[*p]))
                             .await;
-                        stopped = r.is_err();
-                        out.push(r);
+                        match &r {
+                            Err(e) if e.is_permanent() => {
+                                stopped_keys.insert(queue_key(msg));
+                            }
+                            Err(_) => queue_down = true,
+                            Ok(()) => {}
+                        }
+                        out[*p] = Some(r);
+                        if queue_down {
+                            break;
+                        }
                     }
-                    failed = stopped;
                 }
-                r => {
-                    for _ in start..end {
-                        out.push(r.as_ref().copied().map_err(same_kind));
+                Err(e) => {
+                    let permanent = e.is_permanent();
+                    for p in &go[..end] {
+                        if permanent {
+                            stopped_keys.insert(queue_key(&msgs[members[*p]]));
+                        }
+                        out[*p] = Some(Err(same_kind(&e)));
                     }
+                    queue_down = !permanent;
                 }
             }
-            start = end;
-            if failed {
-                while out.len() < members.len() {
-                    out.push(Err(Error::NotAcknowledged(
-                        "not sent: an earlier message of its queue was not acknowledged".into(),
-                    )));
-                }
-                break;
-            }
+            left = go[end..]
+                .iter()
+                .copied()
+                .filter(|p| out[*p].is_none())
+                .collect();
         }
-        out
+        out.into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    not_sent("an earlier message of its queue was not acknowledged")
+                })
+            })
+            .collect()
     }
 
     async fn send_batch(

@@ -460,6 +460,55 @@ async fn a_tcc_that_stops_retrying_dead_letters_its_held_messages_and_their_key_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_message_holds_back_only_its_own_key_on_a_shared_queue() -> anyhow::Result<()> {
+    let _broker = BROKER.lock().await;
+    let db = TestDb::mysql().await?;
+    let mut c = config(&db);
+    c.body_limit_bytes = 16 * 1024 * 1024;
+    // Passes the API, refused by the broker (4 MiB) for what it is.
+    c.max_message_bytes = 8 * 1024 * 1024;
+    let app = spawn_coordinator(c).await?;
+    let rmq = settle_rocketmq::Client::new("test")?;
+    let topic = new_topic(&rmq, "SettlePoison").await?;
+    let collector = Collector::start(&rmq, &topic).await?;
+    let client = SettleClient::new(app.api_url());
+    let http = reqwest::Client::new();
+    // Keys "stuck" and "tail" hash to the same one of the topic's four queues, and a claim
+    // sends "stuck" first. One message carries both, so that one pass claims them together.
+    let step = |key: &str| format!("rocketmq://{topic}?key={key}&tag=e");
+    let gid = client.new_gid().await?;
+    let mut m = Msg::new(&client, &gid)
+        .add(&step("stuck"), &json!({"pad": "x".repeat(5 * 1024 * 1024)}))?;
+    for n in 0..3 {
+        m = m.add(&step("tail"), &json!({"n": n}))?;
+    }
+    m.submit().await?;
+    eventually(
+        "the other key's messages to arrive",
+        Duration::from_secs(30),
+        || async {
+            collector
+                .received()
+                .iter()
+                .filter(|(d, _)| body(d)["n"].is_number())
+                .count()
+                >= 3
+        },
+    )
+    .await?;
+    let tail = sent_messages(&http, &app, |m| m["sharding_key"] == "tail").await?;
+    assert_eq!(tail.len(), 3, "{tail:?}");
+    assert!(
+        tail.iter().all(|m| m["attempts"] == 0),
+        "the other key was failed along with the refused one: {tail:?}"
+    );
+    collector.shutdown().await;
+    app.stop().await;
+    rmq.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_message_the_broker_refuses_is_dead_lettered_and_its_key_moves_on() -> anyhow::Result<()>
 {
     let _broker = BROKER.lock().await;
@@ -532,6 +581,17 @@ async fn a_message_the_broker_refuses_is_dead_lettered_and_its_key_moves_on() ->
     assert_eq!(
         client.wait_final(&behind, Duration::from_secs(30)).await?,
         "succeed"
+    );
+    // The refusals were the stuck key's alone: the free key, on the same queue, went out at
+    // its first try every time, with no failure counted against it.
+    let free = sent_messages(&http, &app, |m| {
+        m["gid"].as_str().is_some_and(|g| g.contains("-free-"))
+    })
+    .await?;
+    assert_eq!(free.len(), 5, "{free:?}");
+    assert!(
+        free.iter().all(|m| m["attempts"] == 0),
+        "the free key was held back by the stuck one: {free:?}"
     );
     let metrics = http
         .get(format!("http://{}/api/metrics", app.address()))
@@ -691,4 +751,28 @@ async fn a_published_message_carries_its_initiators_trace() -> anyhow::Result<()
     collector.shutdown().await;
     app.stop().await;
     Ok(())
+}
+
+/// The messages the outbox lists as sent that `keep` keeps.
+async fn sent_messages(
+    http: &reqwest::Client,
+    app: &settle_coordinator::app::Application,
+    keep: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Vec<Value>> {
+    let sent: Value = http
+        .get(format!(
+            "http://{}/api/admin/outbox?status=sent&limit=100",
+            app.address()
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(sent["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| keep(m))
+        .cloned()
+        .collect())
 }
