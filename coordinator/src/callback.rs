@@ -12,8 +12,12 @@
 //! allowlist, as every branch URL is. None of this runs on the driver's path.
 //!
 //! The body is JSON: `{"gid":..,"trans_type":"tcc"|"msg","status":"succeed"|"failed",
-//! "rollback_reason":..,"finish_time":..,"coordinator":..}` (time in ms since the epoch);
-//! any 2xx answer takes it.
+//! "rollback_reason":..,"finish_time":..,"messages":{"sent":..,"pending":..,"dropped":..,
+//! "dead":..},"coordinator":..}` (time in ms since the epoch); any 2xx answer takes it.
+//! `messages` counts the transaction's outbox messages by what became of them: a transaction
+//! that ended failed sends nothing more (its released messages not already on their way are
+//! withdrawn, counted as dropped), so `failed` with `sent` 0 and `pending` 0 means nothing
+//! went out.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +66,7 @@ fn body(c: &DueCallback, instance_id: &str) -> String {
         "status": c.status,
         "rollback_reason": c.rollback_reason,
         "finish_time": c.finish_time,
+        "messages": c.messages,
         "coordinator": instance_id,
     })
     .to_string()
@@ -199,6 +204,11 @@ mod tests {
             finish_time: 1_700_000_000_000,
             attempts: 0,
             due: 1_700_000_000_000,
+            messages: crate::store::MessageCounts {
+                sent: 1,
+                dropped: 2,
+                ..Default::default()
+            },
         };
         let v: serde_json::Value = serde_json::from_str(&body(&c, "settle-a")).unwrap();
         assert_eq!(v["gid"], "order-1");
@@ -206,5 +216,9 @@ mod tests {
         assert_eq!(v["rollback_reason"], "out of stock");
         assert_eq!(v["finish_time"], 1_700_000_000_000_i64);
         assert_eq!(v["coordinator"], "settle-a");
+        assert_eq!(
+            v["messages"],
+            serde_json::json!({"sent": 1, "pending": 0, "dropped": 2, "dead": 0})
+        );
     }
 }

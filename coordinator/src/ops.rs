@@ -1,4 +1,4 @@
-//! Operator commands: `settle txn list|show|retry|stop`, `settle outbox list|redrive` and
+//! Operator commands: `settle txn list|show|retry|stop`, `settle outbox list|redrive|discard` and
 //! `settle topic list|subscribe|unsubscribe|delete`.
 //!
 //! They talk to a running coordinator's HTTP API (`--server`, `SETTLE_SERVER`) with the
@@ -86,6 +86,16 @@ pub enum OutboxCommand {
     /// Sends dead-lettered messages again.
     Redrive {
         /// The transactions whose dead letters to send again.
+        #[arg(required = true)]
+        gids: Vec<String>,
+        /// Only this step.
+        #[arg(long)]
+        branch: Option<String>,
+    },
+    /// Gives up dead-lettered messages for good (they are never sent; retention may then
+    /// delete their transactions).
+    Discard {
+        /// The transactions whose dead letters to give up.
         #[arg(required = true)]
         gids: Vec<String>,
         /// Only this step.
@@ -441,22 +451,44 @@ pub async fn outbox(remote: &Remote, command: OutboxCommand) -> anyhow::Result<(
             );
         }
         OutboxCommand::Redrive { gids, branch } => {
-            let mut total = 0;
-            for (i, gid) in gids.iter().enumerate() {
-                let mut body = json!({"gid": gid});
-                if let Some(b) = &branch {
-                    body["branch_id"] = json!(b);
-                }
-                let r = api
-                    .post("/api/admin/redrive", &body, &format!("redrive {gid}"))
-                    .await?;
-                total += r["redriven"].as_u64().unwrap_or(0);
-                progress("redriven", i + 1, gids.len());
-            }
+            let total =
+                on_dead_letters(&api, &gids, branch.as_deref(), "redrive", "redriven").await?;
             println!("{total} message(s) sent again");
+        }
+        OutboxCommand::Discard { gids, branch } => {
+            let total =
+                on_dead_letters(&api, &gids, branch.as_deref(), "discard", "discarded").await?;
+            println!("{total} message(s) given up for good");
         }
     }
     Ok(())
+}
+
+/// Posts `gids` to `/api/admin/{verb}`, one by one with progress; the messages `field` counts.
+async fn on_dead_letters(
+    api: &Api,
+    gids: &[String],
+    branch: Option<&str>,
+    verb: &str,
+    field: &str,
+) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for (i, gid) in gids.iter().enumerate() {
+        let mut body = json!({"gid": gid});
+        if let Some(b) = branch {
+            body["branch_id"] = json!(b);
+        }
+        let r = api
+            .post(
+                &format!("/api/admin/{verb}"),
+                &body,
+                &format!("{verb} {gid}"),
+            )
+            .await?;
+        total += r[field].as_u64().unwrap_or(0);
+        progress(field, i + 1, gids.len());
+    }
+    Ok(total)
 }
 
 /// Runs `settle topic ...`.

@@ -6,6 +6,8 @@
 // allowance does not reach them.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeSet;
+
 use settle_coordinator::store::{
     ConnectOptions, Failed, KeyRelease, ListFilter, OutboxRow, Store, StoreError,
 };
@@ -581,6 +583,106 @@ on_both!(
     }
 );
 
+on_both!(
+    a_transaction_that_ends_failed_withdraws_its_released_messages_not_on_their_way,
+    |store| {
+        // Another transaction's message on key "busy" is claimed: a dispatcher holds the key.
+        enqueue(
+            &store,
+            txn("first", GlobalStatus::Submitted, 1_000),
+            vec![rocketmq_step("m1", "busy", 1)],
+            OutboxState::Pending,
+        )
+        .await;
+        let claimed = store
+            .claim_outbox("me/1", 2_000, 60_000, 10, 64)
+            .await
+            .unwrap();
+        assert_eq!(claimed.rows.len(), 1);
+        let mut t = txn("g", GlobalStatus::Submitted, 2_500);
+        t.options.callback_url = "http://127.0.0.1:1/done".into();
+        enqueue(
+            &store,
+            t,
+            vec![
+                rocketmq_step("m1", "free", 1),
+                rocketmq_step("m2", "busy", 2),
+            ],
+            OutboxState::Pending,
+        )
+        .await;
+        store
+            .write("g", |c, _| txn::force_stop::force_stop(c, 3_000))
+            .await
+            .unwrap();
+        let rows: Vec<_> = store
+            .outbox_list(None, Some("g"), 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.branch_id, r.status, r.last_error.contains("withdrawn")))
+            .collect();
+        assert_eq!(
+            rows.iter().map(|r| (r.0.as_str(), r.1.as_str(), r.2)).collect::<BTreeSet<_>>(),
+            [("m1", "dropped", true), ("m2", "pending", false)].into(),
+            "the message nobody was sending is withdrawn; the one whose key a dispatcher holds may be on its way"
+        );
+        let callback = store
+            .due_callbacks(i64::MAX, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.gid == "g")
+            .expect("the outcome is to be posted");
+        assert_eq!(callback.status, "failed");
+        assert_eq!(
+            callback.messages,
+            settle_coordinator::store::MessageCounts {
+                sent: 0,
+                pending: 1,
+                dropped: 1,
+                dead: 0
+            },
+            "the outcome says what was and was not sent"
+        );
+    }
+);
+
+on_both!(
+    retention_keeps_a_transaction_until_its_messages_are_sent_or_ended,
+    |store| {
+        for (gid, state) in [
+            ("sent", OutboxState::Sent),
+            ("dropped", OutboxState::Dropped),
+            ("pending", OutboxState::Pending),
+            ("dead", OutboxState::Dead),
+            ("held", OutboxState::Held),
+        ] {
+            let mut t = txn(gid, GlobalStatus::Failed, 500);
+            t.finish_time = Some(1_000);
+            enqueue(&store, t, vec![rocketmq_step("m1", gid, 1)], state).await;
+        }
+        let purged = store.purge_finished(5_000, 10).await.unwrap();
+        assert_eq!((purged.transactions, purged.messages), (2, 2));
+        for gid in ["sent", "dropped"] {
+            assert_eq!(store.find(gid).await.unwrap(), None, "{gid}");
+        }
+        for gid in ["pending", "dead", "held"] {
+            assert!(
+                store.find(gid).await.unwrap().is_some(),
+                "{gid}: nothing undelivered is deleted"
+            );
+        }
+        // An operator who discards the dead letter lets its transaction go.
+        assert_eq!(store.outbox_discard("dead", None, 6_000).await.unwrap(), 1);
+        assert_eq!(
+            store.purge_finished(5_000, 10).await.unwrap().transactions,
+            1
+        );
+        assert_eq!(store.find("dead").await.unwrap(), None);
+    }
+);
+
 on_both!(retention_deletes_only_what_finished_long_ago, |store| {
     for (gid, status, finished) in [
         ("old-ok", GlobalStatus::Succeeded, Some(1_000)),
@@ -590,11 +692,17 @@ on_both!(retention_deletes_only_what_finished_long_ago, |store| {
     ] {
         let mut t = txn(gid, status, 500);
         t.finish_time = finished;
+        // Sent, or (for those not finished) still to go.
+        let state = if finished.is_some() {
+            OutboxState::Sent
+        } else {
+            OutboxState::Pending
+        };
         enqueue(
             &store,
             t,
             vec![branch("01", Op::Confirm), rocketmq_step("m1", gid, 1)],
-            OutboxState::Pending,
+            state,
         )
         .await;
     }
@@ -612,7 +720,7 @@ on_both!(retention_deletes_only_what_finished_long_ago, |store| {
         assert_eq!(store.find_branches(gid).await.unwrap().len(), 2);
     }
     let (backlog, _) = store.outbox_backlog().await.unwrap();
-    assert_eq!(backlog, 2);
+    assert_eq!(backlog, 1);
     assert_eq!(
         store.purge_finished(5_000, 10).await.unwrap().transactions,
         0,

@@ -120,6 +120,7 @@ pub fn router(state: AppState) -> Router {
     let metrics = Router::new()
         .route("/api/metrics", get(read::metrics))
         .route("/api/admin/redrive", post(read::redrive))
+        .route("/api/admin/discard", post(read::discard))
         .route("/api/admin/outbox", get(read::outbox))
         .route("/api/admin/transactions", get(admin::transactions))
         .route("/api/admin/transaction", get(admin::transaction))

@@ -287,6 +287,13 @@ pub struct RedriveParams {
     branch_id: String,
 }
 
+/// What an operator does with dead letters.
+#[derive(Debug, Clone, Copy)]
+enum DeadLetterAction {
+    Redrive,
+    Discard,
+}
+
 /// `POST /api/admin/redrive` `{"gid": G, "branch_id": B}`: puts a transaction's
 /// dead-lettered messages (or the one of step `B`) back to deliver now. Answers how many.
 ///
@@ -297,6 +304,28 @@ pub async fn redrive(
     State(state): State<AppState>,
     JsonBody(p): JsonBody<RedriveParams>,
 ) -> Result<Json<Value>, ApiError> {
+    on_dead_letters(&state, &p, DeadLetterAction::Redrive).await
+}
+
+/// `POST /api/admin/discard` `{"gid": G, "branch_id": B}`: gives up a transaction's
+/// dead-lettered messages (or the one of step `B`) for good: they are never sent, and say
+/// so, and retention may then delete their transaction. Answers how many.
+///
+/// # Errors
+/// 400 for a malformed gid or branch id, 404 if the transaction has no dead letter to
+/// discard.
+pub async fn discard(
+    State(state): State<AppState>,
+    JsonBody(p): JsonBody<RedriveParams>,
+) -> Result<Json<Value>, ApiError> {
+    on_dead_letters(&state, &p, DeadLetterAction::Discard).await
+}
+
+async fn on_dead_letters(
+    state: &AppState,
+    p: &RedriveParams,
+    action: DeadLetterAction,
+) -> Result<Json<Value>, ApiError> {
     validate::id("gid", &p.gid)?;
     let branch = if p.branch_id.is_empty() {
         None
@@ -304,22 +333,31 @@ pub async fn redrive(
         validate::id("branch_id", &p.branch_id)?;
         Some(p.branch_id.as_str())
     };
-    let n = state
-        .store
-        .outbox_redrive(&p.gid, branch, state.apply.clock().now_ms())
-        .await?;
+    let now = state.apply.clock().now_ms();
+    let (n, verb, field) = match action {
+        DeadLetterAction::Redrive => (
+            state.store.outbox_redrive(&p.gid, branch, now).await?,
+            "redrive",
+            "redriven",
+        ),
+        DeadLetterAction::Discard => (
+            state.store.outbox_discard(&p.gid, branch, now).await?,
+            "discard",
+            "discarded",
+        ),
+    };
     if n == 0 {
         return Err(ApiError::NotFound(format!(
-            "transaction '{}' has no dead-lettered message{}",
+            "transaction '{}' has no dead-lettered message{} to {verb}",
             p.gid,
             branch.map(|b| format!(" of step {b}")).unwrap_or_default()
         )));
     }
-    tracing::info!(gid = %p.gid, messages = n, "dead letters redriven");
-    state.apply.wake_dispatcher();
-    Ok(Json(
-        json!({"dtm_result": names::RESULT_SUCCESS, "redriven": n}),
-    ))
+    tracing::info!(gid = %p.gid, messages = n, "dead letters {field}");
+    if matches!(action, DeadLetterAction::Redrive) {
+        state.apply.wake_dispatcher();
+    }
+    Ok(Json(json!({"dtm_result": names::RESULT_SUCCESS, field: n})))
 }
 
 /// Query of `GET /api/admin/outbox`.

@@ -390,6 +390,9 @@ struct Enqueued {
     messages: Vec<OutboxMessage>,
 }
 
+/// Why a released message was not sent: its transaction ended failed first.
+pub const WITHDRAWN: &str = "withdrawn: its transaction ended failed before it was sent";
+
 /// A message the broker acknowledged: (row id, transaction, sharding key).
 type Acknowledged = (i64, String, String);
 
@@ -1206,6 +1209,32 @@ fn write_outbox(
             .push(" WHERE status = 'held' AND gid = ")
             .text(gid);
         script.add(sql);
+    }
+    // A transaction that ends failed sends nothing more: its released messages that no
+    // claim holds are withdrawn (those a claim holds may be on their way: they stay pending
+    // and are recorded as sent if the broker takes them).
+    for (now, set) in &plan.drop_held {
+        let gids: Vec<&str> = set.iter().map(String::as_str).collect();
+        for chunk in in_chunks(&gids) {
+            let mut sql = Sql::new(
+                dialect,
+                "UPDATE outbox SET status = 'dropped', last_error = ",
+            );
+            sql.text(WITHDRAWN)
+                .push(", next_attempt_time = ")
+                .int(*now)
+                .push(" WHERE status = 'pending' AND gid IN ")
+                .text_list(chunk.iter().copied())
+                .push(" AND lease_expire <= ")
+                .int(*now)
+                .push(
+                    " AND NOT EXISTS (SELECT 1 FROM outbox_key_seq k WHERE \
+                     k.sharding_key = outbox.sharding_key AND k.lease_expire > ",
+                )
+                .int(*now)
+                .push(")");
+            script.add(sql);
+        }
     }
     for (by_time, to) in [
         (&plan.release_held, "pending"),

@@ -27,6 +27,22 @@ pub struct DueCallback {
     pub attempts: i64,
     /// When it was due, ms (what [`Store::claim_callback`] compares against).
     pub due: i64,
+    /// Its messages, by what became of them when the outcome was read.
+    pub messages: MessageCounts,
+}
+
+/// A transaction's outbox messages by state, as its outcome reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MessageCounts {
+    /// Taken by the broker.
+    pub sent: i64,
+    /// Still to go (held back by its key, or on its way).
+    pub pending: i64,
+    /// Never to be sent: dropped with a rollback, withdrawn when the transaction ended
+    /// failed, or discarded by an operator.
+    pub dropped: i64,
+    /// Refused by the broker, waiting for an operator.
+    pub dead: i64,
 }
 
 /// Where a transaction's callback stands.
@@ -68,12 +84,25 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn due_callbacks(&self, now: i64, limit: i64) -> Result<Vec<DueCallback>> {
-        let sql = "SELECT gid, trans_type, status, options, rollback_reason, finish_time, \
-                   callback_attempts, callback_due FROM trans_global \
-                   WHERE callback_due IS NOT NULL AND callback_due <= ? \
-                   ORDER BY callback_due LIMIT ?";
+        // Held messages of a finished transaction are about to be dropped or released, as
+        // the write that finished it decided: counted with what they become.
+        let count = |states: &str| {
+            format!(
+                "(SELECT COUNT(*) FROM outbox o WHERE o.gid = trans_global.gid AND o.status IN ({states}))"
+            )
+        };
+        let sql = format!(
+            "SELECT gid, trans_type, status, options, rollback_reason, finish_time, \
+             callback_attempts, callback_due, {}, {}, {}, {} FROM trans_global \
+             WHERE callback_due IS NOT NULL AND callback_due <= ? \
+             ORDER BY callback_due LIMIT ?",
+            count("'sent'"),
+            count("'pending', 'held'"),
+            count("'dropped'"),
+            count("'dead'"),
+        );
         on_pool!(self, pool => {
-            let rows = sqlx::query(sql).bind(now).bind(limit).fetch_all(pool).await?;
+            let rows = sqlx::query(&sql).bind(now).bind(limit).fetch_all(pool).await?;
             rows.iter()
                 .map(|r| {
                     let options: String = r.try_get_unchecked(3)?;
@@ -89,6 +118,12 @@ impl Store {
                         finish_time: r.try_get::<Option<i64>, _>(5)?.unwrap_or_default(),
                         attempts: r.try_get::<i64, _>(6)?,
                         due: r.try_get(7)?,
+                        messages: MessageCounts {
+                            sent: r.try_get(8)?,
+                            pending: r.try_get(9)?,
+                            dropped: r.try_get(10)?,
+                            dead: r.try_get(11)?,
+                        },
                     })
                 })
                 .collect()

@@ -102,6 +102,14 @@ impl Dialect {
             Self::Sqlite => "MIN",
         }
     }
+
+    /// `a` followed by `b`, as SQL text (MySQL `CONCAT`, SQLite `||`).
+    pub(crate) fn concat(self, a: &str, b: &str) -> String {
+        match self {
+            Self::MySql => format!("CONCAT({a}, {b})"),
+            Self::Sqlite => format!("({a} || {b})"),
+        }
+    }
 }
 
 /// The pools behind a store.

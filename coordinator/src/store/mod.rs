@@ -103,7 +103,7 @@ pub(crate) fn like_prefix(prefix: &str) -> String {
 
 pub use alerts::{AlertCandidate, PendingAlert, SettledAlert};
 pub use batch::{Applied, Stamp};
-pub use callbacks::{CallbackState, DueCallback};
+pub use callbacks::{CallbackState, DueCallback, MessageCounts};
 pub use connect::{ConnectOptions, Dialect};
 pub use globals::ListFilter;
 pub use leases::Claimed;

@@ -610,32 +610,73 @@ impl Store {
         branch_id: Option<&str>,
         now: i64,
     ) -> Result<u64> {
+        self.on_dead_letters(
+            gid,
+            branch_id,
+            now,
+            "status = 'pending', refusals = 0, owner = '', lease_expire = 0",
+            true,
+        )
+        .await
+    }
+
+    /// Discards a transaction's dead-lettered messages (all, or the one of `branch_id`):
+    /// they will never be sent, and say so (`dropped`, "discarded by an operator"), so that
+    /// retention may delete their transaction. Returns how many.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn outbox_discard(
+        &self,
+        gid: &str,
+        branch_id: Option<&str>,
+        now: i64,
+    ) -> Result<u64> {
+        let set = format!(
+            "status = 'dropped', last_error = {}",
+            self.dialect()
+                .concat("'discarded by an operator; '", "last_error")
+        );
+        self.on_dead_letters(gid, branch_id, now, &set, false).await
+    }
+
+    /// Sets `set` on a transaction's dead letters (all, or the one of `branch_id`), due at
+    /// `now`; then, if `wake`, wakes their keys. Returns how many.
+    async fn on_dead_letters(
+        &self,
+        gid: &str,
+        branch_id: Option<&str>,
+        now: i64,
+        set: &str,
+        wake: bool,
+    ) -> Result<u64> {
         let which = if branch_id.is_some() {
             " AND branch_id = ?"
         } else {
             ""
         };
-        let wake = format!(
+        let wake_sql = format!(
             "UPDATE outbox_key_seq SET next_due = 0, wake = wake + 1 WHERE sharding_key IN \
              (SELECT sharding_key FROM outbox WHERE gid = ?{which})"
         );
         let sql = format!(
-            "UPDATE outbox SET status = 'pending', refusals = 0, next_attempt_time = ?, owner = '', \
-             lease_expire = 0 WHERE gid = ? AND status = 'dead'{which}"
+            "UPDATE outbox SET {set}, next_attempt_time = ? WHERE gid = ? AND status = 'dead'{which}"
         );
-        // Pending first, then the wake: a dispatcher that read the key before it was woken
-        // cannot put it back to sleep.
+        // The change first, then the wake: a dispatcher that read the key before it was
+        // woken cannot put it back to sleep.
         on_writer!(self, pool => {
             let mut q = sqlx::query(&sql).bind(now).bind(gid);
             if let Some(b) = branch_id {
                 q = q.bind(b);
             }
             let n = q.execute(pool).await?.rows_affected();
-            let mut q = sqlx::query(&wake).bind(gid);
-            if let Some(b) = branch_id {
-                q = q.bind(b);
+            if wake {
+                let mut q = sqlx::query(&wake_sql).bind(gid);
+                if let Some(b) = branch_id {
+                    q = q.bind(b);
+                }
+                q.execute(pool).await?;
             }
-            q.execute(pool).await?;
             Ok(n)
         })
     }

@@ -1,5 +1,7 @@
 //! Retention: transactions that finished long ago are deleted, with their branch operations,
 //! their attempts and their outbox rows, in small batches that never hold locks for long.
+//! A transaction with a message not yet sent (a dead letter included) is kept until the
+//! message is sent, or an operator redrives or discards it.
 //!
 //! A key's sequence row goes too once no outbox row of the key is left; it is locked first,
 //! so a commit taking the key's next sequence at the same moment either waits and starts the
@@ -27,6 +29,10 @@ where
         .collect::<std::result::Result<_, _>>()?)
 }
 
+/// Keeps a transaction that has a message not yet sent.
+const UNDELIVERED: &str = " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.gid = trans_global.gid \
+                           AND o.status IN ('held', 'pending', 'dead'))";
+
 /// What one purge deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
@@ -46,16 +52,20 @@ impl Store {
     /// # Errors
     /// A database error.
     pub async fn purge_finished(&self, finished_before: i64, limit: i64) -> Result<Purged> {
-        // A transaction whose outcome is still to be posted to its callback stays.
-        let find = "SELECT gid FROM trans_global WHERE status IN ('succeed', 'failed') \
-                    AND finish_time < ? AND callback_due IS NULL ORDER BY finish_time LIMIT ?";
+        // A transaction whose outcome is still to be posted to its callback stays, and so
+        // does one with a message not yet sent (held, pending, or a dead letter an operator
+        // has not redriven or discarded): nothing undelivered is deleted.
+        let find = format!(
+            "SELECT gid FROM trans_global WHERE status IN ('succeed', 'failed') \
+             AND finish_time < ? AND callback_due IS NULL{UNDELIVERED} ORDER BY finish_time LIMIT ?"
+        );
         let for_update = self.dialect().for_update();
         let (by_gid, by_key) = (
             self.dialect().use_index("uniq_gid"),
             self.dialect().use_index("PRIMARY"),
         );
         on_writer!(self, pool => {
-            let gids = first_strings(&sqlx::query(find)
+            let gids = first_strings(&sqlx::query(&find)
                 .bind(finished_before)
                 .bind(limit.max(1))
                 .fetch_all(pool)
@@ -68,7 +78,7 @@ impl Store {
             let list = marks(gids.len());
             // Lock the transactions first, as every batch does.
             let lock = format!(
-                "SELECT gid FROM trans_global{by_gid} WHERE gid IN ({list}) AND status IN ('succeed', 'failed') AND callback_due IS NULL ORDER BY gid{for_update}"
+                "SELECT gid FROM trans_global{by_gid} WHERE gid IN ({list}) AND status IN ('succeed', 'failed') AND callback_due IS NULL{UNDELIVERED} ORDER BY gid{for_update}"
             );
             let mut q = sqlx::query(&lock);
             for g in &gids {
